@@ -1,0 +1,1 @@
+"""The `xvol` command line (installed as the `xvol_cli` package)."""

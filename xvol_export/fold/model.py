@@ -1,0 +1,180 @@
+"""Whole-model fold: every XVolution to its deploy form and every BatchNorm into its conv."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.fx
+from torch import nn
+
+from xvol_export.fold.blocks import fold_conv_bn, fold_xvolution
+from xvol_export.fold.cost import choose_layout
+from xvol_export.layers import LAYOUTS, XVolution, XVolutionDeploy
+from xvol_export.profile import count_params, profile_model
+
+LAYOUT_CHOICES = LAYOUTS + ("auto",)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class BlockFold:
+    """What the fold did to one X-volution block."""
+
+    name: str
+    layout: str
+    reason: str
+    params_before: int
+    params_after: int
+    macs_before: int | None = None
+    macs_after: int | None = None
+    ops_before: str = ""
+    ops_after: str = ""
+
+
+@dataclass
+class FoldReport:
+    layout: str
+    blocks: list[BlockFold] = field(default_factory=list)
+    fused_conv_bn: list[tuple[str, str]] = field(default_factory=list)
+    remaining_batchnorms: list[str] = field(default_factory=list)
+    forced_eval: bool = False
+    notes: list[str] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+
+    @property
+    def layouts(self) -> dict[str, str]:
+        return {b.name: b.layout for b in self.blocks}
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["layouts"] = self.layouts
+        return out
+
+
+def fold(
+    model: nn.Module,
+    layout: str = "auto",
+    input_shape: tuple[int, ...] | None = None,
+) -> tuple[nn.Module, FoldReport]:
+    """Return ``(deploy_model, report)``; ``model`` itself is never modified.
+
+    The deploy model is an eval-mode copy in which every :class:`XVolution` is an
+    :class:`XVolutionDeploy` (``layout``: ``dense``, ``split`` or ``auto``, chosen per block by the
+    cost model) and every BatchNorm that follows a conv is folded into it. ``input_shape``
+    (batch included; default: the model's ``input_size``) sizes the per-block costs.
+    """
+    if layout not in LAYOUT_CHOICES:
+        raise ValueError(f"layout must be one of {LAYOUT_CHOICES}, got {layout!r}")
+    report = FoldReport(layout=layout, forced_eval=model.training, params_before=count_params(model))
+    if model.training:
+        report.notes.append("the model was in training mode: folded (and verified) with eval-mode BatchNorm")
+
+    deploy = copy.deepcopy(model).eval()
+    if input_shape is None and getattr(model, "input_size", None):
+        input_shape = (1, *model.input_size)
+    before = profile_model(deploy, tuple(input_shape)) if input_shape is not None else None
+
+    for name, module in list(deploy.named_modules()):
+        if not isinstance(module, XVolution):
+            continue
+        out_hw = tuple(before.output_shapes[name][-2:]) if before is not None else None
+        chosen, reason = (layout, "requested") if layout != "auto" else choose_layout(module.config(), out_hw)
+        folded = fold_xvolution(module, chosen)
+        block = BlockFold(
+            name=name,
+            layout=folded.layout,
+            reason=reason if layout == "auto" else f"{folded.layout}: requested",
+            params_before=count_params(module),
+            params_after=count_params(folded),
+            ops_before=_describe_training(module),
+            ops_after=_describe_deploy(folded),
+        )
+        if before is not None:
+            block.macs_before = before.macs_under(name)
+        report.blocks.append(block)
+        _set_submodule(deploy, name, folded)
+
+    report.fused_conv_bn = _fuse_conv_bn_pairs(deploy, report)
+    report.remaining_batchnorms = [n for n, m in deploy.named_modules() if isinstance(m, _BATCHNORMS)]
+    if report.remaining_batchnorms:
+        report.notes.append(
+            f"{len(report.remaining_batchnorms)} BatchNorm(s) do not directly follow a conv and stay: "
+            + ", ".join(report.remaining_batchnorms)
+        )
+    if not report.blocks and not report.fused_conv_bn:
+        report.notes.append("nothing to fold: the model holds no X-volution block and no conv + BatchNorm pair")
+    if input_shape is not None and report.blocks:
+        after = profile_model(deploy, tuple(input_shape))
+        for block in report.blocks:
+            block.macs_after = after.macs_under(block.name)
+    report.params_after = count_params(deploy)
+    return deploy, report
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """Traces the model's own wiring only: X-volution blocks stay opaque."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (XVolution, XVolutionDeploy)) or super().is_leaf_module(m, qualname)
+
+
+def _fuse_conv_bn_pairs(model: nn.Module, report: FoldReport) -> list[tuple[str, str]]:
+    """Find ``conv -> BN`` edges by tracing (the conv's only consumer is the BN) and fold each."""
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception as err:  # noqa: BLE001 - any tracing failure means we cannot see the wiring
+        report.notes.append(f"could not trace the model to pair convs with BatchNorms ({err}); none fused")
+        return []
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if not isinstance(src, torch.fx.Node) or src.op != "call_module":
+            continue
+        conv = modules[src.target]
+        if (
+            isinstance(conv, nn.Conv2d)
+            and len(src.users) == 1
+            and calls[src.target] == 1
+            and calls[node.target] == 1
+        ):
+            pairs.append((src.target, node.target))
+    for conv_name, bn_name in pairs:
+        _set_submodule(model, conv_name, fold_conv_bn(modules[conv_name], modules[bn_name]))
+        _set_submodule(model, bn_name, nn.Identity())
+    return pairs
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _describe_training(block: XVolution) -> str:
+    parts = ["conv3x3+BN"]
+    if block.dilated_branch:
+        parts.append(f"conv5x5(d={block.dilation})+BN")
+    if block.attention:
+        parts.append("PSSA(q,k,v 1x1)+BN")
+    return " + ".join(parts)
+
+
+def _describe_deploy(block: XVolutionDeploy) -> str:
+    if block.layout == "dense":
+        k = block.static.kernel_size[0]
+        parts = [f"conv{k}x{k}"]
+    else:
+        parts = ["conv3x3", f"conv5x5(d={block.dilation})"]
+    if block.attention:
+        parts.append("proj1x1 + aggregate")
+    return " + ".join(parts)
