@@ -1,1 +1,169 @@
-def main(): pass
+"""The `xvol` command line: parse, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from xvol_cli import options as opt
+from xvol_cli.render import render_doctor, render_fold, render_inspect, render_verify
+from xvol_export import api
+from xvol_export.doctor import machine_report
+from xvol_export.errors import CheckFailed, XvolError
+
+app = typer.Typer(
+    name="xvol",
+    help="Fold, verify, export and benchmark X-volution networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+# Logs and pipes get a fixed, wide layout; terminals keep their own width.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+
+Checkpoint = Annotated[Path, typer.Argument(help="Checkpoint (.pth, .pt or .safetensors).", show_default=False)]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks of errors.")] = False):
+    """xvol: structural re-parameterization with proof, for deployment."""
+
+
+def _finish(passed: bool, json_path: Path | None, payload: dict, force: bool, failure: str = "") -> int:
+    """Write the JSON report if asked, and map the verdict to an exit code (the caller prints the verdict)."""
+    if json_path is not None:
+        api.write_json(json_path, {**payload, "status": "PASSED" if passed else "FAILED"}, force)
+    if not passed:
+        raise CheckFailed(failure or "the check failed")
+    return 0
+
+
+@app.command()
+def inspect(
+    checkpoint: Checkpoint,
+    layout: opt.Layout = "auto",
+    input_shape: opt.InputShapeOpt = None,
+    json_path: opt.JsonPath = None,
+    force: opt.Force = False,
+    trust_pickle: opt.TrustPickle = False,
+    arch: opt.Arch = None,
+    arch_config: opt.ArchConfig = None,
+    ema: opt.Ema = False,
+):
+    """Architecture, parameters, MACs, and what folding will do to every block."""
+    with console.status("Inspecting…"):
+        report = api.inspect_checkpoint(
+            checkpoint, opt.layout_option(layout), opt.shape_option(input_shape),
+            opt.load_options(trust_pickle, arch, arch_config, ema),
+        )
+    render_inspect(console, report)
+    return _finish(True, json_path, {"command": "inspect", **report.to_dict()}, force)
+
+
+@app.command()
+def fold(
+    checkpoint: Checkpoint,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Deploy checkpoint to write "
+                                                "(default: NAME.deploy.pth beside the input).")] = None,
+    layout: opt.Layout = "auto",
+    data: opt.Data = None,
+    input_shape: opt.InputShapeOpt = None,
+    seed: opt.Seed = None,
+    atol: opt.Atol = None,
+    rtol: opt.Rtol = None,
+    check_error_stat: opt.ErrorStat = "elemwise",
+    json_path: opt.JsonPath = None,
+    force: opt.Force = False,
+    trust_pickle: opt.TrustPickle = False,
+    arch: opt.Arch = None,
+    arch_config: opt.ArchConfig = None,
+    ema: opt.Ema = False,
+):
+    """Fold into the deploy form, verify per block and end to end, and write it (only if verified)."""
+    tolerance = opt.tolerance_option(atol, rtol, check_error_stat)
+    with console.status("Folding and verifying…"):
+        result = api.fold_checkpoint(
+            checkpoint, output, layout=opt.layout_option(layout), data=data,
+            input_shape=opt.shape_option(input_shape), seed=seed, tolerance=tolerance, force=force,
+            load=opt.load_options(trust_pickle, arch, arch_config, ema),
+        )
+    render_fold(console, result)
+    failure = result.verification.failure_summary() if result.verification else ""
+    return _finish(result.passed, json_path, {"command": "fold", **result.to_dict()}, force, failure)
+
+
+@app.command()
+def verify(
+    reference: Annotated[Path, typer.Argument(help="Reference artifact (checkpoint).", show_default=False)],
+    candidate: Annotated[Path, typer.Argument(help="Candidate artifact (checkpoint).", show_default=False)],
+    data: opt.Data = None,
+    input_shape: opt.InputShapeOpt = None,
+    seed: opt.Seed = None,
+    atol: opt.Atol = None,
+    rtol: opt.Rtol = None,
+    check_error_stat: opt.ErrorStat = "elemwise",
+    json_path: opt.JsonPath = None,
+    force: opt.Force = False,
+    trust_pickle: opt.TrustPickle = False,
+    arch: opt.Arch = None,
+    arch_config: opt.ArchConfig = None,
+    ema: opt.Ema = False,
+):
+    """Run two artifacts on the same inputs and compare them, end to end and per block."""
+    tolerance = opt.tolerance_option(atol, rtol, check_error_stat)
+    with console.status("Running both artifacts…"):
+        report = api.verify_checkpoints(
+            reference, candidate, data=data, input_shape=opt.shape_option(input_shape), seed=seed,
+            tolerance=tolerance, load=opt.load_options(trust_pickle, arch, arch_config, ema),
+        )
+    render_verify(console, report)
+    return _finish(report.passed, json_path, {"command": "verify", **report.to_dict()}, force,
+                   report.failure_summary())
+
+
+@app.command()
+def doctor(json_path: opt.JsonPath = None, force: opt.Force = False):
+    """What this machine can do: versions, devices, runtimes and providers, TensorRT availability."""
+    report = machine_report()
+    render_doctor(console, report)
+    return _finish(True, json_path, {"command": "doctor", **report}, force)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: exit 0 on success, 1 when a check fails, 2 on bad usage or bad input."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:  # accepted anywhere on the line, like a global flag
+        args = ["--debug"] + [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="xvol")  # standalone: usage errors print and exit 2 themselves
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        code = 130
+    except (XvolError, CheckFailed) as err:
+        if debug:
+            err_console.print(traceback.format_exc(), markup=False)
+        err_console.print(f"[red]error:[/] {escape(str(err))}" if isinstance(err, XvolError) else f"[red]{escape(str(err))}[/]")
+        code = err.exit_code
+    except Exception as err:  # noqa: BLE001 - a bug of ours: say so plainly
+        if debug:
+            err_console.print(traceback.format_exc(), markup=False)
+        err_console.print(f"[red]internal error:[/] {type(err).__name__}: {escape(str(err))}. "
+                          "Re-run with --debug and report it.")
+        code = 3
+    code = code if isinstance(code, int) else 0
+    sys.stderr.flush()
+    if not (args == ["--debug"] or not args or {"--help", "-h"} & set(args)):
+        console.print("[green]PASSED[/]" if code == 0 else "[red]FAILED[/]")
+    sys.exit(code)

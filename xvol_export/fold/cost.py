@@ -51,7 +51,7 @@ def choose_layout(cfg: dict, out_hw: tuple[int, int] | None) -> tuple[str, str]:
     dense, split = costs["dense"], costs["split"]
     best, other = (dense, split) if dense.score() <= split.score() else (split, dense)
     if best.macs is not None:
-        why = f"{best.macs / 1e6:.2f} vs {other.macs / 1e6:.2f} MMACs"
+        why = f"{best.macs / 1e6:.3g}M vs {other.macs / 1e6:.3g}M MACs"
     else:
-        why = f"{best.taps} vs {other.taps} taps per output"
-    return best.layout, f"{best.layout}: {why} ({other.layout}), {best.ops} vs {other.ops} ops"
+        why = f"{best.taps} vs {other.taps} taps"
+    return best.layout, f"{why} for {other.layout}"

@@ -86,11 +86,11 @@ def fold(
         block = BlockFold(
             name=name,
             layout=folded.layout,
-            reason=reason if layout == "auto" else f"{folded.layout}: requested",
+            reason=reason if layout == "auto" else "requested",
             params_before=count_params(module),
             params_after=count_params(folded),
-            ops_before=_describe_training(module),
-            ops_after=_describe_deploy(folded),
+            ops_before=describe_training(module),
+            ops_after=describe_deploy(folded),
         )
         if before is not None:
             block.macs_before = before.macs_under(name)
@@ -160,7 +160,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _describe_training(block: XVolution) -> str:
+def describe_training(block: XVolution) -> str:
     parts = ["conv3x3+BN"]
     if block.dilated_branch:
         parts.append(f"conv5x5(d={block.dilation})+BN")
@@ -169,7 +169,7 @@ def _describe_training(block: XVolution) -> str:
     return " + ".join(parts)
 
 
-def _describe_deploy(block: XVolutionDeploy) -> str:
+def describe_deploy(block: XVolutionDeploy) -> str:
     if block.layout == "dense":
         k = block.static.kernel_size[0]
         parts = [f"conv{k}x{k}"]

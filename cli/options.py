@@ -1,0 +1,66 @@
+"""Options shared by several commands, and their parsing into library types."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from xvol_export.api import LoadOptions
+from xvol_export.compare import ERROR_STATS, Tolerance
+from xvol_export.errors import XvolError
+from xvol_export.fold import LAYOUT_CHOICES
+from xvol_export.inputs import InputShape, parse_shape
+
+JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+Layout = Annotated[str, typer.Option(
+    "--layout", help=f"Static-conv layout of folded blocks: {', '.join(LAYOUT_CHOICES)} (auto: per block, by cost).")]
+InputShapeOpt = Annotated[Optional[str], typer.Option(
+    "--input-shape", help="Input shape: 1x3x224x224, [1,3,224,224] or 1,3,224,224, optional 'name:' prefix.")]
+Data = Annotated[Optional[Path], typer.Option(
+    "--data", help=".npz with an 'input' array (and optional 'labels') to verify on instead of random inputs.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for random inputs (default: a fresh one, reported).")]
+Atol = Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance (default for fp32: 1e-4).")]
+Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance (default for fp32: 1e-4).")]
+ErrorStat = Annotated[str, typer.Option(
+    "--check-error-stat", help=f"Statistic checked against the tolerances: {', '.join(ERROR_STATS)}.")]
+TrustPickle = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow checkpoints that need full unpickling (runs code from the file).")]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a bare state dict (see 'xvol doctor').")]
+ArchConfig = Annotated[Optional[str], typer.Option(
+    "--arch-config", help="Constructor arguments of --arch as JSON, e.g. '{\"num_classes\": 10}'.")]
+Ema = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of a training checkpoint.")]
+
+
+def shape_option(text: str | None) -> InputShape | None:
+    return None if text is None else parse_shape(text)
+
+
+def layout_option(layout: str) -> str:
+    if layout not in LAYOUT_CHOICES:
+        raise XvolError(f"Unknown layout '{layout}'. Choose one of: {', '.join(LAYOUT_CHOICES)}.")
+    return layout
+
+
+def tolerance_option(atol: float | None, rtol: float | None, stat: str, precision: str = "fp32") -> Tolerance:
+    if stat not in ERROR_STATS:
+        raise XvolError(f"Unknown --check-error-stat '{stat}'. Choose one of: {', '.join(ERROR_STATS)}.")
+    for name, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and value < 0:
+            raise XvolError(f"{name} must be zero or positive, got {value}.")
+    return Tolerance.for_precision(precision, atol, rtol, stat)
+
+
+def load_options(trust_pickle: bool, arch: str | None, arch_config: str | None, ema: bool) -> LoadOptions:
+    config = None
+    if arch_config is not None:
+        try:
+            config = json.loads(arch_config)
+        except json.JSONDecodeError as err:
+            raise XvolError(f"--arch-config is not valid JSON ({err}). Example: '{{\"num_classes\": 10}}'.") from None
+        if not isinstance(config, dict):
+            raise XvolError("--arch-config must be a JSON object, e.g. '{\"num_classes\": 10}'.")
+    return LoadOptions(trust_pickle=trust_pickle, arch=arch, config=config, use_ema=ema)

@@ -1,0 +1,144 @@
+"""Rich rendering of the library's reports. Presentation only: no decisions are made here."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from xvol_export.api import FoldResult, InspectReport
+from xvol_export.verify import VerifyReport
+
+
+def _num(value: int | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}{unit}"
+    return f"{value}{unit}"
+
+
+def _err(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def render_inspect(console: Console, report: InspectReport) -> None:
+    console.print(f"[bold]{escape(report.path)}[/]  sha256 {report.sha256[:16]}…")
+    console.print(
+        f"architecture [bold]{escape(report.architecture)}[/] {escape(str(report.config))}  "
+        f"form: {'deploy (folded)' if report.folded else 'training'}"
+    )
+    console.print(
+        f"input {'x'.join(map(str, report.input_shape))}: {_num(report.params)} params, "
+        f"{_num(report.macs, 'MACs')} per item, {report.batchnorms} BatchNorm(s)"
+    )
+    if report.blocks:
+        table = Table(title="Re-parameterizable blocks", show_lines=False)
+        for column in ("block", "C→O s g d L A", "training form", "params", "MACs", "fold",
+                       "deploy form", "params", "MACs"):
+            table.add_column(column)
+        for b in report.blocks:
+            c = b.config
+            geometry = (f"{c['in_channels']}→{c['out_channels']} {c['stride']} {c['groups']} {c['dilation']} "
+                        f"{c['shift']} {c['attn_channels']}")
+            table.add_row(b.name, geometry, b.ops_before, _num(b.params_before), _num(b.macs_before),
+                          b.reason, b.ops_after, _num(b.params_after), _num(b.macs_after))
+        console.print(table)
+    if report.params_after is not None:
+        console.print(
+            f"after fold: {_num(report.params_after)} params, {_num(report.macs_after, 'MACs')}, "
+            f"{report.conv_bn_pairs} conv+BatchNorm pair(s) fused, no BatchNorm left"
+        )
+    for note in report.notes:
+        console.print(f"note: {escape(note)}")
+
+
+def _verdict(passed: bool) -> str:
+    return "[green]ok[/]" if passed else "[red]FAIL[/]"
+
+
+def render_verify(console: Console, report: VerifyReport) -> None:
+    tol = report.tolerance
+    out = report.output
+    console.print(f"reference [bold]{escape(report.reference)}[/] vs candidate [bold]{escape(report.candidate)}[/]")
+    console.print(f"inputs: {escape(report.input_source)}")
+    console.print(f"tolerance: atol={tol.atol:g} rtol={tol.rtol:g} check-error-stat={tol.check_error_stat}")
+    table = Table(title="Output error (candidate − reference)")
+    for column in ("max abs", "median abs", "p99 abs", "max rel", "rel L2", "cosine", "top-1 agree", ""):
+        table.add_column(column, justify="right")
+    table.add_row(_err(out.max_abs), _err(out.median_abs), _err(out.p99_abs), _err(out.max_rel), _err(out.rel_l2),
+                  f"{out.cosine:.8f}", _pct(out.top1_agreement), _verdict(out.passed))
+    console.print(table)
+    if report.blocks:
+        blocks = Table(title="Per block: alone (on the reference block's input) and in the network")
+        for column in ("block", "alone rel L2", "alone max abs", "in-net rel L2", "in-net max abs", ""):
+            blocks.add_column(column, justify="left" if column == "block" else "right", no_wrap=column == "block")
+        for b in report.blocks:
+            blocks.add_row(b.name, _err(b.isolated.rel_l2), _err(b.isolated.max_abs), _err(b.in_network.rel_l2),
+                           _err(b.in_network.max_abs), _verdict(b.isolated.passed))
+        console.print(blocks)
+        worst = report.worst_block
+        console.print(f"largest block error: {worst.name} (rel L2 {_err(worst.isolated.rel_l2)} on its own input)")
+    if report.accuracy:
+        acc = report.accuracy
+        console.print(
+            f"accuracy on {acc['count']} labelled inputs: {escape(report.reference)} {_pct(acc['reference'])}, "
+            f"{escape(report.candidate)} {_pct(acc['candidate'])}"
+        )
+    console.print(f"minimum required tolerance: {escape(out.min_required())}")
+    for note in report.notes:
+        console.print(f"note: {escape(note)}")
+
+
+def render_fold(console: Console, result: FoldResult) -> None:
+    fold = result.fold
+    if fold is not None:
+        table = Table(title=f"Fold of {escape(result.source)} (layout {fold.layout})")
+        for column in ("block", "layout", "why", "params"):
+            table.add_column(column)
+        for b in fold.blocks:
+            table.add_row(b.name, b.layout, escape(b.reason), f"{_num(b.params_before)} → {_num(b.params_after)}")
+        console.print(table)
+        console.print(
+            f"{len(fold.blocks)} X-volution block(s) folded, {len(fold.fused_conv_bn)} conv+BatchNorm pair(s) fused, "
+            f"{len(fold.remaining_batchnorms)} BatchNorm(s) left; params {_num(fold.params_before)} → "
+            f"{_num(fold.params_after)}"
+        )
+        for note in fold.notes:
+            console.print(f"note: {escape(note)}")
+    if result.verification is not None:
+        render_verify(console, result.verification)
+    timing = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+    console.print(f"time: {timing}")
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")
+    if result.written:
+        console.print(f"wrote {escape(str(result.output))}")
+
+
+def render_doctor(console: Console, report: dict) -> None:
+    console.print(f"xvol {report['xvol_version']} on Python {report['python']}, {report['platform']}")
+    console.print(f"CPU: {report['cpu']['name']} ({report['cpu']['logical_cores']} logical cores)")
+    table = Table(title="Packages")
+    table.add_column("package")
+    table.add_column("version")
+    for name, version in report["packages"].items():
+        table.add_row(name, version or "[yellow]not installed[/]")
+    console.print(table)
+    cuda = report["cuda"]
+    if cuda["available"]:
+        for d in cuda["devices"]:
+            console.print(f"CUDA device {d['index']}: {d['name']} (sm {d['compute_capability']}, {d['memory_gib']} GiB)")
+    else:
+        console.print("CUDA: not available (PyTorch sees no GPU)")
+    ort = report["onnxruntime"]
+    console.print(f"ONNX Runtime: {ort.get('version')} providers {ort.get('providers')}" if ort["available"]
+                  else f"ONNX Runtime: not available ({ort['reason']})")
+    trt = report["tensorrt"]
+    console.print(f"TensorRT: {trt['version']}" if trt["available"] else f"TensorRT: {escape(trt['reason'])}")
+    console.print(f"architectures: {', '.join(report['architectures'])}")

@@ -1,0 +1,360 @@
+"""The xvol checkpoint: architecture, constructor arguments, state dict, fold state and metadata.
+
+Saved as ``.pth`` (a plain dict, loadable with ``torch.load(weights_only=True)``) or
+``.safetensors`` (tensors, with the rest as JSON in the header's metadata). A deploy checkpoint
+rebuilds the deploy model directly. Loading is strict: every missing, unexpected or misshapen
+key is reported by name, and weights with NaN/Inf or negative running variances are refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import xvol_export
+from xvol_export.errors import XvolError
+from xvol_export.io import atomic_write, sha256_file
+from xvol_export.layers import XVolution, XVolutionDeploy
+from xvol_export.models import create_model, get_model_entry
+
+FORMAT = "xvol.checkpoint"
+FORMAT_VERSION = 1
+SUFFIXES = (".pth", ".pt", ".safetensors")
+# Prefixes that training wrappers add to every key (DataParallel/DDP, Lightning, torch.compile).
+_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+# Where common training scripts keep the weights inside their own checkpoint dicts.
+_STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
+_EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint, before any model is built."""
+
+    architecture: str
+    config: dict
+    state_dict: dict[str, torch.Tensor]
+    folded: bool = False
+    layouts: dict[str, str] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+    path: Path | None = None
+    sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path else "<checkpoint>"
+
+
+def is_folded(model: nn.Module) -> bool:
+    """A model is in deploy form when it holds no XVolution and no BatchNorm."""
+    return not any(isinstance(m, (XVolution, nn.modules.batchnorm._BatchNorm)) for m in model.modules())
+
+
+def checkpoint_from_model(model: nn.Module, metadata: dict | None = None) -> Checkpoint:
+    arch = getattr(model, "xvol_arch", None)
+    if not arch:
+        raise XvolError(
+            "The model carries no architecture record (xvol_arch): build it with "
+            "xvol_export.create_model so that a checkpoint can rebuild it."
+        )
+    layouts = {n: m.layout for n, m in model.named_modules() if isinstance(m, XVolutionDeploy)}
+    return Checkpoint(
+        architecture=arch["name"],
+        config=dict(arch["config"]),
+        state_dict={k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        folded=is_folded(model),
+        layouts=layouts,
+        metadata=dict(metadata or {}),
+    )
+
+
+def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLike, *,
+                    metadata: dict | None = None, force: bool = False) -> Path:
+    """Write a checkpoint atomically (``.safetensors`` by suffix, else ``.pth``); return its path."""
+    ckpt = model_or_ckpt if isinstance(model_or_ckpt, Checkpoint) else checkpoint_from_model(model_or_ckpt, metadata)
+    meta = {"xvol_version": xvol_export.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **ckpt.metadata, **(metadata or {})}
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": ckpt.architecture,
+        "config": ckpt.config,
+        "folded": ckpt.folded,
+        "layouts": ckpt.layouts,
+        "metadata": meta,
+    }
+    path = Path(path)
+    with atomic_write(path, force) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            tensors = {k: v.contiguous().clone() for k, v in ckpt.state_dict.items()}
+            save_file(tensors, str(tmp), metadata={"xvol": json.dumps(header)})
+        else:
+            torch.save({**header, "state_dict": ckpt.state_dict}, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, arch: str | None = None,
+                    config: dict | None = None, use_ema: bool = False) -> Checkpoint:
+    """Read and check a checkpoint file (no model is built yet).
+
+    ``arch``/``config`` name the architecture of a bare state dict. ``trust_pickle`` allows
+    files that need full unpickling (it runs code from the file: only for files you trust).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
+    if path.is_dir():
+        raise XvolError(f"{path}: is a folder, not a checkpoint file. Give the path of a .pth or .safetensors file.")
+    if path.suffix == ".safetensors":
+        ckpt = _read_safetensors(path)
+    else:
+        ckpt = _read_pth(path, trust_pickle, arch, config, use_ema)
+    ckpt.path = path
+    ckpt.sha256 = sha256_file(path)
+    if arch is not None and arch != ckpt.architecture:
+        raise XvolError(f"{path}: holds architecture '{ckpt.architecture}', not '{arch}'. Drop --arch.")
+    return ckpt
+
+
+def build_model(ckpt: Checkpoint) -> nn.Module:
+    """Build the checkpoint's model (deploy form directly when folded) and load it strictly."""
+    get_model_entry(ckpt.architecture)  # unknown architecture: a clear error first
+    try:
+        if ckpt.folded:
+            model = create_model(ckpt.architecture, deploy=True, **ckpt.config)
+            _apply_layouts(model, ckpt)
+        else:
+            model = create_model(ckpt.architecture, **ckpt.config)
+    except XvolError as err:
+        raise XvolError(f"{ckpt.label}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise XvolError(f"{ckpt.label}: its config does not build '{ckpt.architecture}': {err}.") from None
+    load_state_dict_strict(model, ckpt.state_dict, ckpt.label)
+    check_weights(model, ckpt.label)
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, **kwargs) -> tuple[nn.Module, Checkpoint]:
+    """:func:`load_checkpoint` then :func:`build_model`."""
+    ckpt = load_checkpoint(path, **kwargs)
+    return build_model(ckpt), ckpt
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict, label: str) -> None:
+    """Load every key or fail naming each missing, unexpected and misshapen one."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshapen = [
+        f"{k} (file {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+    if misshapen:
+        problems.append(f"{len(misshapen)} key(s) of the wrong shape: {_listing(misshapen)}")
+    if problems:
+        raise XvolError(
+            f"{label}: the weights do not match the architecture: " + "; ".join(problems)
+            + ". Check that the checkpoint's architecture and config are the ones it was trained with."
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def check_weights(model: nn.Module, label: str) -> None:
+    """Refuse non-finite parameters/buffers and negative BatchNorm running variances."""
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise XvolError(
+            f"{label}: {len(bad)} tensor(s) hold NaN or Inf: {_listing(bad)}. The training run diverged or "
+            "the file is damaged; use an earlier checkpoint."
+        )
+    negative = [
+        f"{n}.running_var"
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None and (m.running_var < 0).any()
+    ]
+    if negative:
+        raise XvolError(
+            f"{label}: negative BatchNorm running variance in {_listing(negative)}. A variance cannot be "
+            "negative: the file is damaged or was edited; use the original checkpoint."
+        )
+
+
+def _apply_layouts(model: nn.Module, ckpt: Checkpoint) -> None:
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, XVolutionDeploy)}
+    if set(blocks) != set(ckpt.layouts):
+        raise XvolError(
+            f"{ckpt.label}: its fold layouts name blocks {sorted(ckpt.layouts)} but the architecture has "
+            f"{sorted(blocks)}. The file is inconsistent; fold the training checkpoint again."
+        )
+    for name, layout in ckpt.layouts.items():
+        block = blocks[name]
+        if block.layout != layout:
+            cfg = {**block.config(), "layout": layout}
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, XVolutionDeploy(**cfg))
+
+
+def _read_pth(path: Path, trust_pickle: bool, arch: str | None, config: dict | None, use_ema: bool) -> Checkpoint:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise XvolError(
+                f"{path}: holds pickled Python objects (for example a whole nn.Module), and loading them runs "
+                "code from the file. Re-save it as a state dict (xvol_export.save_checkpoint), or pass "
+                "--trust-pickle if you trust where the file came from."
+            ) from None
+        raise _not_a_checkpoint(path) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        text = str(err)
+        if "central directory" in text or "zip archive" in text or isinstance(err, EOFError):
+            raise XvolError(
+                f"{path}: is truncated or damaged (the archive cannot be read: {text.splitlines()[0]}). "
+                "Copy or download it again."
+            ) from None
+        raise _not_a_checkpoint(path) from None
+    if isinstance(obj, nn.Module):
+        if getattr(obj, "xvol_arch", None):
+            return checkpoint_from_model(obj)
+        raise XvolError(
+            f"{path}: holds a whole {type(obj).__name__} module with no xvol architecture record. Save its "
+            "state_dict() with the architecture name instead (xvol_export.save_checkpoint)."
+        )
+    if not isinstance(obj, dict):
+        raise _not_a_checkpoint(path)
+    if obj.get("format") == FORMAT:
+        return _from_header(path, obj, obj.get("state_dict"))
+    return _from_foreign_dict(path, obj, arch, config, use_ema)
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata() or {}
+        state_dict = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as err:
+        raise XvolError(
+            f"{path}: is not a readable safetensors file ({err}). It may be truncated: copy it again."
+        ) from None
+    if "xvol" not in meta:
+        raise XvolError(
+            f"{path}: is a safetensors file without an xvol header, so its architecture is unknown. "
+            "Save it with xvol_export.save_checkpoint (or xvol fold), which records the architecture."
+        )
+    try:
+        header = json.loads(meta["xvol"])
+    except json.JSONDecodeError:
+        raise XvolError(f"{path}: its xvol header is not valid JSON. The file is damaged; save it again.") from None
+    return _from_header(path, header, state_dict)
+
+
+def _from_header(path: Path, header: dict, state_dict) -> Checkpoint:
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise XvolError(
+            f"{path}: checkpoint format version {version!r} is newer than this xvol understands "
+            f"({FORMAT_VERSION}). Upgrade xvol."
+        )
+    fields = {"architecture": str, "config": dict, "folded": bool, "layouts": dict, "metadata": dict}
+    wrong = [k for k, t in fields.items() if not isinstance(header.get(k), t)]
+    if wrong or not _is_state_dict(state_dict):
+        what = ", ".join(wrong + ([] if _is_state_dict(state_dict) else ["state_dict"]))
+        raise XvolError(f"{path}: the checkpoint's {what} field(s) are missing or malformed. Save it again.")
+    return Checkpoint(
+        architecture=header["architecture"],
+        config=header["config"],
+        state_dict=state_dict,
+        folded=header["folded"],
+        layouts=header["layouts"],
+        metadata=header["metadata"],
+    )
+
+
+def _from_foreign_dict(path: Path, obj: dict, arch: str | None, config: dict | None, use_ema: bool) -> Checkpoint:
+    """A training script's own dict, or a bare state dict: needs ``arch`` to be usable."""
+    notes = []
+    ema_key = next((k for k in _EMA_KEYS if _is_state_dict(obj.get(k))), None)
+    main_key = next((k for k in _STATE_DICT_KEYS if _is_state_dict(obj.get(k))), None)
+    if use_ema:
+        if ema_key is None:
+            raise XvolError(f"{path}: --ema was given but the file has no EMA weights ({', '.join(_EMA_KEYS)}).")
+        state_dict, notes = obj[ema_key], [f"using the EMA weights '{ema_key}'"]
+    elif main_key is not None:
+        state_dict = obj[main_key]
+        if ema_key:
+            notes.append(f"the file also holds EMA weights '{ema_key}'; pass --ema to use them")
+    elif _is_state_dict(obj):
+        state_dict = obj
+    else:
+        raise _not_a_checkpoint(path)
+    if arch is None:
+        arch = obj.get("architecture") or obj.get("arch")
+    if not isinstance(arch, str):
+        raise XvolError(
+            f"{path}: is a bare state dict with no architecture name. Pass --arch NAME (one of: "
+            f"{', '.join(xvol_export.list_models())}), or save it with xvol_export.save_checkpoint."
+        )
+    state_dict, stripped = _strip_wrapper_prefixes(state_dict)
+    if stripped:
+        notes.append(f"stripped the '{stripped}' prefix from every key")
+    folded = not any(k.endswith("running_var") for k in state_dict)
+    ckpt = Checkpoint(architecture=arch, config=dict(config or obj.get("config") or {}), state_dict=state_dict,
+                      folded=folded, notes=notes)
+    if folded:
+        raise XvolError(
+            f"{path}: looks like a folded state dict without fold layouts. Use the deploy checkpoint that "
+            "xvol fold wrote, or fold the training checkpoint again."
+        )
+    return ckpt
+
+
+def _strip_wrapper_prefixes(state_dict: dict) -> tuple[dict, str]:
+    stripped = ""
+    changed = True
+    while changed and state_dict:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state_dict):
+                state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+                stripped += prefix
+                changed = True
+    return state_dict, stripped
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def _not_a_checkpoint(path: Path) -> XvolError:
+    return XvolError(
+        f"{path}: is not a PyTorch checkpoint that xvol can read. Expected a .pth/.pt file written by "
+        "torch.save (an xvol checkpoint or a state dict) or an xvol .safetensors file."
+    )
+
+
+def _listing(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -1,0 +1,123 @@
+"""Comparing two outputs: error statistics and Polygraphy-style tolerance checks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+ERROR_STATS = ("elemwise", "max", "mean", "median")
+# Default (atol, rtol) per precision of the candidate.
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "fp64": (1e-10, 1e-10), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
+_EPSILON = np.finfo(np.float64).eps  # added to zero reference values, as Polygraphy does
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Fails where the chosen statistic exceeds BOTH ``atol`` (absolute) and ``rtol`` (relative).
+
+    ``elemwise`` checks every element (an element passes if it is within ``atol`` or ``rtol``);
+    ``max``, ``mean``, ``median`` check that statistic of the absolute and relative errors.
+    """
+
+    atol: float = DEFAULT_TOLERANCES["fp32"][0]
+    rtol: float = DEFAULT_TOLERANCES["fp32"][1]
+    check_error_stat: str = "elemwise"
+
+    def __post_init__(self):
+        if self.check_error_stat not in ERROR_STATS:
+            raise ValueError(f"check_error_stat must be one of {ERROR_STATS}, got {self.check_error_stat!r}")
+        if self.atol < 0 or self.rtol < 0:
+            raise ValueError("tolerances must be >= 0")
+
+    @classmethod
+    def for_precision(cls, precision: str = "fp32", atol: float | None = None, rtol: float | None = None,
+                      check_error_stat: str = "elemwise") -> "Tolerance":
+        default_atol, default_rtol = DEFAULT_TOLERANCES[precision]
+        return cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol, check_error_stat)
+
+
+@dataclass
+class ErrorStats:
+    """Errors of ``candidate`` against ``reference`` and the verdict under a tolerance."""
+
+    shape: tuple[int, ...]
+    max_abs: float
+    mean_abs: float
+    median_abs: float
+    p99_abs: float
+    max_rel: float
+    mean_rel: float
+    median_rel: float
+    rel_l2: float
+    cosine: float
+    passed: bool
+    check_error_stat: str
+    required_atol: float
+    required_rtol: float
+    top1_agreement: float | None = None
+
+    def min_required(self) -> str:
+        """Polygraphy's 'minimum required tolerance' line."""
+        return f"{self.check_error_stat} error | [abs={self.required_atol:.5g}] OR [rel={self.required_rtol:.5g}]"
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["shape"] = list(self.shape)
+        return out
+
+
+def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance = Tolerance()) -> ErrorStats:
+    """Compare in float64; NaN anywhere counts as a failure. Top-1 agreement for ``[N, classes]`` outputs."""
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape:
+        raise ValueError(f"cannot compare outputs of different shapes {ref.shape} and {cand.shape}")
+    absdiff = np.abs(cand - ref)
+    denominator = np.abs(ref)
+    denominator[denominator == 0] = _EPSILON
+    reldiff = absdiff / denominator
+    if absdiff.size == 0:
+        absdiff = reldiff = np.zeros(1)
+    stats = {
+        "max": (float(absdiff.max()), float(reldiff.max())),
+        "mean": (float(absdiff.mean()), float(reldiff.mean())),
+        "median": (float(np.median(absdiff)), float(np.median(reldiff))),
+    }
+    stats["elemwise"] = stats["max"]
+    stat = tolerance.check_error_stat
+    if stat == "elemwise":
+        mismatch = ((absdiff > tolerance.atol) | np.isnan(absdiff)) & ((reldiff > tolerance.rtol) | np.isnan(reldiff))
+        failed = bool(mismatch.any())
+    else:
+        abs_err, rel_err = stats[stat]
+        failed = not (abs_err <= tolerance.atol or rel_err <= tolerance.rtol)
+    ref_norm = float(np.linalg.norm(ref))
+    diff_norm = float(np.linalg.norm(cand - ref)) if ref.size else 0.0
+    cand_norm = float(np.linalg.norm(cand))
+    rel_l2 = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else float("inf"))
+    cosine = float(np.vdot(ref, cand) / (ref_norm * cand_norm)) if ref_norm > 0 and cand_norm > 0 else float(
+        ref_norm == cand_norm
+    )
+    top1 = None
+    if ref.ndim == 2 and ref.shape[1] > 1:
+        top1 = float((ref.argmax(1) == cand.argmax(1)).mean())
+    if not np.isfinite(cand).all():
+        failed = True
+    return ErrorStats(
+        shape=tuple(ref.shape),
+        max_abs=stats["max"][0],
+        mean_abs=stats["mean"][0],
+        median_abs=stats["median"][0],
+        p99_abs=float(np.quantile(absdiff, 0.99)),
+        max_rel=stats["max"][1],
+        mean_rel=stats["mean"][1],
+        median_rel=stats["median"][1],
+        rel_l2=rel_l2,
+        cosine=cosine,
+        passed=not failed,
+        check_error_stat=stat,
+        required_atol=stats[stat][0],
+        required_rtol=stats[stat][1],
+        top1_agreement=top1,
+    )

@@ -1,0 +1,98 @@
+"""Input shapes (trtexec, Polygraphy and plain spellings) and input data (seeded random or .npz)."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xvol_export.errors import XvolError
+
+_SHAPE = re.compile(r"^\s*(?:(?P<name>[A-Za-z_][\w./-]*)\s*:)?\s*\[?(?P<dims>[^\]]*)\]?\s*$")
+
+
+@dataclass(frozen=True)
+class InputShape:
+    dims: tuple[int, ...]
+    name: str | None = None
+
+    def __str__(self) -> str:
+        text = "x".join(str(d) for d in self.dims)
+        return f"{self.name}:{text}" if self.name else text
+
+
+def parse_shape(text: str) -> InputShape:
+    """Parse ``1x3x224x224``, ``[1,3,224,224]`` or ``1,3,224,224``, each with an optional ``name:``."""
+    match = _SHAPE.match(text or "")
+    parts = re.split(r"\s*[x,]\s*", match.group("dims").strip()) if match else []
+    if not match or not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise XvolError(
+            f"Cannot read the shape '{text}'. Write positive integers as 1x3x224x224, [1,3,224,224] or "
+            "1,3,224,224, optionally prefixed by an input name, as in input:1x3x224x224."
+        )
+    return InputShape(tuple(int(p) for p in parts), match.group("name"))
+
+
+def fresh_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+def random_inputs(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard-normal inputs from a seeded generator (reproducible across runs and machines)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+
+
+@dataclass
+class InputData:
+    inputs: torch.Tensor
+    labels: torch.Tensor | None
+    source: str
+
+
+def load_npz(path: str | os.PathLike) -> InputData:
+    """Read inputs from ``.npz``: the array ``input`` (or the only non-label array) and optional ``labels``."""
+    path = Path(path)
+    if not path.is_file():
+        raise XvolError(f"{path}: no such file. Give an .npz file with an 'input' array (and optional 'labels').")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError) as err:
+        raise XvolError(f"{path}: is not a readable .npz file ({err}). Save inputs with numpy.savez.") from None
+    labels = arrays.pop("labels", None)
+    if "input" in arrays:
+        inputs = arrays["input"]
+    elif len(arrays) == 1:
+        inputs = next(iter(arrays.values()))
+    else:
+        raise XvolError(
+            f"{path}: holds arrays {sorted(arrays)}; name the model input 'input' (labels, if any, 'labels')."
+        )
+    if inputs.dtype.kind != "f" or inputs.ndim < 2:
+        raise XvolError(f"{path}: the input array must be floating point with a batch axis, got {inputs.dtype} "
+                        f"of shape {inputs.shape}.")
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(inputs) or labels.dtype.kind not in "iu"):
+        raise XvolError(f"{path}: 'labels' must be integers, one per input ({len(inputs)}), got shape {labels.shape}.")
+    return InputData(
+        torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),
+        None if labels is None else torch.from_numpy(labels.astype(np.int64)),
+        str(path),
+    )
+
+
+def save_npz(path: str | os.PathLike, **arrays) -> None:
+    from xvol_export.io import atomic_write
+
+    with atomic_write(path, force=True) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **{k: _numpy(v) for k, v in arrays.items()})
+
+
+def _numpy(value):
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
