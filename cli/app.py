@@ -59,6 +59,7 @@ def inspect(
     ema: opt.Ema = False,
 ):
     """Architecture, parameters, MACs, and what folding will do to every block."""
+    opt.json_option(json_path, force)
     with console.status("Inspecting…"):
         report = api.inspect_checkpoint(
             checkpoint, opt.layout_option(layout), opt.shape_option(input_shape),
@@ -88,6 +89,7 @@ def fold(
     ema: opt.Ema = False,
 ):
     """Fold into the deploy form, verify per block and end to end, and write it (only if verified)."""
+    opt.json_option(json_path, force)
     tolerance = opt.tolerance_option(atol, rtol, check_error_stat)
     with console.status("Folding and verifying…"):
         result = api.fold_checkpoint(
@@ -118,6 +120,7 @@ def verify(
     ema: opt.Ema = False,
 ):
     """Run two artifacts on the same inputs and compare them, end to end and per block."""
+    opt.json_option(json_path, force)
     tolerance = opt.tolerance_option(atol, rtol, check_error_stat)
     with console.status("Running both artifacts…"):
         report = api.verify_checkpoints(
@@ -132,6 +135,7 @@ def verify(
 @app.command()
 def doctor(json_path: opt.JsonPath = None, force: opt.Force = False):
     """What this machine can do: versions, devices, runtimes and providers, TensorRT availability."""
+    opt.json_option(json_path, force)
     report = machine_report()
     render_doctor(console, report)
     return _finish(True, json_path, {"command": "doctor", **report}, force)
@@ -154,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     except (XvolError, CheckFailed) as err:
         if debug:
             err_console.print(traceback.format_exc(), markup=False)
-        err_console.print(f"[red]error:[/] {escape(str(err))}" if isinstance(err, XvolError) else f"[red]{escape(str(err))}[/]")
+        message = escape(str(err))
+        err_console.print(f"[red]error:[/] {message}" if isinstance(err, XvolError) else f"[red]{message}[/]")
         code = err.exit_code
     except Exception as err:  # noqa: BLE001 - a bug of ours: say so plainly
         if debug:

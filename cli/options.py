@@ -13,6 +13,7 @@ from xvol_export.compare import ERROR_STATS, Tolerance
 from xvol_export.errors import XvolError
 from xvol_export.fold import LAYOUT_CHOICES
 from xvol_export.inputs import InputShape, parse_shape
+from xvol_export.io import check_output_path
 
 JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
@@ -33,6 +34,13 @@ Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a b
 ArchConfig = Annotated[Optional[str], typer.Option(
     "--arch-config", help="Constructor arguments of --arch as JSON, e.g. '{\"num_classes\": 10}'.")]
 Ema = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of a training checkpoint.")]
+
+
+def json_option(path: Path | None, force: bool) -> Path | None:
+    """Refuse a bad --json path before any work is done, so a failed run writes nothing."""
+    if path is not None:
+        check_output_path(path, force)
+    return path
 
 
 def shape_option(text: str | None) -> InputShape | None:

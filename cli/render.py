@@ -35,7 +35,7 @@ def render_inspect(console: Console, report: InspectReport) -> None:
     )
     console.print(
         f"input {'x'.join(map(str, report.input_shape))}: {_num(report.params)} params, "
-        f"{_num(report.macs, 'MACs')} per item, {report.batchnorms} BatchNorm(s)"
+        f"{_num(report.macs, ' MACs')} per item, {report.batchnorms} BatchNorm(s)"
     )
     if report.blocks:
         table = Table(title="Re-parameterizable blocks", show_lines=False)
@@ -51,8 +51,8 @@ def render_inspect(console: Console, report: InspectReport) -> None:
         console.print(table)
     if report.params_after is not None:
         console.print(
-            f"after fold: {_num(report.params_after)} params, {_num(report.macs_after, 'MACs')}, "
-            f"{report.conv_bn_pairs} conv+BatchNorm pair(s) fused, no BatchNorm left"
+            f"after fold: {_num(report.params_after)} params, {_num(report.macs_after, ' MACs')}, "
+            f"{report.conv_bn_pairs} conv+BatchNorm pair(s) fused, {report.batchnorms_after} BatchNorm(s) left"
         )
     for note in report.notes:
         console.print(f"note: {escape(note)}")
@@ -133,7 +133,8 @@ def render_doctor(console: Console, report: dict) -> None:
     cuda = report["cuda"]
     if cuda["available"]:
         for d in cuda["devices"]:
-            console.print(f"CUDA device {d['index']}: {d['name']} (sm {d['compute_capability']}, {d['memory_gib']} GiB)")
+            console.print(f"CUDA device {d['index']}: {d['name']} "
+                          f"(sm {d['compute_capability']}, {d['memory_gib']} GiB)")
     else:
         console.print("CUDA: not available (PyTorch sees no GPU)")
     ort = report["onnxruntime"]

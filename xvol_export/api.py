@@ -96,6 +96,7 @@ class InspectReport:
     batchnorms: int
     blocks: list[BlockPlan] = field(default_factory=list)
     conv_bn_pairs: int = 0
+    batchnorms_after: int | None = None
     params_after: int | None = None
     macs_after: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -123,24 +124,22 @@ def inspect_checkpoint(path: str | os.PathLike, layout: str = "auto", input_shap
     if ckpt.folded:
         for name, block in model.named_modules():
             if isinstance(block, XVolutionDeploy):
-                macs = profile.macs_under(name)
-                report.blocks.append(BlockPlan(name, block.config(), describe_deploy(block), count_params(block), macs,
-                                               block.layout, "folded", describe_deploy(block), count_params(block), macs))
+                ops, params, macs = describe_deploy(block), count_params(block), profile.macs_under(name)
+                report.blocks.append(BlockPlan(name, block.config(), ops, params, macs, block.layout, "folded",
+                                               ops, params, macs))
         report.notes.append("already folded: fold has nothing to do")
         return report
-    deploy, fold_report = fold(model, layout=layout, input_shape=shape)
-    after = profile_model(deploy, shape)
-    deploy_modules = dict(deploy.named_modules())
+    _, fold_report = fold(model, layout=layout, input_shape=shape)
     for planned in fold_report.blocks:
-        block = model.get_submodule(planned.name)
         report.blocks.append(BlockPlan(
-            planned.name, block.config(), planned.ops_before, planned.params_before, planned.macs_before,
-            planned.layout, planned.reason, planned.ops_after, planned.params_after,
-            after.macs_under(planned.name) if planned.name in deploy_modules else None,
+            planned.name, model.get_submodule(planned.name).config(), planned.ops_before, planned.params_before,
+            planned.macs_before, planned.layout, planned.reason, planned.ops_after, planned.params_after,
+            planned.macs_after,
         ))
     report.conv_bn_pairs = len(fold_report.fused_conv_bn)
-    report.params_after = count_params(deploy)
-    report.macs_after = after.total_macs
+    report.batchnorms_after = len(fold_report.remaining_batchnorms)
+    report.params_after = fold_report.params_after
+    report.macs_after = fold_report.macs_after
     report.notes += fold_report.notes
     return report
 

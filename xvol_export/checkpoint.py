@@ -9,9 +9,11 @@ key is reported by name, and weights with NaN/Inf or negative running variances 
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +86,8 @@ def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLi
     meta = {"xvol_version": xvol_export.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **ckpt.metadata, **(metadata or {})}
+    # Plain JSON types only, so the file stays loadable with weights_only=True.
+    meta = json.loads(json.dumps(meta, default=str))
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -130,20 +134,29 @@ def load_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, arch
 
 def build_model(ckpt: Checkpoint) -> nn.Module:
     """Build the checkpoint's model (deploy form directly when folded) and load it strictly."""
-    get_model_entry(ckpt.architecture)  # unknown architecture: a clear error first
     try:
-        if ckpt.folded:
-            model = create_model(ckpt.architecture, deploy=True, **ckpt.config)
-            _apply_layouts(model, ckpt)
-        else:
-            model = create_model(ckpt.architecture, **ckpt.config)
+        get_model_entry(ckpt.architecture)  # unknown architecture: a clear error first
+        # Built on the meta device: no time spent initializing weights that the file replaces.
+        with torch.device("meta"):
+            model = _construct(ckpt)
     except XvolError as err:
         raise XvolError(f"{ckpt.label}: {err}") from None
     except (TypeError, ValueError) as err:
         raise XvolError(f"{ckpt.label}: its config does not build '{ckpt.architecture}': {err}.") from None
-    load_state_dict_strict(model, ckpt.state_dict, ckpt.label)
+    load_state_dict_strict(model, ckpt.state_dict, ckpt.label, assign=True)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        model = _construct(ckpt)  # state the file does not hold (non-persistent buffers): build for real
+        load_state_dict_strict(model, ckpt.state_dict, ckpt.label)
     check_weights(model, ckpt.label)
     return model.eval()
+
+
+def _construct(ckpt: Checkpoint) -> nn.Module:
+    if not ckpt.folded:
+        return create_model(ckpt.architecture, **ckpt.config)
+    model = create_model(ckpt.architecture, deploy=True, **ckpt.config)
+    _apply_layouts(model, ckpt)
+    return model
 
 
 def load_model(path: str | os.PathLike, **kwargs) -> tuple[nn.Module, Checkpoint]:
@@ -152,8 +165,11 @@ def load_model(path: str | os.PathLike, **kwargs) -> tuple[nn.Module, Checkpoint
     return build_model(ckpt), ckpt
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: dict, label: str) -> None:
-    """Load every key or fail naming each missing, unexpected and misshapen one."""
+def load_state_dict_strict(model: nn.Module, state_dict: dict, label: str, assign: bool = False) -> None:
+    """Load every key or fail naming each missing, unexpected and misshapen one.
+
+    ``assign=True`` makes the model use the given tensors (needed for a model built on ``meta``).
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -174,7 +190,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict, label: str) -> No
             f"{label}: the weights do not match the architecture: " + "; ".join(problems)
             + ". Check that the checkpoint's architecture and config are the ones it was trained with."
         )
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def check_weights(model: nn.Module, label: str) -> None:
@@ -213,24 +229,23 @@ def _apply_layouts(model: nn.Module, ckpt: Checkpoint) -> None:
 
 
 def _read_pth(path: Path, trust_pickle: bool, arch: str | None, config: dict | None, use_ema: bool) -> Checkpoint:
+    if path.stat().st_size == 0:
+        raise XvolError(f"{path}: is empty (0 bytes). The save was interrupted or the copy failed; copy it again.")
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == b"PK\x03\x04"  # torch.save's archive format since PyTorch 1.6
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        global_name = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if global_name:
             raise XvolError(
-                f"{path}: holds pickled Python objects (for example a whole nn.Module), and loading them runs "
-                "code from the file. Re-save it as a state dict (xvol_export.save_checkpoint), or pass "
-                "--trust-pickle if you trust where the file came from."
+                f"{path}: holds pickled Python objects ({global_name.group(1)}, for example a whole nn.Module), "
+                "and loading them runs code from the file. Re-save it as a state dict "
+                "(xvol_export.checkpoint.save_checkpoint), or pass --trust-pickle if you trust where it came from."
             ) from None
-        raise _not_a_checkpoint(path) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        text = str(err)
-        if "central directory" in text or "zip archive" in text or isinstance(err, EOFError):
-            raise XvolError(
-                f"{path}: is truncated or damaged (the archive cannot be read: {text.splitlines()[0]}). "
-                "Copy or download it again."
-            ) from None
-        raise _not_a_checkpoint(path) from None
+        raise _not_a_checkpoint(path, is_zip) from None
+    except Exception:  # noqa: BLE001 - torch.load reports damaged files with many exception types
+        raise _not_a_checkpoint(path, is_zip) from None
     if isinstance(obj, nn.Module):
         if getattr(obj, "xvol_arch", None):
             return checkpoint_from_model(obj)
@@ -348,7 +363,9 @@ def _is_state_dict(obj) -> bool:
     )
 
 
-def _not_a_checkpoint(path: Path) -> XvolError:
+def _not_a_checkpoint(path: Path, is_zip: bool = False) -> XvolError:
+    if is_zip and not zipfile.is_zipfile(path):
+        return XvolError(f"{path}: is truncated or damaged (its archive cannot be read). Copy or download it again.")
     return XvolError(
         f"{path}: is not a PyTorch checkpoint that xvol can read. Expected a .pth/.pt file written by "
         "torch.save (an xvol checkpoint or a state dict) or an xvol .safetensors file."

@@ -73,6 +73,11 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
         raise ValueError(f"cannot compare outputs of different shapes {ref.shape} and {cand.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):  # Inf/NaN in a candidate fails; no warnings needed
+        return _compare(ref, cand, tolerance)
+
+
+def _compare(ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance) -> ErrorStats:
     absdiff = np.abs(cand - ref)
     denominator = np.abs(ref)
     denominator[denominator == 0] = _EPSILON
@@ -92,15 +97,9 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     else:
         abs_err, rel_err = stats[stat]
         failed = not (abs_err <= tolerance.atol or rel_err <= tolerance.rtol)
-    ref_norm = float(np.linalg.norm(ref))
-    diff_norm = float(np.linalg.norm(cand - ref)) if ref.size else 0.0
-    cand_norm = float(np.linalg.norm(cand))
-    rel_l2 = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else float("inf"))
-    cosine = float(np.vdot(ref, cand) / (ref_norm * cand_norm)) if ref_norm > 0 and cand_norm > 0 else float(
-        ref_norm == cand_norm
-    )
+    rel_l2, cosine = _rel_l2_and_cosine(ref, cand)
     top1 = None
-    if ref.ndim == 2 and ref.shape[1] > 1:
+    if ref.ndim == 2 and ref.shape[0] > 0 and ref.shape[1] > 1:
         top1 = float((ref.argmax(1) == cand.argmax(1)).mean())
     if not np.isfinite(cand).all():
         failed = True
@@ -121,3 +120,15 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
         required_rtol=stats[stat][1],
         top1_agreement=top1,
     )
+
+
+def _rel_l2_and_cosine(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
+    ref_norm = float(np.linalg.norm(ref))
+    cand_norm = float(np.linalg.norm(cand))
+    diff_norm = float(np.linalg.norm(cand - ref)) if ref.size else 0.0
+    rel_l2 = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else float("inf"))
+    if ref_norm > 0 and cand_norm > 0:
+        cosine = float(np.vdot(ref, cand) / (ref_norm * cand_norm))
+    else:
+        cosine = float(ref_norm == cand_norm)
+    return rel_l2, cosine

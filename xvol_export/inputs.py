@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import torch
 
 from xvol_export.errors import XvolError
 
-_SHAPE = re.compile(r"^\s*(?:(?P<name>[A-Za-z_][\w./-]*)\s*:)?\s*\[?(?P<dims>[^\]]*)\]?\s*$")
+_SHAPE = re.compile(
+    r"^\s*(?:(?P<name>[A-Za-z_][\w./-]*)\s*:)?\s*(?:\[(?P<bracketed>[^\[\]]*)\]|(?P<plain>[^\[\]]*))\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,14 @@ class InputShape:
 def parse_shape(text: str) -> InputShape:
     """Parse ``1x3x224x224``, ``[1,3,224,224]`` or ``1,3,224,224``, each with an optional ``name:``."""
     match = _SHAPE.match(text or "")
-    parts = re.split(r"\s*[x,]\s*", match.group("dims").strip()) if match else []
-    if not match or not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+    dims = (match.group("bracketed") if match.group("bracketed") is not None else match.group("plain")) if match else ""
+    separators = set(re.findall(r"[x,]", dims))
+    parts = [p.strip() for p in re.split(r"[x,]", dims)]
+    if (
+        not match
+        or len(separators) > 1
+        or not all(re.fullmatch(r"[0-9]+", p) and int(p) > 0 for p in parts)
+    ):
         raise XvolError(
             f"Cannot read the shape '{text}'. Write positive integers as 1x3x224x224, [1,3,224,224] or "
             "1,3,224,224, optionally prefixed by an input name, as in input:1x3x224x224."
@@ -61,10 +70,16 @@ def load_npz(path: str | os.PathLike) -> InputData:
     if not path.is_file():
         raise XvolError(f"{path}: no such file. Give an .npz file with an 'input' array (and optional 'labels').")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not an .npz archive")
+        with data:
             arrays = {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError) as err:
-        raise XvolError(f"{path}: is not a readable .npz file ({err}). Save inputs with numpy.savez.") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise XvolError(
+            f"{path}: is not a readable .npz file ({err or type(err).__name__}). It may be truncated; "
+            "save inputs with numpy.savez(path, input=array, labels=labels)."
+        ) from None
     labels = arrays.pop("labels", None)
     if "input" in arrays:
         inputs = arrays["input"]

@@ -59,7 +59,7 @@ def dilate_kernel(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
 
 def add_branches(*branches: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum parallel convs of identical geometry: kernels add, biases add."""
-    kernels, biases = zip(*branches)
+    kernels, biases = zip(*branches, strict=True)
     return torch.stack(kernels).sum(0), torch.stack(biases).sum(0)
 
 

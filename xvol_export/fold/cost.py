@@ -51,7 +51,7 @@ def choose_layout(cfg: dict, out_hw: tuple[int, int] | None) -> tuple[str, str]:
     dense, split = costs["dense"], costs["split"]
     best, other = (dense, split) if dense.score() <= split.score() else (split, dense)
     if best.macs is not None:
-        why = f"{best.macs / 1e6:.3g}M vs {other.macs / 1e6:.3g}M MACs"
+        why = f"static convs {best.macs / 1e6:.3g}M MACs vs {other.macs / 1e6:.3g}M"
     else:
-        why = f"{best.taps} vs {other.taps} taps"
+        why = f"static convs {best.taps} taps vs {other.taps}"
     return best.layout, f"{why} for {other.layout}"

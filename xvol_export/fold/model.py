@@ -43,6 +43,8 @@ class FoldReport:
     notes: list[str] = field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
+    macs_before: int | None = None  # per item, at the profiled input shape
+    macs_after: int | None = None
 
     @property
     def layouts(self) -> dict[str, str]:
@@ -76,6 +78,7 @@ def fold(
     if input_shape is None and getattr(model, "input_size", None):
         input_shape = (1, *model.input_size)
     before = profile_model(deploy, tuple(input_shape)) if input_shape is not None else None
+    report.macs_before = before.total_macs if before is not None else None
 
     for name, module in list(deploy.named_modules()):
         if not isinstance(module, XVolution):
@@ -86,7 +89,7 @@ def fold(
         block = BlockFold(
             name=name,
             layout=folded.layout,
-            reason=reason if layout == "auto" else "requested",
+            reason=reason,
             params_before=count_params(module),
             params_after=count_params(folded),
             ops_before=describe_training(module),
@@ -95,7 +98,10 @@ def fold(
         if before is not None:
             block.macs_before = before.macs_under(name)
         report.blocks.append(block)
-        _set_submodule(deploy, name, folded)
+        if name:
+            _set_submodule(deploy, name, folded)
+        else:  # the model is a bare block
+            deploy = folded
 
     report.fused_conv_bn = _fuse_conv_bn_pairs(deploy, report)
     report.remaining_batchnorms = [n for n, m in deploy.named_modules() if isinstance(m, _BATCHNORMS)]
@@ -106,8 +112,9 @@ def fold(
         )
     if not report.blocks and not report.fused_conv_bn:
         report.notes.append("nothing to fold: the model holds no X-volution block and no conv + BatchNorm pair")
-    if input_shape is not None and report.blocks:
+    if input_shape is not None:
         after = profile_model(deploy, tuple(input_shape))
+        report.macs_after = after.total_macs
         for block in report.blocks:
             block.macs_after = after.macs_under(block.name)
     report.params_after = count_params(deploy)

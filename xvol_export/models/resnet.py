@@ -123,7 +123,7 @@ class XVolResNet(nn.Module):
         self.bn1 = b.norm(stem_width)
         self.relu = nn.ReLU(inplace=True)
         cin = stem_width
-        for index, (count, width) in enumerate(zip(layers, widths), start=1):
+        for index, (count, width) in enumerate(zip(layers, widths, strict=True), start=1):
             stride = 1 if index == 1 else 2
             blocks = []
             for i in range(count):
