@@ -1,0 +1,57 @@
+"""Shared benchmark plumbing: interleaved timing, machine description, JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from xvol_export.doctor import cpu_name, package_versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    return {
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "packages": {k: v for k, v in package_versions().items() if v},
+    }
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], iterations: int, warmup: int = 3) -> dict[str, dict]:
+    """Time each call ``iterations`` times, round-robin, so machine noise hits every variant alike."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(iterations):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+    return {
+        name: {
+            "median_ms": 1e3 * statistics.median(values),
+            "mean_ms": 1e3 * statistics.fmean(values),
+            "min_ms": 1e3 * min(values),
+            "stdev_ms": 1e3 * (statistics.stdev(values) if len(values) > 1 else 0.0),
+            "iterations": len(values),
+        }
+        for name, values in samples.items()
+    }
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+    return path
