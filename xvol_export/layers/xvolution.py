@@ -12,6 +12,9 @@ from torch import nn
 from xvol_export.layers.pssa import PixelShiftAttention, pssa_aggregate
 
 LAYOUTS = ("dense", "split")
+# The constructor arguments both forms share; ``config()`` returns them so a block can be rebuilt.
+GEOMETRY = ("in_channels", "out_channels", "stride", "groups", "dilation", "shift", "attn_channels", "attention",
+            "dilated_branch")
 
 
 def default_attn_channels(in_channels: int) -> int:
@@ -34,16 +37,8 @@ class XVolution(nn.Module):
         dilated_branch: bool = True,
     ):
         super().__init__()
-        _check_args(in_channels, out_channels, stride, groups, dilation, shift)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = stride
-        self.groups = groups
-        self.dilation = dilation
-        self.shift = shift
-        self.attn_channels = attn_channels if attn_channels is not None else default_attn_channels(in_channels)
-        self.attention = attention
-        self.dilated_branch = dilated_branch
+        _store_geometry(self, in_channels, out_channels, stride, groups, dilation, shift, attn_channels, attention,
+                        dilated_branch)
 
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=False)
         self.conv_bn = nn.BatchNorm2d(out_channels)
@@ -59,17 +54,7 @@ class XVolution(nn.Module):
 
     def config(self) -> dict:
         """Every constructor argument: ``XVolution(**m.config())`` rebuilds the same structure."""
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "stride": self.stride,
-            "groups": self.groups,
-            "dilation": self.dilation,
-            "shift": self.shift,
-            "attn_channels": self.attn_channels,
-            "attention": self.attention,
-            "dilated_branch": self.dilated_branch,
-        }
+        return {name: getattr(self, name) for name in GEOMETRY}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_bn(self.conv(x))
@@ -106,18 +91,10 @@ class XVolutionDeploy(nn.Module):
         layout: str = "split",
     ):
         super().__init__()
-        _check_args(in_channels, out_channels, stride, groups, dilation, shift)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = stride
-        self.groups = groups
-        self.dilation = dilation
-        self.shift = shift
-        self.attn_channels = attn_channels if attn_channels is not None else default_attn_channels(in_channels)
-        self.attention = attention
-        self.dilated_branch = dilated_branch
+        _store_geometry(self, in_channels, out_channels, stride, groups, dilation, shift, attn_channels, attention,
+                        dilated_branch)
         # Without a dilated branch there is nothing to split: one 3x3 conv either way.
         self.layout = layout if dilated_branch else "dense"
 
@@ -137,18 +114,7 @@ class XVolutionDeploy(nn.Module):
 
     def config(self) -> dict:
         """Every constructor argument, ``layout`` included."""
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "stride": self.stride,
-            "groups": self.groups,
-            "dilation": self.dilation,
-            "shift": self.shift,
-            "attn_channels": self.attn_channels,
-            "attention": self.attention,
-            "dilated_branch": self.dilated_branch,
-            "layout": self.layout,
-        }
+        return {**{name: getattr(self, name) for name in GEOMETRY}, "layout": self.layout}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "dense":
@@ -165,10 +131,20 @@ class XVolutionDeploy(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in self.config().items())
 
 
-def _check_args(in_channels: int, out_channels: int, stride: int, groups: int, dilation: int, shift: int) -> None:
+def _store_geometry(block: nn.Module, in_channels: int, out_channels: int, stride: int, groups: int, dilation: int,
+                    shift: int, attn_channels: int | None, attention: bool, dilated_branch: bool) -> None:
     if in_channels < 1 or out_channels < 1:
         raise ValueError(f"channels must be positive, got in={in_channels}, out={out_channels}")
     if groups < 1 or in_channels % groups or out_channels % groups:
         raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
     if stride < 1 or dilation < 1 or shift < 1:
         raise ValueError(f"stride, dilation and shift must be >= 1, got {stride}, {dilation}, {shift}")
+    block.in_channels = in_channels
+    block.out_channels = out_channels
+    block.stride = stride
+    block.groups = groups
+    block.dilation = dilation
+    block.shift = shift
+    block.attn_channels = attn_channels if attn_channels is not None else default_attn_channels(in_channels)
+    block.attention = attention
+    block.dilated_branch = dilated_branch
