@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from xvol_cli import options as opt
-from xvol_cli.render import render_doctor, render_fold, render_inspect, render_verify
+from xvol_cli.render import render_doctor, render_export, render_fold, render_inspect, render_verify
 from xvol_export import api
 from xvol_export.doctor import machine_report
 from xvol_export.errors import CheckFailed, XvolError
@@ -104,9 +104,15 @@ def fold(
 
 @app.command()
 def verify(
-    reference: Annotated[Path, typer.Argument(help="Reference artifact (checkpoint).", show_default=False)],
-    candidate: Annotated[Path, typer.Argument(help="Candidate artifact (checkpoint).", show_default=False)],
+    reference: Annotated[Path, typer.Argument(help="Reference artifact: checkpoint or .onnx.", show_default=False)],
+    candidate: Annotated[Path, typer.Argument(help="Candidate artifact: checkpoint or .onnx.", show_default=False)],
     data: opt.Data = None,
+    load_inputs: Annotated[Path | None, typer.Option(
+        "--load-inputs", help="Inputs saved by --save-inputs (.npz); same as --data.")] = None,
+    save_inputs: Annotated[Path | None, typer.Option(
+        "--save-inputs", help="Write the inputs used to this .npz.")] = None,
+    save_outputs: Annotated[Path | None, typer.Option(
+        "--save-outputs", help="Write both outputs ('reference', 'candidate') to this .npz.")] = None,
     input_shape: opt.InputShapeOpt = None,
     seed: opt.Seed = None,
     atol: opt.Atol = None,
@@ -119,17 +125,69 @@ def verify(
     arch_config: opt.ArchConfig = None,
     ema: opt.Ema = False,
 ):
-    """Run two artifacts on the same inputs and compare them, end to end and per block."""
+    """Run two artifacts on the same inputs and compare them (two checkpoints: per block too)."""
     opt.json_option(json_path, force)
+    if data is not None and load_inputs is not None:
+        raise XvolError("Give the inputs once: --data and --load-inputs are the same option.")
     tolerance = opt.tolerance_option(atol, rtol, check_error_stat)
     with console.status("Running both artifacts…"):
-        report = api.verify_checkpoints(
-            reference, candidate, data=data, input_shape=opt.shape_option(input_shape), seed=seed,
+        report = api.verify_artifacts(
+            reference, candidate, data=data or load_inputs, input_shape=opt.shape_option(input_shape), seed=seed,
             tolerance=tolerance, load=opt.load_options(trust_pickle, arch, arch_config, ema),
+            save_inputs=save_inputs, save_outputs=save_outputs, force=force,
         )
     render_verify(console, report)
     return _finish(report.passed, json_path, {"command": "verify", **report.to_dict()}, force,
                    report.failure_summary())
+
+
+@app.command()
+def export(
+    checkpoint: Checkpoint,
+    format: Annotated[str, typer.Option("--format", help="onnx, or engine (TensorRT).")] = "onnx",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (default: NAME.onnx beside "
+                                                "the input; NAME.fp16.onnx, NAME.int8.onnx).")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8 (Q/DQ), in the graph.")] = "fp32",
+    calib: Annotated[Path | None, typer.Option(
+        "--calib", help="Calibration images for int8: .npz with an 'input' array.")] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (torchscript: 17-20, dynamo: 18-23).")] = 17,
+    exporter: Annotated[str, typer.Option("--exporter", help="torchscript or dynamo.")] = "torchscript",
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Symbolic batch, height and width.")] = False,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size of the exported graph.")] = 1,
+    imgsz: Annotated[str | None, typer.Option(
+        "--imgsz", help="Image size: 224 or 224,320 (H,W); default the model's.")] = None,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph.")] = True,
+    simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim or onnxsim.")] = "onnxslim",
+    layout: opt.Layout = "auto",
+    data: opt.Data = None,
+    seed: opt.Seed = None,
+    atol: opt.Atol = None,
+    rtol: opt.Rtol = None,
+    check_error_stat: Annotated[str | None, typer.Option(
+        "--check-error-stat", help="elemwise, max, mean or median (default: elemwise; median for int8).")] = None,
+    json_path: opt.JsonPath = None,
+    force: opt.Force = False,
+    trust_pickle: opt.TrustPickle = False,
+    arch: opt.Arch = None,
+    arch_config: opt.ArchConfig = None,
+    ema: opt.Ema = False,
+):
+    """Fold if needed, export, check, simplify, re-verify against the training form, write with metadata."""
+    opt.json_option(json_path, force)
+    tolerance = None
+    if atol is not None or rtol is not None or check_error_stat is not None:
+        stat = check_error_stat or api.DEFAULT_ERROR_STAT.get(precision, "elemwise")
+        tolerance = opt.tolerance_option(atol, rtol, stat, precision if precision in api.PRECISIONS else "fp32")
+    with console.status("Exporting and verifying…"):
+        result = api.export_checkpoint(
+            checkpoint, output, format=format, precision=precision, opset=opset, exporter=exporter,
+            dynamic=dynamic, batch=batch, imgsz=opt.imgsz_option(imgsz), simplify=simplify, simplifier=simplifier,
+            layout=opt.layout_option(layout), calib=calib, data=data, seed=seed, tolerance=tolerance, force=force,
+            load=opt.load_options(trust_pickle, arch, arch_config, ema),
+        )
+    render_export(console, result)
+    return _finish(result.passed, json_path, {"command": "export", **result.to_dict()}, force,
+                   result.failure_summary())
 
 
 @app.command()

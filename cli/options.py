@@ -47,6 +47,17 @@ def shape_option(text: str | None) -> InputShape | None:
     return None if text is None else parse_shape(text)
 
 
+def imgsz_option(text: str | None) -> tuple[int, int] | None:
+    """``224`` or ``224,320`` / ``224x320`` (height, width)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    if len(parts) not in (1, 2) or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
+        raise XvolError(f"Cannot read --imgsz '{text}'. Give one size (224) or height,width (224,320).")
+    sizes = [int(p) for p in parts]
+    return (sizes[0], sizes[-1])
+
+
 def layout_option(layout: str) -> str:
     if layout not in LAYOUT_CHOICES:
         raise XvolError(f"Unknown layout '{layout}'. Choose one of: {', '.join(LAYOUT_CHOICES)}.")

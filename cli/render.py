@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from xvol_export.api import FoldResult, InspectReport
+from xvol_export.api import ExportResult, FoldResult, InspectReport
 from xvol_export.verify import VerifyReport
 
 
@@ -119,6 +119,42 @@ def render_fold(console: Console, result: FoldResult) -> None:
         console.print(f"note: {escape(note)}")
     if result.written:
         console.print(f"wrote {escape(str(result.output))}")
+
+
+def render_export(console: Console, result: ExportResult) -> None:
+    if result.fold is not None:
+        fold = result.fold
+        console.print(
+            f"fold ({fold.layout}): {len(fold.blocks)} X-volution block(s) "
+            f"({escape(', '.join(sorted(set(fold.layouts.values()))) or 'none')}), "
+            f"{len(fold.fused_conv_bn)} conv+BatchNorm pair(s) fused"
+        )
+    if result.fold_verification is not None:
+        out = result.fold_verification.output
+        console.print(f"fold verified against the training form: rel L2 {_err(out.rel_l2)}, max abs "
+                      f"{_err(out.max_abs)} {_verdict(result.fold_verification.passed)}")
+    shape = "x".join(map(str, result.input_shape))
+    console.print(f"export: {result.format} {result.precision}, {result.exporter} exporter, opset {result.opset}, "
+                  f"input {shape}{' (dynamic batch, height, width)' if result.dynamic else ''}, "
+                  f"simplifier {result.simplifier or 'none'}")
+    if result.graph:
+        g = result.graph
+        top = ", ".join(f"{op} {n}" for op, n in list(g["ops"].items())[:8])
+        console.print(f"graph: {g['nodes']} nodes ({top}); {g['conv_nodes']} Conv for {g['conv_modules']} planned, "
+                      f"{g['batchnorm_nodes']} BatchNormalization; input dims {g['input_dims']}")
+    if result.verification is not None:
+        render_verify(console, result.verification)
+    if result.dynamic_check is not None:
+        other = result.dynamic_check
+        console.print(f"other shape ({escape(other.input_source)}): rel L2 {_err(other.output.rel_l2)}, max abs "
+                      f"{_err(other.output.max_abs)} {_verdict(other.passed)}")
+    for failure in result.failures:
+        console.print(f"[red]{escape(failure)}[/]")
+    console.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")
+    if result.written:
+        console.print(f"wrote {escape(', '.join(result.files))} (metadata: {escape(', '.join(result.metadata))})")
 
 
 def render_doctor(console: Console, report: dict) -> None:

@@ -10,62 +10,19 @@ from pathlib import Path
 
 from torch import nn
 
-from xvol_export.checkpoint import Checkpoint, load_model, save_checkpoint
+from xvol_export.artifacts import open_artifact
+from xvol_export.checkpoint import LoadOptions, save_checkpoint
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
+from xvol_export.export import PRECISIONS, ExportResult, export_checkpoint
+from xvol_export.export.job import DEFAULT_ERROR_STAT
 from xvol_export.fold import FoldReport, fold
 from xvol_export.fold.model import describe_deploy
-from xvol_export.inputs import InputData, InputShape, fresh_seed, load_npz, random_inputs
+from xvol_export.inputs import InputShape, prepare_inputs, save_npz
 from xvol_export.io import atomic_write, check_output_path
 from xvol_export.layers import XVolutionDeploy
 from xvol_export.profile import count_params, profile_model
-from xvol_export.verify import VerifyReport, verify_models
-
-DEFAULT_VERIFY_BATCH = 2
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """How to read a checkpoint: ``arch``/``config`` for bare state dicts, pickles only if trusted."""
-
-    trust_pickle: bool = False
-    arch: str | None = None
-    config: dict | None = None
-    use_ema: bool = False
-
-    def load(self, path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
-        return load_model(path, trust_pickle=self.trust_pickle, arch=self.arch, config=self.config,
-                          use_ema=self.use_ema)
-
-
-# ----------------------------------------------------------------------------------------- inputs
-
-def prepare_inputs(model: nn.Module, label: str, data: str | os.PathLike | None = None,
-                   input_shape: InputShape | None = None, seed: int | None = None) -> tuple[InputData, int | None]:
-    """Inputs for verification: an ``.npz`` file, or seeded random ones (a fresh seed unless given)."""
-    expected = tuple(getattr(model, "input_size", ()) or ())
-    if data is not None:
-        loaded = load_npz(data)
-        if expected and tuple(loaded.inputs.shape[1:2]) != expected[:1]:
-            raise XvolError(
-                f"{data}: inputs of shape {tuple(loaded.inputs.shape)} have {loaded.inputs.shape[1]} channel(s), "
-                f"but {label} takes {expected[0]} (input size {'x'.join(map(str, expected))})."
-            )
-        return loaded, None
-    if input_shape is None:
-        if not expected:
-            raise XvolError(f"{label}: the model has no default input size. Pass --input-shape, e.g. 1x3x224x224.")
-        dims = (DEFAULT_VERIFY_BATCH, *expected)
-    else:
-        dims = input_shape.dims
-        if len(dims) != 4:
-            raise XvolError(f"Input shape {input_shape} must have four dimensions, NxCxHxW.")
-        if expected and dims[1] != expected[0]:
-            raise XvolError(f"Input shape {input_shape} has {dims[1]} channel(s) but {label} takes {expected[0]}.")
-    seed = fresh_seed() if seed is None else seed
-    shape_text = "x".join(map(str, dims))
-    return InputData(random_inputs(dims, seed), None, f"random normal {shape_text}, seed {seed}"), seed
-
+from xvol_export.verify import VerifyReport, verify_models, verify_runners
 
 # ---------------------------------------------------------------------------------------- inspect
 
@@ -219,7 +176,7 @@ def fold_checkpoint(
         result.notes.append("already folded: nothing to do, nothing written")
         return result
 
-    data_in, used_seed = prepare_inputs(model, ckpt.label, data, input_shape, seed)
+    data_in, used_seed = prepare_inputs(getattr(model, "input_size", None), ckpt.label, data, input_shape, seed)
     start = time.perf_counter()
     deploy, result.fold = fold(model, layout=layout, input_shape=(1, *data_in.inputs.shape[1:]))
     timings["fold"] = time.perf_counter() - start
@@ -261,7 +218,7 @@ def _verification_summary(report: VerifyReport) -> dict:
 
 # ----------------------------------------------------------------------------------------- verify
 
-def verify_checkpoints(
+def verify_artifacts(
     reference: str | os.PathLike,
     candidate: str | os.PathLike,
     *,
@@ -270,18 +227,39 @@ def verify_checkpoints(
     seed: int | None = None,
     tolerance: Tolerance = Tolerance(),
     load: LoadOptions = LoadOptions(),
+    save_inputs: str | os.PathLike | None = None,
+    save_outputs: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> VerifyReport:
-    """Run two checkpoints (training or deploy form) on the same inputs and compare them."""
-    ref_model, ref_ckpt = load.load(reference)
-    cand_model, cand_ckpt = load.load(candidate)
-    data_in, used_seed = prepare_inputs(ref_model, ref_ckpt.label, data, input_shape, seed)
-    names = (f"{Path(reference).name}", f"{Path(candidate).name}")
+    """Run two artifacts (checkpoints in either form, ONNX graphs) on the same inputs and compare them.
+
+    Two checkpoints are also compared per X-volution block. ``save_inputs``/``save_outputs`` write the
+    inputs and both outputs as ``.npz`` (``data`` reads such an inputs file back).
+    """
+    for extra in (save_inputs, save_outputs):
+        if extra is not None:
+            check_output_path(extra, force)
+    names = (Path(reference).name, Path(candidate).name)
     if names[0] == names[1]:
         names = (str(reference), str(candidate))
+    ref = open_artifact(reference, load, names[0])
+    cand = open_artifact(candidate, load, names[1])
+    input_size = ref.input_size or cand.input_size
+    label = str(reference if ref.input_size else candidate)
+    data_in, used_seed = prepare_inputs(input_size, label, data, input_shape, seed)
     try:
-        return verify_models(ref_model, cand_model, data_in, tolerance, names=names, seed=used_seed)
+        if ref.model is not None and cand.model is not None:
+            report = verify_models(ref.model, cand.model, data_in, tolerance, names=names, seed=used_seed)
+        else:
+            report = verify_runners(ref.runner, cand.runner, data_in, tolerance, seed=used_seed)
     except ValueError as err:  # outputs of different shapes: not the same task
         raise XvolError(f"{candidate}: cannot be compared with {reference}: {err}.") from None
+    if save_inputs is not None:
+        arrays = {"input": data_in.inputs} | ({"labels": data_in.labels} if data_in.labels is not None else {})
+        save_npz(save_inputs, **arrays)
+    if save_outputs is not None:
+        save_npz(save_outputs, **report.outputs)
+    return report
 
 
 # ------------------------------------------------------------------------------------------- json
@@ -304,5 +282,5 @@ def _json_default(value):
 
 __all__ = [
     "FoldResult", "InspectReport", "LoadOptions", "default_fold_output", "fold_checkpoint", "inspect_checkpoint",
-    "prepare_inputs", "verify_checkpoints", "write_json",
+    "verify_artifacts", "write_json", "ExportResult", "export_checkpoint", "PRECISIONS", "DEFAULT_ERROR_STAT",
 ]

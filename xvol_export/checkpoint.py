@@ -56,6 +56,20 @@ class Checkpoint:
         return str(self.path) if self.path else "<checkpoint>"
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to read a checkpoint: ``arch``/``config`` for bare state dicts, pickles only if trusted."""
+
+    trust_pickle: bool = False
+    arch: str | None = None
+    config: dict | None = None
+    use_ema: bool = False
+
+    def load(self, path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
+        return load_model(path, trust_pickle=self.trust_pickle, arch=self.arch, config=self.config,
+                          use_ema=self.use_ema)
+
+
 def is_folded(model: nn.Module) -> bool:
     """A model is in deploy form when it holds no XVolution and no BatchNorm."""
     return not any(isinstance(m, (XVolution, nn.modules.batchnorm._BatchNorm)) for m in model.modules())

@@ -111,3 +111,36 @@ def save_npz(path: str | os.PathLike, **arrays) -> None:
 
 def _numpy(value):
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+DEFAULT_VERIFY_BATCH = 2
+
+
+def prepare_inputs(input_size: tuple[int, ...] | None, label: str, data: str | os.PathLike | None = None,
+                   input_shape: InputShape | None = None, seed: int | None = None) -> tuple[InputData, int | None]:
+    """Inputs for verification: an ``.npz`` file, or seeded random ones (a fresh seed unless given).
+
+    ``input_size`` is the model's ``(C, H, W)`` (None if unknown); ``label`` names it in messages.
+    """
+    expected = tuple(input_size or ())
+    if data is not None:
+        loaded = load_npz(data)
+        if expected and tuple(loaded.inputs.shape[1:2]) != expected[:1]:
+            raise XvolError(
+                f"{data}: inputs of shape {tuple(loaded.inputs.shape)} have {loaded.inputs.shape[1]} channel(s), "
+                f"but {label} takes {expected[0]} (input size {'x'.join(map(str, expected))})."
+            )
+        return loaded, None
+    if input_shape is None:
+        if not expected:
+            raise XvolError(f"{label}: the model has no default input size. Pass --input-shape, e.g. 1x3x224x224.")
+        dims = (DEFAULT_VERIFY_BATCH, *expected)
+    else:
+        dims = input_shape.dims
+        if len(dims) != 4:
+            raise XvolError(f"Input shape {input_shape} must have four dimensions, NxCxHxW.")
+        if expected and dims[1] != expected[0]:
+            raise XvolError(f"Input shape {input_shape} has {dims[1]} channel(s) but {label} takes {expected[0]}.")
+    seed = fresh_seed() if seed is None else seed
+    shape_text = "x".join(map(str, dims))
+    return InputData(random_inputs(dims, seed), None, f"random normal {shape_text}, seed {seed}"), seed

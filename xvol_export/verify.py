@@ -43,6 +43,7 @@ class VerifyReport:
     blocks: list[BlockCheck] = field(default_factory=list)
     accuracy: dict | None = None
     notes: list[str] = field(default_factory=list)
+    outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)  # raw outputs, not serialized
 
     @property
     def passed(self) -> bool:
@@ -85,13 +86,23 @@ class VerifyReport:
 
 
 def run_batches(runner: Runner, inputs: torch.Tensor | np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Run ``inputs`` through ``runner`` in batches; return the stacked ``output``."""
+    """Run ``inputs`` through ``runner`` in batches; return the stacked ``output``.
+
+    A runner with a fixed batch size gets exactly that many items per call (the last batch is
+    padded with copies of its last item, and the padding's outputs are dropped).
+    """
     array = inputs.numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
     name = runner.input_names()[0]
+    fixed = runner.fixed_batch()
+    step = fixed or batch_size
     outputs = []
-    for start in range(0, len(array), batch_size):
-        result = runner.infer({name: array[start : start + batch_size]})
-        outputs.append(next(iter(result.values())))
+    for start in range(0, len(array), step):
+        chunk = array[start : start + step]
+        count = len(chunk)
+        if fixed and count < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - count, axis=0)])
+        result = runner.infer({name: chunk})
+        outputs.append(next(iter(result.values()))[:count])
     return np.concatenate(outputs, axis=0)
 
 
@@ -100,6 +111,39 @@ def eval_copy(model: nn.Module) -> tuple[nn.Module, bool]:
     if not model.training:
         return model, False
     return copy.deepcopy(model).eval(), True
+
+
+def verify_runners(
+    reference: Runner,
+    candidate: Runner,
+    data: InputData,
+    tolerance: Tolerance = Tolerance(),
+    *,
+    seed: int | None = None,
+    batch_size: int = 64,
+) -> VerifyReport:
+    """Run both runners on ``data`` and compare their outputs (and accuracy, if ``data`` has labels)."""
+    with reference, candidate:
+        ref_out = run_batches(reference, data.inputs, batch_size)
+        cand_out = run_batches(candidate, data.inputs, batch_size)
+    report = VerifyReport(
+        reference=reference.name,
+        candidate=candidate.name,
+        tolerance=tolerance,
+        input_source=data.source,
+        input_shape=tuple(data.inputs.shape),
+        output=compare_arrays(ref_out, cand_out, tolerance),
+        seed=seed,
+        outputs={"reference": ref_out, "candidate": cand_out},
+    )
+    if data.labels is not None and ref_out.ndim == 2:
+        labels = data.labels.numpy()
+        report.accuracy = {
+            "count": len(labels),
+            "reference": float((ref_out.argmax(1) == labels).mean()),
+            "candidate": float((cand_out.argmax(1) == labels).mean()),
+        }
+    return report
 
 
 def verify_models(
@@ -126,26 +170,10 @@ def verify_models(
 
     blocks = _matching_blocks(reference, candidate) if per_block else []
     with _BlockRecorder(reference, candidate, blocks) as recorder:
-        ref_out = run_batches(TorchRunner(reference, names[0]), data.inputs, batch_size)
-        cand_out = run_batches(TorchRunner(candidate, names[1]), data.inputs, batch_size)
-    report = VerifyReport(
-        reference=names[0],
-        candidate=names[1],
-        tolerance=tolerance,
-        input_source=data.source,
-        input_shape=tuple(data.inputs.shape),
-        output=compare_arrays(ref_out, cand_out, tolerance),
-        seed=seed,
-        blocks=recorder.checks(tolerance),
-        notes=notes,
-    )
-    if data.labels is not None and ref_out.ndim == 2:
-        labels = data.labels.numpy()
-        report.accuracy = {
-            "count": int(len(labels)),
-            "reference": float((ref_out.argmax(1) == labels).mean()),
-            "candidate": float((cand_out.argmax(1) == labels).mean()),
-        }
+        report = verify_runners(TorchRunner(reference, names[0]), TorchRunner(candidate, names[1]), data, tolerance,
+                                seed=seed, batch_size=batch_size)
+    report.blocks = recorder.checks(tolerance)
+    report.notes = notes
     return report
 
 

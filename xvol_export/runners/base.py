@@ -25,6 +25,10 @@ class Runner(abc.ABC):
     def input_names(self) -> list[str]:
         ...
 
+    def fixed_batch(self) -> int | None:
+        """The only batch size the artifact accepts, or ``None`` when any batch size works."""
+        return None
+
     @abc.abstractmethod
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ...

@@ -1,0 +1,78 @@
+"""Open any artifact (checkpoint, ONNX graph, TensorRT engine) as a runner, for verify and bench alike."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from xvol_export.checkpoint import SUFFIXES, Checkpoint, LoadOptions
+from xvol_export.errors import XvolError
+from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+# metadata_props key holding the shape an ONNX graph was exported at (NxCxHxW)
+INPUT_SHAPE_KEY = "xvol.input_shape"
+
+
+@dataclass
+class Artifact:
+    path: Path
+    kind: str  # "checkpoint", "onnx" or "engine"
+    runner: Runner
+    input_size: tuple[int, ...] | None  # (C, H, W) where known
+    model: nn.Module | None = None  # checkpoints only
+    checkpoint: Checkpoint | None = None
+
+
+def artifact_kind(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in ENGINE_SUFFIXES:
+        return "engine"
+    if suffix in SUFFIXES:
+        return "checkpoint"
+    raise XvolError(
+        f"{path}: unknown artifact type '{suffix}'. xvol reads checkpoints ({', '.join(SUFFIXES)}), ONNX graphs "
+        f"(.onnx) and TensorRT engines ({', '.join(ENGINE_SUFFIXES)})."
+    )
+
+
+def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), name: str | None = None,
+                  threads: int | None = None) -> Artifact:
+    """The artifact at ``path`` with a CPU runner for it."""
+    path = Path(path)
+    kind = artifact_kind(path)
+    if not path.is_file():
+        raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
+    label = name or path.name
+    if kind == "checkpoint":
+        model, ckpt = load.load(path)
+        return Artifact(path, kind, TorchRunner(model, label), getattr(model, "input_size", None), model, ckpt)
+    if kind == "onnx":
+        return Artifact(path, kind, OnnxRuntimeRunner(path, label, threads=threads), _onnx_input_size(path))
+    raise XvolError(
+        f"{path}: is a TensorRT engine, and TensorRT is not installed here. Engines need an NVIDIA GPU and "
+        "NVIDIA's TensorRT libraries (pip install 'xvol[tensorrt]' on such a machine); 'xvol doctor' shows what "
+        "this machine has."
+    )
+
+
+def _onnx_input_size(path: Path) -> tuple[int, ...] | None:
+    """``(C, H, W)`` from the graph's first input, or from xvol's metadata when the dims are symbolic."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises several types for damaged files
+        raise XvolError(f"{path}: is not a readable ONNX file ({type(err).__name__}). Export it again.") from None
+    if not model.graph.input:
+        raise XvolError(f"{path}: the ONNX graph has no input.")
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) == 4 and all(dims[1:]):
+        return tuple(dims[1:])
+    nominal = {p.key: p.value for p in model.metadata_props}.get(INPUT_SHAPE_KEY)
+    return tuple(int(d) for d in nominal.split("x")[1:]) if nominal else None

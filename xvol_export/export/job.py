@@ -1,0 +1,338 @@
+"""`xvol export`: fold if needed, export to ONNX, check, simplify, set precision, re-verify, tag, save."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from torch import nn
+
+import xvol_export
+from xvol_export.artifacts import INPUT_SHAPE_KEY
+from xvol_export.checkpoint import LoadOptions
+from xvol_export.compare import Tolerance
+from xvol_export.errors import XvolError
+from xvol_export.export import onnx_graph
+from xvol_export.fold import FoldReport, fold
+from xvol_export.inputs import InputShape, load_npz, prepare_inputs
+from xvol_export.io import check_output_path
+from xvol_export.runners import OnnxRuntimeRunner, TorchRunner
+from xvol_export.verify import VerifyReport, verify_models, verify_runners
+
+FORMATS = ("onnx", "engine")
+PRECISIONS = ("fp32", "fp16", "int8")
+# int8 errors are spread over every element; judge the typical error, not the worst one.
+DEFAULT_ERROR_STAT = {"fp32": "elemwise", "fp16": "elemwise", "int8": "median"}
+
+
+@dataclass
+class ExportResult:
+    source: str
+    source_sha256: str
+    output: str
+    format: str
+    precision: str
+    exporter: str
+    opset: int
+    dynamic: bool
+    input_shape: tuple[int, ...]
+    simplifier: str | None = None
+    fold: FoldReport | None = None
+    fold_verification: VerifyReport | None = None
+    verification: VerifyReport | None = None
+    dynamic_check: VerifyReport | None = None
+    graph: dict = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    written: bool = False
+    failures: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reports(self) -> list[VerifyReport]:
+        return [r for r in (self.fold_verification, self.verification, self.dynamic_check) if r is not None]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and all(r.passed for r in self.reports)
+
+    def failure_summary(self) -> str:
+        parts = list(self.failures)
+        labels = ((self.fold_verification, "fold"), (self.verification, "ONNX"), (self.dynamic_check, "other shape"))
+        parts += [f"{label}: {r.failure_summary()}" for r, label in labels if r is not None and not r.passed]
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "output": self.output,
+            "files": self.files,
+            "written": self.written,
+            "passed": self.passed,
+            "format": self.format,
+            "precision": self.precision,
+            "exporter": self.exporter,
+            "opset": self.opset,
+            "dynamic": self.dynamic,
+            "input_shape": list(self.input_shape),
+            "simplifier": self.simplifier,
+            "fold": self.fold.to_dict() if self.fold else None,
+            "fold_verification": self.fold_verification.to_dict() if self.fold_verification else None,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "dynamic_check": self.dynamic_check.to_dict() if self.dynamic_check else None,
+            "graph": self.graph,
+            "metadata": self.metadata,
+            "failures": self.failures,
+            "timings_s": self.timings,
+            "notes": self.notes,
+        }
+
+
+def default_export_output(path: str | os.PathLike, precision: str) -> Path:
+    """``model.pth`` -> ``model.onnx`` (``model.fp16.onnx``, ``model.int8.onnx``) beside it."""
+    path = Path(path)
+    tag = "" if precision == "fp32" else f".{precision}"
+    return path.with_name(f"{path.stem}{tag}.onnx")
+
+
+def export_checkpoint(
+    path: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    format: str = "onnx",
+    precision: str = "fp32",
+    opset: int = onnx_graph.DEFAULT_OPSET,
+    exporter: str = "torchscript",
+    dynamic: bool = False,
+    batch: int = 1,
+    imgsz: tuple[int, int] | None = None,
+    simplify: bool = True,
+    simplifier: str = "onnxslim",
+    layout: str = "auto",
+    calib: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    seed: int | None = None,
+    tolerance: Tolerance | None = None,
+    force: bool = False,
+    load: LoadOptions = LoadOptions(),
+) -> ExportResult:
+    """Export a checkpoint to a verified ONNX graph; nothing is written unless every check passes.
+
+    A training-form checkpoint is folded first (and the fold verified); a deploy checkpoint is
+    exported as it is. The graph is verified in ONNX Runtime against the training-form PyTorch
+    model (the deploy model when only that exists), on ``data`` (``.npz``) or seeded random
+    inputs of the export shape; with ``dynamic`` also at a second, different shape.
+    ``tolerance`` defaults by precision.
+    """
+    _check_choices(format, precision, simplifier, batch, imgsz)
+    onnx_graph.check_opset(opset, exporter)
+    if precision == "int8" and calib is None:
+        raise XvolError("--precision int8 needs calibration data: pass --calib FILE.npz with an 'input' array of "
+                        "representative images (a few hundred, preprocessed like the model's inputs).")
+    output = Path(output) if output is not None else default_export_output(path, precision)
+    check_output_path(output, force)
+    tolerance = tolerance or Tolerance.for_precision(precision, check_error_stat=DEFAULT_ERROR_STAT[precision])
+    timings: dict[str, float] = {}
+    clock = _Clock(timings)
+
+    with clock("load"):
+        model, ckpt = load.load(path)
+    input_size = getattr(model, "input_size", None)
+    if input_size is None and imgsz is None:
+        raise XvolError(f"{ckpt.label}: the model has no default input size; pass --imgsz, e.g. --imgsz 224.")
+    channels = input_size[0]
+    height, width = imgsz or input_size[1:]
+    shape = (batch, channels, height, width)
+    calibration = _load_calibration(calib, channels) if precision == "int8" else None
+    result = ExportResult(str(path), ckpt.sha256 or "", str(output), format, precision, exporter, opset, dynamic,
+                          shape, notes=list(ckpt.notes), timings=timings)
+
+    data_in, used_seed = prepare_inputs((channels, height, width), ckpt.label, data,
+                                        InputShape((max(batch, 2), channels, height, width)), seed)
+    if data is not None and not dynamic and tuple(data_in.inputs.shape[2:]) != (height, width):
+        raise XvolError(f"{data}: images of size {tuple(data_in.inputs.shape[2:])} do not fit a graph exported at "
+                        f"{height}x{width}; pass --imgsz {height},{width} to match the data, or --dynamic.")
+    reference, deploy = model, model
+    if ckpt.folded:
+        result.notes.append("deploy checkpoint: exported as it is and verified against itself "
+                            "(the training form is not in the file)")
+    else:
+        with clock("fold"):
+            deploy, result.fold = fold(model, layout=layout, input_shape=(1, channels, height, width))
+            result.fold_verification = verify_models(model, deploy, data_in, Tolerance.for_precision("fp32"),
+                                                     names=("training form", "deploy form"), seed=used_seed)
+        if not result.fold_verification.passed:
+            result.notes.append("the fold failed verification: nothing exported")
+            return result
+
+    with clock("export"):
+        raw = onnx_graph.check_graph(onnx_graph.export_onnx(deploy, shape, opset=opset, dynamic=dynamic,
+                                                            exporter=exporter))
+    candidates = [("unsimplified", raw)]
+    if simplify:
+        with clock("simplify"):
+            try:
+                candidates.insert(0, (simplifier, onnx_graph.check_graph(onnx_graph.simplify(raw, simplifier))))
+            except Exception as err:  # noqa: BLE001 - any simplifier failure: keep the plain graph
+                result.notes.append(f"{simplifier} failed ({type(err).__name__}: {err}); kept the unsimplified graph")
+
+    reference_runner = TorchRunner(reference, "training form" if not ckpt.folded else "deploy form")
+    for label, graph in candidates:
+        if precision != "fp32":
+            with clock(f"{precision} conversion"):
+                graph = _apply_precision(graph, precision, calibration)
+        with clock("verify"):
+            candidate = OnnxRuntimeRunner(graph.SerializeToString(), f"ONNX {precision}")
+            report = verify_runners(reference_runner, candidate, data_in, tolerance, seed=used_seed)
+        if report.passed or label == "unsimplified":
+            break
+        result.notes.append(f"the {label}-simplified graph failed verification "
+                            f"({report.failure_summary()}); trying the unsimplified graph")
+    result.verification = report
+    result.simplifier = label if label != "unsimplified" else None
+    if dynamic:
+        with clock("verify other shape"):
+            result.dynamic_check = _check_other_shape(reference_runner, graph, shape, tolerance, used_seed)
+
+    result.graph = _graph_summary(graph, deploy)
+    result.failures += _structural_failures(result.graph)
+    if not result.passed:
+        result.notes.append("verification failed: nothing written")
+        return result
+
+    result.metadata = _metadata(ckpt, result)
+    onnx_graph.set_metadata(graph, result.metadata)
+    with clock("save"):
+        result.files = [str(p) for p in onnx_graph.save_onnx(graph, output, force)]
+    result.written = True
+    return result
+
+
+def _check_choices(format: str, precision: str, simplifier: str, batch: int, imgsz) -> None:
+    if format == "engine":
+        raise XvolError(
+            "--format engine builds a TensorRT engine, and TensorRT is not installed here: it needs an NVIDIA GPU and "
+            "NVIDIA's TensorRT libraries (pip install 'xvol[tensorrt]' on such a machine). Export --format onnx here "
+            "and build the engine on the target GPU."
+        )
+    if format not in FORMATS:
+        raise XvolError(f"Unknown format '{format}'. Choose one of: {', '.join(FORMATS)}.")
+    if precision not in PRECISIONS:
+        raise XvolError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}.")
+    if simplifier not in onnx_graph.SIMPLIFIERS:
+        raise XvolError(f"Unknown simplifier '{simplifier}'. Choose one of: {', '.join(onnx_graph.SIMPLIFIERS)}.")
+    if batch < 1:
+        raise XvolError(f"--batch must be at least 1, got {batch}.")
+    if imgsz is not None and (len(imgsz) != 2 or min(imgsz) < 1):
+        raise XvolError(f"--imgsz must be one or two positive sizes (224 or 224,320), got {imgsz}.")
+
+
+def _load_calibration(calib: str | os.PathLike, channels: int) -> np.ndarray:
+    images = load_npz(calib).inputs.numpy()
+    if images.ndim != 4 or images.shape[1] != channels:
+        raise XvolError(
+            f"{calib}: calibration images of shape {images.shape} do not fit the model, which takes {channels} "
+            f"channel(s): the 'input' array must be N x {channels} x H x W, preprocessed like the model's inputs."
+        )
+    return images
+
+
+def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.ndarray | None) -> onnx.ModelProto:
+    if precision == "fp32":
+        return graph
+    from xvol_export.export import precision as precision_step
+
+    if precision == "fp16":
+        converted = precision_step.to_fp16(graph)
+    else:
+        converted = precision_step.to_int8_qdq(graph, calibration, onnx_graph.INPUT_NAME)
+    return onnx_graph.check_graph(converted)
+
+
+def _check_other_shape(reference: TorchRunner, graph: onnx.ModelProto, shape: tuple[int, ...],
+                       tolerance: Tolerance, seed: int | None) -> VerifyReport:
+    """A dynamic graph must also run, and agree, at another batch size and image size."""
+    batch, channels, height, width = shape
+    other = (batch + 2, channels, height + max(1, height // 4) + 1, width + max(1, width // 2))
+    data, used = prepare_inputs((channels, other[2], other[3]), "the exported graph", None, InputShape(other),
+                                None if seed is None else seed + 1)
+    candidate = OnnxRuntimeRunner(graph.SerializeToString(), "ONNX (other shape)")
+    return verify_runners(reference, candidate, data, tolerance, seed=used)
+
+
+def _graph_summary(graph: onnx.ModelProto, deploy: nn.Module) -> dict:
+    ops = onnx_graph.op_counts(graph)
+    return {
+        "nodes": len(graph.graph.node),
+        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        "input_dims": onnx_graph.input_dims(graph),
+        "conv_nodes": ops.get("Conv", 0),
+        "conv_modules": sum(isinstance(m, nn.Conv2d) for m in deploy.modules()),
+        "batchnorm_nodes": ops.get("BatchNormalization", 0),
+        "bytes": graph.ByteSize(),
+    }
+
+
+def _structural_failures(summary: dict) -> list[str]:
+    failures = []
+    if summary["batchnorm_nodes"]:
+        failures.append(f"the graph still holds {summary['batchnorm_nodes']} BatchNormalization node(s)")
+    if summary["conv_nodes"] != summary["conv_modules"]:
+        failures.append(f"the graph holds {summary['conv_nodes']} Conv node(s) but the fold planned "
+                        f"{summary['conv_modules']}")
+    return failures
+
+
+def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
+    report = result.verification
+    verified = {
+        "reference": report.reference,
+        "inputs": report.input_source,
+        "max_abs": report.output.max_abs,
+        "median_abs": report.output.median_abs,
+        "p99_abs": report.output.p99_abs,
+        "rel_l2": report.output.rel_l2,
+        "top1_agreement": report.output.top1_agreement,
+        "accuracy": report.accuracy,
+    }
+    layouts = result.fold.layouts if result.fold else ckpt.layouts
+    return {
+        "xvol.version": xvol_export.__version__,
+        "xvol.source_sha256": ckpt.sha256 or "",
+        "xvol.architecture": ckpt.architecture,
+        "xvol.config": json.dumps(ckpt.config),
+        "xvol.fold_layout": json.dumps(layouts),
+        "xvol.precision": result.precision,
+        "xvol.exporter": f"{result.exporter} (opset {result.opset})",
+        "xvol.simplifier": result.simplifier or "none",
+        INPUT_SHAPE_KEY: "x".join(map(str, result.input_shape)),
+        "xvol.dynamic": json.dumps(result.dynamic),
+        "xvol.verified": json.dumps(verified),
+    }
+
+
+class _Clock:
+    """``with clock("step"):`` adds the step's wall time to ``timings``."""
+
+    def __init__(self, timings: dict[str, float]):
+        self.timings = timings
+        self.step = ""
+
+    def __call__(self, step: str) -> "_Clock":
+        self.step = step
+        return self
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.timings[self.step] = self.timings.get(self.step, 0.0) + time.perf_counter() - self.start
+
+

@@ -1,0 +1,165 @@
+"""ONNX export steps as small functions on ``onnx.ModelProto``: export, check, simplify, tag, save."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from xvol_export.errors import XvolError
+from xvol_export.io import atomic_write, check_output_path
+
+EXPORTERS = ("torchscript", "dynamo")
+# Opsets each exporter can write; the design asks for 17 or newer.
+OPSET_RANGES = {"torchscript": (17, 20), "dynamo": (18, 23)}
+DEFAULT_OPSET = 17
+SIMPLIFIERS = ("onnxslim", "onnxsim")
+# Protobuf cannot serialize a model over 2 GiB: larger ones keep their weights beside the file.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+
+
+def check_opset(opset: int, exporter: str) -> None:
+    if exporter not in EXPORTERS:
+        raise XvolError(f"Unknown exporter '{exporter}'. Choose one of: {', '.join(EXPORTERS)}.")
+    low, high = OPSET_RANGES[exporter]
+    if not low <= opset <= high:
+        raise XvolError(
+            f"Opset {opset} is not available with the {exporter} exporter: it writes opsets {low} to {high}"
+            + (" (X-volution graphs need 17 or newer)." if opset < 17 else ".")
+            + f" Choose --opset between {low} and {high}."
+        )
+
+
+def export_onnx(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic: bool = False,
+    exporter: str = "torchscript",
+) -> onnx.ModelProto:
+    """Export an eval-mode model with one input ``input`` (NCHW) and one output ``output``.
+
+    ``dynamic`` makes batch, height and width symbolic (``batch``, ``height``, ``width``).
+    """
+    check_opset(opset, exporter)
+    example = torch.zeros(input_shape, dtype=next(model.parameters()).dtype)
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        path = os.path.join(tmp, "model.onnx")
+        if exporter == "torchscript":
+            axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+            torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
+        else:
+            shapes = None
+            if dynamic:
+                dims = (torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width"))
+                shapes = ({0: dims[0], 2: dims[1], 3: dims[2]},)
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=shapes, verbose=False)
+            program.save(path)
+        return onnx.load(path, load_external_data=True)
+
+
+def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.checker`` with full checks, then shape inference; returns the shape-inferred model."""
+    try:
+        if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(model, full_check=True)
+            return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        with tempfile.TemporaryDirectory() as tmp:  # the checker reads large models from a path
+            path = os.path.join(tmp, "model.onnx")
+            onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+            onnx.checker.check_model(path, full_check=True)
+            onnx.shape_inference.infer_shapes_path(path, path, check_type=True, strict_mode=True)
+            return onnx.load(path)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise RuntimeError(f"the exported graph fails onnx.checker: {err}") from err
+
+
+def simplify(model: onnx.ModelProto, simplifier: str = "onnxslim") -> onnx.ModelProto:
+    """Constant folding and graph clean-up with ``onnxslim`` or ``onnxsim``; symbolic dims are kept."""
+    if simplifier not in SIMPLIFIERS:
+        raise XvolError(f"Unknown simplifier '{simplifier}'. Choose one of: {', '.join(SIMPLIFIERS)}.")
+    with _quiet():
+        if simplifier == "onnxslim":
+            import onnxslim
+
+            return onnxslim.slim(model)
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(model)
+        if not ok:
+            raise RuntimeError("onnxsim could not validate its simplified graph")
+        return simplified
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> onnx.ModelProto:
+    """Replace ``metadata_props`` entries with these key/value strings (others are kept)."""
+    kept = [p for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=str(value))
+    return model
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(collections.Counter(node.op_type for node in model.graph.node))
+
+
+def input_dims(model: onnx.ModelProto) -> list[int | str]:
+    """The first input's dims: ints where fixed, names where symbolic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param if d.dim_param else d.dim_value for d in dims]
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False) -> list[Path]:
+    """Write atomically; a model over 2 GB keeps its weights in ``NAME.data`` beside it. Returns the files."""
+    path = Path(path)
+    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        with atomic_write(path, force) as tmp:
+            onnx.save_model(model, tmp)
+        return [path]
+    data_path = path.with_name(path.name + ".data")
+    check_output_path(path, force)
+    check_output_path(data_path, force)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:  # both files are written aside, then renamed into place
+        onnx.save_model(model, staging / path.name, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_path.name)
+        os.replace(staging / data_path.name, data_path)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [path, data_path]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Exporters and simplifiers print progress and deprecation chatter; keep the CLI's output clean."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,98 @@
+"""ONNX Runtime runner: one InferenceSession, with the providers it really uses checked."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from xvol_export.errors import XvolError
+from xvol_export.runners.base import Runner
+
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs an ONNX file (or serialized model bytes) in ONNX Runtime.
+
+    ``providers`` are requested in order; a requested provider that the session does not end up
+    using is an error, not a silent fallback to the CPU. ``threads`` sets intra-op threads
+    (``None``: ONNX Runtime's default).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes,
+        name: str = "onnxruntime",
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+        graph_optimization_level: str = "all",
+    ):
+        if graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
+            raise ValueError(f"graph_optimization_level must be one of {GRAPH_OPTIMIZATION_LEVELS}")
+        self.model = model if isinstance(model, bytes) else os.fspath(model)
+        self.name = name
+        self.providers = tuple(providers)
+        self.threads = threads
+        self.graph_optimization_level = graph_optimization_level
+        self.session = None
+
+    def activate(self) -> None:
+        if self.session is not None:
+            return
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise XvolError(
+                f"ONNX Runtime here has no {', '.join(missing)} (available: {', '.join(available)}). Install the "
+                "onnxruntime build for that device (e.g. onnxruntime-gpu for CUDA) or choose another device."
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization_level]
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        session = ort.InferenceSession(self.model, sess_options=options, providers=list(self.providers))
+        unused = [p for p in self.providers if p not in session.get_providers()]
+        if unused:
+            raise XvolError(
+                f"ONNX Runtime did not use {', '.join(unused)} for {self.name} (it runs on "
+                f"{', '.join(session.get_providers())}). Check the device's driver and libraries; xvol does not "
+                "fall back silently."
+            )
+        self.session = session
+
+    def deactivate(self) -> None:
+        self.session = None
+
+    def used_providers(self) -> list[str]:
+        self.activate()
+        return list(self.session.get_providers())
+
+    def input_names(self) -> list[str]:
+        self.activate()
+        return [i.name for i in self.session.get_inputs()]
+
+    def input_dtype(self) -> np.dtype:
+        """The numpy dtype of the first input (float32, or float16 for a graph with fp16 inputs)."""
+        self.activate()
+        kind = self.session.get_inputs()[0].type
+        return np.dtype(np.float16) if kind == "tensor(float16)" else np.dtype(np.float32)
+
+    def fixed_batch(self) -> int | None:
+        self.activate()
+        batch = self.session.get_inputs()[0].shape[0]
+        return batch if isinstance(batch, int) and batch > 0 else None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.activate()
+        dtype = self.input_dtype()
+        feed = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in feed.items()}
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feed), strict=True))
