@@ -180,6 +180,8 @@ def export_checkpoint(
         with clock("simplify"):
             try:
                 candidates.insert(0, (simplifier, onnx_graph.check_graph(onnx_graph.simplify(raw, simplifier))))
+            except XvolError:
+                raise
             except Exception as err:  # noqa: BLE001 - any simplifier failure: keep the plain graph
                 result.notes.append(f"{simplifier} failed ({type(err).__name__}: {err}); kept the unsimplified graph")
 

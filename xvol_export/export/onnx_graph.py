@@ -98,8 +98,10 @@ def simplify(model: onnx.ModelProto, simplifier: str = "onnxslim") -> onnx.Model
             import onnxslim
 
             return onnxslim.slim(model)
-        import onnxsim
-
+        try:
+            import onnxsim
+        except ImportError:
+            raise XvolError("onnxsim is not installed: pip install onnxsim (or use --simplifier onnxslim).") from None
         simplified, ok = onnxsim.simplify(model)
         if not ok:
             raise RuntimeError("onnxsim could not validate its simplified graph")
