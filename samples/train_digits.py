@@ -10,9 +10,11 @@ Writes, next to this script unless ``--out-dir`` says otherwise:
 * ``digits_xvol_resnet_tiny.pth``: the trained training-form checkpoint (eval mode, trained
   BatchNorm statistics), with the dataset, split, preprocessing and accuracy in its metadata;
 * ``digits_holdout.npz``: the preprocessed held-out images, ``input`` float32 ``(N, 1, 32, 32)``
-  and ``labels`` int64 ``(N,)``: the file to pass as ``--data`` to ``xvol fold``.
+  and ``labels`` int64 ``(N,)``: the file to pass as ``--data`` to ``xvol fold``;
+* ``digits_calib.npz``: the first 256 preprocessed training images, for ``--calib`` of an int8
+  export (calibration never sees the held-out images).
 
-Usage: ``python samples/train_digits.py [--epochs 12] [--out-dir DIR]``
+Usage: ``python samples/train_digits.py [--epochs 12] [--out-dir DIR] [--data-only]``
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ ARCH = "xvol_resnet_tiny"
 MODEL_CONFIG = {"in_chans": 1, "num_classes": 10, "stages": (2, 3)}
 CHECKPOINT_NAME = "digits_xvol_resnet_tiny.pth"
 HOLDOUT_NAME = "digits_holdout.npz"
+CALIB_NAME = "digits_calib.npz"  # int8 calibration images: taken from the training split, never the held-out one
+CALIB_COUNT = 256
 SPLIT_SEED = 0
 HOLDOUT_FRACTION = 0.2
 TORCH_SEED = 0
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (default: 12)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate (default: 0.1)")
+    parser.add_argument("--data-only", action="store_true",
+                        help="only write the held-out and calibration .npz files (no training)")
     args = parser.parse_args(argv)
     if not args.out_dir.is_dir():
         parser.error(f"--out-dir {args.out_dir}: no such folder")
@@ -98,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     mean, std = float(x_train_raw.mean()), float(x_train_raw.std())
     x_train, x_test = preprocess(x_train_raw, mean, std), preprocess(x_test_raw, mean, std)
     y_train, y_test = torch.from_numpy(y_train_np), torch.from_numpy(y_test_np)
+    holdout_path, calib_path = args.out_dir / HOLDOUT_NAME, args.out_dir / CALIB_NAME
+    save_npz(holdout_path, input=x_test.numpy().astype(np.float32), labels=y_test.numpy().astype(np.int64))
+    save_npz(calib_path, input=x_train[:CALIB_COUNT].numpy().astype(np.float32),
+             labels=y_train[:CALIB_COUNT].numpy().astype(np.int64))
+    print(f"wrote {holdout_path} and {calib_path}")
+    if args.data_only:
+        return 0
     fill = (0.0 - mean) / std  # the normalized value of a blank pixel
     print(f"digits: {len(x_train)} train / {len(x_test)} held out; mean {mean:.6f}, std {std:.6f}")
 
@@ -174,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "script": "samples/train_digits.py",
     }
     ckpt_path = save_checkpoint(model.eval(), args.out_dir / CHECKPOINT_NAME, metadata=metadata, force=True)
-    holdout_path = args.out_dir / HOLDOUT_NAME
-    save_npz(holdout_path, input=x_test.numpy().astype(np.float32), labels=y_test.numpy().astype(np.int64))
     print(f"held-out accuracy {test_acc:.4f} ({correct}/{len(x_test)}); trained in {train_seconds:.1f} s")
-    print(f"wrote {ckpt_path} and {holdout_path}")
+    print(f"wrote {ckpt_path}")
     return 0
 
 
