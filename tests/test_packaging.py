@@ -1,7 +1,10 @@
 """The wheel must carry every subpackage: pyproject lists them by hand (cli/ installs as xvol_cli)."""
 
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parent.parent
 
