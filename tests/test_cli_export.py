@@ -195,12 +195,6 @@ def _small_npz(folder: Path) -> None:
     np.savez(folder / "small.npz", input=np.zeros((2, 3, 24, 24), np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: inputs of another image size than a static ONNX graph's (--input-shape 2x3x24x24 or --data "
-    "with 24x24 images against a graph exported at 32x32) reach session.run in OnnxRuntimeRunner.infer "
-    "(xvol_export/runners/onnxruntime_runner.py:98) unchecked; ONNX Runtime's InvalidArgument is not caught by "
-    "verify_artifacts (xvol_export/api.py:255 catches ValueError only), so the CLI reports 'internal error' with "
-    "exit 3 instead of a user error (exit 2) that names the graph's fixed size and the fix"))
 @pytest.mark.parametrize("extra", [["--input-shape", "2x3x24x24"], ["--data", "small.npz"]],
                          ids=["input-shape", "data"])
 def test_verify_static_onnx_at_another_size_is_a_user_error(capsys, work, extra):

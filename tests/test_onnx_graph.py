@@ -371,11 +371,6 @@ def test_check_graph_of_large_model_goes_through_a_file(static_copy, models, tin
     assert_matches(checked, models[0], STATIC_SHAPE, seed=9)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: save_onnx (external-data branch, onnx_graph.py:147) calls onnx.save_model(model, ..., "
-    "save_as_external_data=True) on the caller's ModelProto, which clears every large initializer's raw_data "
-    "and points it at NAME.onnx.data; the model in memory is left without weights (a second save or an "
-    "in-memory session then fails or silently depends on the first file)"))
 def test_save_onnx_external_data_leaves_the_model_in_memory_intact(static_copy, tmp_path, models, tiny_threshold):
     expected_weights = weight_bytes(static_copy)
     onnx_graph.save_onnx(static_copy, tmp_path / "model.onnx")
@@ -383,10 +378,6 @@ def test_save_onnx_external_data_leaves_the_model_in_memory_intact(static_copy, 
     assert_matches(static_copy, models[0], STATIC_SHAPE, seed=10)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: check_graph's large-model branch (onnx_graph.py:84) saves the caller's ModelProto with "
-    "save_as_external_data=True, which strips its initializers' raw_data in place and points them at a "
-    "temporary file that is deleted on return; the argument is left without weights"))
 def test_check_graph_of_large_model_leaves_its_argument_intact(static_copy, tiny_threshold):
     expected_weights = weight_bytes(static_copy)
     onnx_graph.check_graph(static_copy)

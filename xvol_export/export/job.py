@@ -145,8 +145,9 @@ def export_checkpoint(
     with clock("load"):
         model, ckpt = load.load(path)
     input_size = getattr(model, "input_size", None)
-    if input_size is None and imgsz is None:
-        raise XvolError(f"{ckpt.label}: the model has no default input size; pass --imgsz, e.g. --imgsz 224.")
+    if input_size is None:
+        raise XvolError(f"{ckpt.label}: the model records no input size (channels, height, width), so xvol cannot "
+                        "build its export input. Give the model an input_size attribute in its factory.")
     channels = input_size[0]
     height, width = imgsz or input_size[1:]
     shape = (batch, channels, height, width)
@@ -190,8 +191,8 @@ def export_checkpoint(
         if precision != "fp32":
             with clock(f"{precision} conversion"):
                 graph = _apply_precision(graph, precision, calibration)
-        with clock("verify"):
-            candidate = OnnxRuntimeRunner(graph.SerializeToString(), f"ONNX {precision}")
+        with clock("verify"), onnx_graph.runnable(graph) as source:
+            candidate = OnnxRuntimeRunner(source, f"ONNX {precision}")
             report = verify_runners(reference_runner, candidate, data_in, tolerance, seed=used_seed)
         if report.passed or label == "unsimplified":
             break
@@ -265,8 +266,8 @@ def _check_other_shape(reference: TorchRunner, graph: onnx.ModelProto, shape: tu
     other = (batch + 2, channels, height + max(1, height // 4) + 1, width + max(1, width // 2))
     data, used = prepare_inputs((channels, other[2], other[3]), "the exported graph", None, InputShape(other),
                                 None if seed is None else seed + 1)
-    candidate = OnnxRuntimeRunner(graph.SerializeToString(), "ONNX (other shape)")
-    return verify_runners(reference, candidate, data, tolerance, seed=used)
+    with onnx_graph.runnable(graph) as source:
+        return verify_runners(reference, OnnxRuntimeRunner(source, "ONNX (other shape)"), data, tolerance, seed=used)
 
 
 def _graph_summary(graph: onnx.ModelProto, deploy: nn.Module) -> dict:

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 import torch
@@ -81,7 +82,7 @@ def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
             return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         with tempfile.TemporaryDirectory() as tmp:  # the checker reads large models from a path
             path = os.path.join(tmp, "model.onnx")
-            onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+            onnx.save_model(_copy(model), path, save_as_external_data=True, location="model.onnx.data")
             onnx.checker.check_model(path, full_check=True)
             onnx.shape_inference.infer_shapes_path(path, path, check_type=True, strict_mode=True)
             return onnx.load(path)
@@ -144,13 +145,32 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, force: bool = Fal
     check_output_path(data_path, force)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:  # both files are written aside, then renamed into place
-        onnx.save_model(model, staging / path.name, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_path.name)
+        onnx.save_model(_copy(model), staging / path.name, save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_path.name)
         os.replace(staging / data_path.name, data_path)
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [path, data_path]
+
+
+@contextlib.contextmanager
+def runnable(model: onnx.ModelProto) -> Iterator[bytes | str]:
+    """What ONNX Runtime can open for ``model``: its bytes, or a temporary file when over 2 GB."""
+    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        yield model.SerializeToString()
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save_model(_copy(model), path, save_as_external_data=True, location="model.onnx.data")
+        yield path
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Saving with external data rewrites the initializers in place: save a copy instead."""
+    duplicate = onnx.ModelProto()
+    duplicate.CopyFrom(model)
+    return duplicate
 
 
 @contextlib.contextmanager

@@ -68,6 +68,18 @@ class OnnxRuntimeRunner(Runner):
             )
         self.session = session
 
+    def _check_shapes(self, feed: dict[str, np.ndarray]) -> None:
+        """A graph with fixed dims refuses other shapes: say so instead of passing on ONNX Runtime's error."""
+        for spec in self.session.get_inputs():
+            given = feed[spec.name].shape
+            fixed = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
+            if len(given) != len(fixed) or any(f is not None and f != g for f, g in zip(fixed, given, strict=True)):
+                wanted = "x".join(str(d) if d else "?" for d in fixed)
+                raise XvolError(
+                    f"{self.name}: input '{spec.name}' has the fixed shape {wanted}, but the inputs are "
+                    f"{'x'.join(map(str, given))}. Use inputs of that shape (--input-shape), or export with --dynamic."
+                )
+
     def deactivate(self) -> None:
         self.session = None
 
@@ -94,5 +106,6 @@ class OnnxRuntimeRunner(Runner):
         self.activate()
         dtype = self.input_dtype()
         feed = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in feed.items()}
+        self._check_shapes(feed)
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, feed), strict=True))
