@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import io
 import logging
 import os
@@ -63,6 +64,7 @@ def export_onnx(
             torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
         else:
+            _require("onnxscript", "the dynamo exporter", "dynamo")
             shapes = None
             if dynamic:
                 dims = (torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width"))
@@ -99,10 +101,9 @@ def simplify(model: onnx.ModelProto, simplifier: str = "onnxslim") -> onnx.Model
             import onnxslim
 
             return onnxslim.slim(model)
-        try:
-            import onnxsim
-        except ImportError:
-            raise XvolError("onnxsim is not installed: pip install onnxsim (or use --simplifier onnxslim).") from None
+        _require("onnxsim", "--simplifier onnxsim", "onnxsim")
+        import onnxsim
+
         simplified, ok = onnxsim.simplify(model)
         if not ok:
             raise RuntimeError("onnxsim could not validate its simplified graph")
@@ -164,6 +165,12 @@ def runnable(model: onnx.ModelProto) -> Iterator[bytes | str]:
         path = os.path.join(tmp, "model.onnx")
         onnx.save_model(_copy(model), path, save_as_external_data=True, location="model.onnx.data")
         yield path
+
+
+def _require(module: str, feature: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise XvolError(f"{feature} needs {module}, which is not installed: pip install 'xvol[{extra}]' "
+                        f"(or pip install {module}).")
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
