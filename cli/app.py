@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from xvol_cli import options as opt
-from xvol_cli.render import render_doctor, render_export, render_fold, render_inspect, render_verify
+from xvol_cli.render import render_bench, render_doctor, render_export, render_fold, render_inspect, render_verify
 from xvol_export import api
 from xvol_export.doctor import machine_report
 from xvol_export.errors import CheckFailed, XvolError
@@ -188,6 +188,45 @@ def export(
     render_export(console, result)
     return _finish(result.passed, json_path, {"command": "export", **result.to_dict()}, force,
                    result.failure_summary())
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[Path] | None, typer.Argument(
+        help="Checkpoints, .onnx graphs or TensorRT engines; several are timed interleaved.",
+        show_default=False)] = None,
+    backend: Annotated[str | None, typer.Option(
+        "--backend", help="torch, onnxruntime or tensorrt (default: by file type).")] = None,
+    engine: Annotated[list[Path] | None, typer.Option("--engine", help="A TensorRT engine to time.")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,8,32.")] = "1",
+    imgsz: Annotated[str | None, typer.Option("--imgsz", help="Image size: 224 or 224,320.")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls first, per artifact and batch.")] = 10,
+    iterations: Annotated[int, typer.Option("--iterations", help="Timed calls, at least.")] = 100,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of timed calls, at least.")] = 0.0,
+    percentile: Annotated[str, typer.Option("--percentile", help="Percentiles to report, e.g. 90,95,99.")] = "90,95,99",
+    threads: Annotated[int | None, typer.Option("--threads", help="Intra-op threads (default: the runtime's).")] = None,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Capture and replay a CUDA graph (torch).")] = False,
+    no_data_transfers: Annotated[bool, typer.Option(
+        "--no-data-transfers", help="Keep inputs and outputs on the device (CUDA).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+    json_path: opt.JsonPath = None,
+    force: opt.Force = False,
+    trust_pickle: opt.TrustPickle = False,
+):
+    """Latency and throughput statistics on the chosen backend and device."""
+    opt.json_option(json_path, force)
+    settings = api.BenchSettings(
+        device=device, batches=opt.int_list_option(batch, "--batch"), imgsz=opt.imgsz_option(imgsz),
+        warmup=warmup, iterations=iterations, duration=duration,
+        percentiles=opt.float_list_option(percentile, "--percentile"), threads=threads, cuda_graph=cuda_graph,
+        data_transfers=not no_data_transfers, seed=seed,
+    )
+    with console.status("Timing…"):
+        report = api.bench_artifacts([*(artifacts or []), *(engine or [])], settings, backend,
+                                     opt.load_options(trust_pickle, None, None, False))
+    render_bench(console, report)
+    return _finish(True, json_path, {"command": "bench", **report.to_dict()}, force)
 
 
 @app.command()

@@ -58,6 +58,25 @@ def imgsz_option(text: str | None) -> tuple[int, int] | None:
     return (sizes[0], sizes[-1])
 
 
+def int_list_option(text: str, name: str) -> tuple[int, ...]:
+    """``1,8,32`` -> ``(1, 8, 32)``: positive integers."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
+        raise XvolError(f"Cannot read {name} '{text}'. Give positive integers separated by commas, e.g. 1,8,32.")
+    return tuple(int(p) for p in parts)
+
+
+def float_list_option(text: str, name: str) -> tuple[float, ...]:
+    """``90,95,99.9`` -> ``(90.0, 95.0, 99.9)``: numbers within 0..100."""
+    try:
+        values = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v <= 100 for v in values):
+        raise XvolError(f"Cannot read {name} '{text}'. Give numbers from 0 to 100 separated by commas, e.g. 90,95,99.")
+    return values
+
+
 def layout_option(layout: str) -> str:
     if layout not in LAYOUT_CHOICES:
         raise XvolError(f"Unknown layout '{layout}'. Choose one of: {', '.join(LAYOUT_CHOICES)}.")

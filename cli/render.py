@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from xvol_export.api import ExportResult, FoldResult, InspectReport
+from xvol_export.api import BenchReport, ExportResult, FoldResult, InspectReport
 from xvol_export.verify import VerifyReport
 
 
@@ -155,6 +155,34 @@ def render_export(console: Console, result: ExportResult) -> None:
         console.print(f"note: {escape(note)}")
     if result.written:
         console.print(f"wrote {escape(', '.join(result.files))} (metadata: {escape(', '.join(result.metadata))})")
+
+
+def render_bench(console: Console, report: BenchReport) -> None:
+    s = report.settings
+    console.print(f"device {s.device}; warm-up {s.warmup}, at least {s.iterations} timed calls"
+                  + (f" and {s.duration:g} s" if s.duration else "") + f" per artifact and batch, interleaved; "
+                  f"threads {s.threads or 'default'}; {escape(report.machine.get('cpu', ''))}")
+    pcts = [f"p{int(q) if float(q).is_integer() else q}" for q in s.percentiles]
+    table = Table(title="Latency (ms per call)")
+    for column in ("artifact", "batch", "min", "mean", "median", *pcts, "max", "std", "items/s", "vs first"):
+        table.add_column(column, justify="left" if column == "artifact" else "right")
+    for case in report.cases:
+        lat = case.latency
+        table.add_row(escape(case.artifact), str(case.batch), f"{lat.min:.3f}", f"{lat.mean:.3f}", f"{lat.median:.3f}",
+                      *[f"{lat.percentiles[q]:.3f}" for q in s.percentiles], f"{lat.max:.3f}", f"{lat.stdev:.3f}",
+                      f"{lat.throughput(case.batch):.1f}",
+                      "-" if case.ratio_to_first is None else f"{case.ratio_to_first:.3f}x")
+    console.print(table)
+    for timed in sorted({c.timed for c in report.cases}):
+        console.print(f"timed: {escape(timed)}")
+    for case in report.cases:
+        if case.device is not None:
+            console.print(f"{escape(case.artifact)} batch {case.batch}: host latency median {case.host.median:.3f} ms "
+                          f"(device compute {case.device.median:.3f} ms)")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    for note in report.notes:
+        console.print(f"note: {escape(note)}")
 
 
 def render_doctor(console: Console, report: dict) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from xvol_export.artifacts import open_artifact
+from xvol_export.bench import BenchReport, BenchSettings, bench_artifacts
 from xvol_export.checkpoint import LoadOptions, save_checkpoint
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
@@ -283,4 +284,5 @@ def _json_default(value):
 __all__ = [
     "FoldResult", "InspectReport", "LoadOptions", "default_fold_output", "fold_checkpoint", "inspect_checkpoint",
     "verify_artifacts", "write_json", "ExportResult", "export_checkpoint", "PRECISIONS", "DEFAULT_ERROR_STAT",
+    "BenchReport", "BenchSettings", "bench_artifacts",
 ]

@@ -1,7 +1,7 @@
 """One runner interface for every backend, used by verify and bench alike."""
 
-from xvol_export.runners.base import Runner
+from xvol_export.runners.base import Runner, Timing
 from xvol_export.runners.onnxruntime_runner import OnnxRuntimeRunner
 from xvol_export.runners.torch_runner import TorchRunner
 
-__all__ = ["OnnxRuntimeRunner", "Runner", "TorchRunner"]
+__all__ = ["OnnxRuntimeRunner", "Runner", "Timing", "TorchRunner"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
 from xvol_export.errors import XvolError
-from xvol_export.runners.base import Runner
+from xvol_export.runners.base import Runner, Timing
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -17,7 +18,8 @@ class OnnxRuntimeRunner(Runner):
 
     ``providers`` are requested in order; a requested provider that the session does not end up
     using is an error, not a silent fallback to the CPU. ``threads`` sets intra-op threads
-    (``None``: ONNX Runtime's default).
+    (``None``: ONNX Runtime's default); ``allow_spinning=False`` makes idle threads sleep, which
+    matters when another runtime shares the cores.
     """
 
     def __init__(
@@ -27,6 +29,7 @@ class OnnxRuntimeRunner(Runner):
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         threads: int | None = None,
         graph_optimization_level: str = "all",
+        allow_spinning: bool = True,
     ):
         if graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
             raise ValueError(f"graph_optimization_level must be one of {GRAPH_OPTIMIZATION_LEVELS}")
@@ -35,6 +38,7 @@ class OnnxRuntimeRunner(Runner):
         self.providers = tuple(providers)
         self.threads = threads
         self.graph_optimization_level = graph_optimization_level
+        self.allow_spinning = allow_spinning
         self.session = None
 
     def activate(self) -> None:
@@ -58,6 +62,8 @@ class OnnxRuntimeRunner(Runner):
         }[self.graph_optimization_level]
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
+        if not self.allow_spinning:  # idle threads sleep instead of busy-waiting for the next call
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(self.model, sess_options=options, providers=list(self.providers))
         unused = [p for p in self.providers if p not in session.get_providers()]
         if unused:
@@ -77,8 +83,20 @@ class OnnxRuntimeRunner(Runner):
                 wanted = "x".join(str(d) if d else "?" for d in fixed)
                 raise XvolError(
                     f"{self.name}: input '{spec.name}' has the fixed shape {wanted}, but the inputs are "
-                    f"{'x'.join(map(str, given))}. Use inputs of that shape (--input-shape), or export with --dynamic."
+                    f"{'x'.join(map(str, given))}. Use inputs of that shape, or export the graph with --dynamic."
                 )
+
+    def bind(self, feed: dict[str, np.ndarray]) -> None:
+        self.activate()
+        dtype = self.input_dtype()
+        self._bound = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in feed.items()}
+        self._check_shapes(self._bound)
+        self._output_names = [o.name for o in self.session.get_outputs()]
+
+    def timed_call(self) -> Timing:
+        start = time.perf_counter()
+        self.session.run(self._output_names, self._bound)
+        return Timing(1e3 * (time.perf_counter() - start))
 
     def deactivate(self) -> None:
         self.session = None

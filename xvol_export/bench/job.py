@@ -1,0 +1,251 @@
+"""`xvol bench`: latency and throughput of one or more artifacts, measured interleaved."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xvol_export.artifacts import Artifact, artifact_kind, open_artifact
+from xvol_export.bench.stats import LatencyStats, latency_stats
+from xvol_export.checkpoint import LoadOptions
+from xvol_export.doctor import cpu_name, package_versions
+from xvol_export.errors import XvolError
+from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
+
+BACKENDS = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("schema.json")  # JSON Schema of BenchReport.to_dict() (+ command, status)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How to time: ``iterations`` timed calls at least, and at least ``duration`` seconds of them."""
+
+    device: str = "cpu"
+    batches: tuple[int, ...] = (1,)
+    imgsz: tuple[int, int] | None = None
+    warmup: int = 10
+    iterations: int = 100
+    duration: float = 0.0
+    percentiles: tuple[float, ...] = (90, 95, 99)
+    threads: int | None = None
+    cuda_graph: bool = False
+    data_transfers: bool = True
+    seed: int = 0
+
+
+@dataclass
+class BenchCase:
+    artifact: str
+    backend: str
+    batch: int
+    input_shape: tuple[int, ...]
+    timed: str
+    host: LatencyStats
+    device: LatencyStats | None = None
+    ratio_to_first: float | None = None
+
+    @property
+    def latency(self) -> LatencyStats:
+        """The figure compared across artifacts: device time where measured, else host time."""
+        return self.device or self.host
+
+    def to_dict(self) -> dict:
+        return {
+            "artifact": self.artifact,
+            "backend": self.backend,
+            "batch": self.batch,
+            "input_shape": list(self.input_shape),
+            "timed": self.timed,
+            "latency_ms": self.host.to_dict(),
+            "device_latency_ms": self.device.to_dict() if self.device else None,
+            "throughput_items_per_s": self.latency.throughput(self.batch),
+            "ratio_to_first": self.ratio_to_first,
+            "unstable": self.latency.unstable,
+        }
+
+
+@dataclass
+class BenchReport:
+    settings: BenchSettings
+    cases: list[BenchCase] = field(default_factory=list)
+    machine: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        s = self.settings
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "settings": {
+                "device": s.device, "batches": list(s.batches), "imgsz": list(s.imgsz) if s.imgsz else None,
+                "warmup": s.warmup, "iterations": s.iterations, "duration_s": s.duration,
+                "percentiles": list(s.percentiles), "threads": s.threads, "cuda_graph": s.cuda_graph,
+                "data_transfers": s.data_transfers, "seed": s.seed,
+            },
+            "machine": self.machine,
+            "cases": [c.to_dict() for c in self.cases],
+            "warnings": self.warnings,
+            "notes": self.notes,
+        }
+
+
+def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = BenchSettings(),
+                    backend: str | None = None, load: LoadOptions = LoadOptions()) -> BenchReport:
+    """Time every artifact at every batch size; artifacts of one batch run round-robin, call by call."""
+    if not paths:
+        raise XvolError("Give at least one artifact to benchmark.")
+    _check_settings(settings)
+    _check_device(settings.device)
+    for path in paths:
+        _check_backend(path, backend)
+    report = BenchReport(settings, machine=_machine(settings.device))
+    artifacts = [open_artifact(p, load, _label(p, paths), threads=settings.threads) for p in paths]
+    mixed = len({a.kind for a in artifacts}) > 1
+    if mixed:
+        report.notes.append("PyTorch and ONNX Runtime share this process: ONNX Runtime's idle threads sleep instead "
+                            "of spinning, which would steal the cores from PyTorch's calls in between")
+    with _torch_threads(settings.threads):
+        for batch in settings.batches:
+            runners = []
+            for artifact in artifacts:
+                runner = _runner_for(artifact, settings, allow_spinning=not mixed)
+                shape = _input_shape(artifact, batch, settings.imgsz)
+                feed = np.random.default_rng(settings.seed).standard_normal(shape, dtype=np.float32)
+                runner.bind({runner.input_names()[0]: feed})
+                runners.append((artifact, runner, shape))
+            report.cases += _time_round_robin(runners, batch, settings)
+    for case in report.cases:
+        if case.latency.unstable:
+            report.warnings.append(
+                f"{case.artifact} at batch {case.batch}: unstable run (coefficient of variation "
+                f"{100 * case.latency.cv:.1f} %); close other programs or raise --iterations/--duration"
+            )
+    if not settings.data_transfers and settings.device == "cpu":
+        report.notes.append("--no-data-transfers has no effect on the CPU: there are no transfers")
+    return report
+
+
+def _time_round_robin(runners: list[tuple[Artifact, Runner, tuple]], batch: int,
+                      settings: BenchSettings) -> list[BenchCase]:
+    for _ in range(settings.warmup):
+        for _, runner, _ in runners:
+            runner.timed_call()
+    host: list[list[float]] = [[] for _ in runners]
+    device: list[list[float]] = [[] for _ in runners]
+    elapsed = [0.0] * len(runners)
+    while min(len(h) for h in host) < settings.iterations or min(elapsed) < settings.duration:
+        for index, (_, runner, _) in enumerate(runners):
+            timing = runner.timed_call()
+            host[index].append(timing.host_ms)
+            elapsed[index] += timing.host_ms / 1e3
+            if timing.device_ms is not None:
+                device[index].append(timing.device_ms)
+    cases = []
+    for index, (artifact, runner, shape) in enumerate(runners):
+        cases.append(BenchCase(
+            artifact=artifact.runner.name,
+            backend=BACKENDS[artifact.kind],
+            batch=batch,
+            input_shape=shape,
+            timed=runner.timed_what,
+            host=latency_stats(host[index], settings.percentiles),
+            device=latency_stats(device[index], settings.percentiles) if device[index] else None,
+        ))
+    first = cases[0].latency.median
+    for case in cases:
+        case.ratio_to_first = case.latency.median / first if first > 0 else None
+    return cases
+
+
+def _runner_for(artifact: Artifact, settings: BenchSettings, allow_spinning: bool) -> Runner:
+    if artifact.kind == "checkpoint":
+        return TorchRunner(artifact.model, artifact.runner.name, device=settings.device,
+                           cuda_graph=settings.cuda_graph, data_transfers=settings.data_transfers)
+    if settings.cuda_graph:
+        raise XvolError(f"{artifact.path}: --cuda-graph applies to the torch backend (checkpoints) only.")
+    providers = ("CUDAExecutionProvider",) if settings.device.startswith("cuda") else ("CPUExecutionProvider",)
+    return OnnxRuntimeRunner(artifact.path, artifact.runner.name, providers=providers, threads=settings.threads,
+                             allow_spinning=allow_spinning)
+
+
+def _input_shape(artifact: Artifact, batch: int, imgsz: tuple[int, int] | None) -> tuple[int, ...]:
+    size = artifact.input_size
+    if not size:
+        raise XvolError(f"{artifact.path}: its input size is unknown; pass --imgsz.")
+    height, width = imgsz or size[1:]
+    return (batch, size[0], height, width)
+
+
+def _check_settings(s: BenchSettings) -> None:
+    if not s.batches or min(s.batches) < 1:
+        raise XvolError(f"Batch sizes must be positive integers, got {list(s.batches)}.")
+    if s.warmup < 0 or s.iterations < 1 or s.duration < 0:
+        raise XvolError("--warmup must be >= 0, --iterations >= 1 and --duration >= 0.")
+    if s.threads is not None and s.threads < 1:
+        raise XvolError(f"--threads must be at least 1, got {s.threads}.")
+    if s.cuda_graph and not s.device.startswith("cuda"):
+        raise XvolError("--cuda-graph needs --device cuda: CUDA graphs exist only on NVIDIA GPUs.")
+
+
+def _check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise XvolError(f"Unknown device '{device}'. Use cpu, cuda or cuda:N.")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise XvolError(f"--device {device}: this machine has no CUDA device PyTorch can use (torch "
+                        f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Use --device cpu, or run "
+                        "on a machine with an NVIDIA GPU and a CUDA build of PyTorch.")
+    index = int(device[5:]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise XvolError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
+
+
+def _check_backend(path: str | os.PathLike, backend: str | None) -> None:
+    kind = artifact_kind(path)
+    if backend is None or backend == BACKENDS[kind]:
+        return
+    if backend not in BACKENDS.values():
+        raise XvolError(f"Unknown backend '{backend}'. Choose one of: {', '.join(sorted(set(BACKENDS.values())))}.")
+    raise XvolError(f"{path}: a {kind} runs on the {BACKENDS[kind]} backend, not {backend}. Export it first "
+                    "(xvol export) to run it on another backend.")
+
+
+def _label(path, paths) -> str:
+    names = [Path(p).name for p in paths]
+    return Path(path).name if names.count(Path(path).name) == 1 else str(path)
+
+
+def _machine(device: str) -> dict:
+    info = {"cpu": cpu_name(), "logical_cores": os.cpu_count(),
+            "versions": {k: v for k, v in package_versions().items() if v}}
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device[5:]) if ":" in device else 0
+        props = torch.cuda.get_device_properties(index)
+        info["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}"}
+    return info
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """PyTorch's thread count is process-wide: set it for the run and put it back."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
