@@ -31,13 +31,14 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         device=conv.weight.device, dtype=conv.weight.dtype,
     )
     _assign(fused, weight=kernel, bias=bias)
-    return fused
+    return fused.eval()
 
 
 def fold_xvolution(block: XVolution, layout: str = "split") -> XVolutionDeploy:
     """The deploy form of an eval-mode ``XVolution``, computed in float64 and cast at the end."""
     cfg = block.config()
     deploy = XVolutionDeploy(**cfg, layout=layout).to(device=block.conv.weight.device, dtype=block.conv.weight.dtype)
+    deploy.eval()  # the fold is defined for eval mode, and so is its result
 
     k3, b3 = fuse_bn(block.conv.weight.detach().double(), None, *bn_affine64(block.conv_bn))
     extra_bias = torch.zeros_like(b3)

@@ -1,0 +1,141 @@
+"""Deploy speed: XVol-ResNet-50 and one stage-3 X-volution block, training form vs folded, on CPU runtimes.
+
+For XVol-ResNet-50 (randomized BatchNorm) at 224x224, batch 1 and 8: the training form, the
+folded model in the dense, split and auto layouts, and the plain ResNet-50 (BatchNorm folded),
+on PyTorch eager and on ONNX Runtime with every graph optimization on (so that the runtime's
+own Conv+BatchNorm fusion is the bar the fold must clear). The same for one stage-3 block
+(256 channels, 14x14) against a plain 3x3 conv + BN. Every ONNX graph goes through the same
+export and onnxslim pass as `xvol export`. Variants of one table are timed round-robin.
+
+    python benchmarks/deploy_speed.py [--iterations 20] [--quick]
+
+Prints ratio tables; writes benchmarks/results/deploy_speed.json and deploy_speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from xvol_export import XVolution, create_model, fold
+from xvol_export.bench import latency_stats
+from xvol_export.export import onnx_graph
+from xvol_export.fold import fold_xvolution
+from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from xvol_export.utils import randomize_batchnorm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine, write_json  # noqa: E402
+
+
+def time_runners(runners: dict[str, Runner], feed: np.ndarray, warmup: int, iterations: int) -> dict[str, dict]:
+    """Median and spread per runner, measured round-robin with the runners' own timed calls."""
+    for runner in runners.values():
+        runner.bind({runner.input_names()[0]: feed})
+    for _ in range(warmup):
+        for runner in runners.values():
+            runner.timed_call()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(iterations):
+        for name, runner in runners.items():
+            samples[name].append(runner.timed_call().host_ms)
+    stats = {name: latency_stats(values) for name, values in samples.items()}
+    first = next(iter(stats.values())).median
+    return {name: {"median_ms": s.median, "min_ms": s.min, "cv": s.cv, "vs_training": s.median / first}
+            for name, s in stats.items()}
+
+
+def onnx_runner(model: nn.Module, shape: tuple[int, ...], name: str) -> OnnxRuntimeRunner:
+    graph = onnx_graph.check_graph(onnx_graph.simplify(onnx_graph.export_onnx(model, shape)))
+    return OnnxRuntimeRunner(graph.SerializeToString(), name)
+
+
+def resnet50_variants() -> dict[str, nn.Module]:
+    model = randomize_batchnorm(create_model("xvol_resnet50"), seed=0).eval()
+    plain, _ = fold(randomize_batchnorm(create_model("xvol_resnet50", stages=()), seed=0).eval())
+    variants = {"training form": model}
+    for layout in ("dense", "split", "auto"):
+        variants[f"folded {layout}"] = fold(model, layout=layout)[0]
+    variants["plain ResNet-50"] = plain
+    return variants
+
+
+class ConvBN(nn.Sequential):
+    def __init__(self, channels: int):
+        super().__init__(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+
+
+def block_variants(channels: int = 256) -> dict[str, nn.Module]:
+    block = randomize_batchnorm(XVolution(channels, channels), seed=1).eval()
+    plain = randomize_batchnorm(ConvBN(channels), seed=1).eval()
+    return {
+        "training form": block,
+        "folded dense": fold_xvolution(block, "dense"),
+        "folded split": fold_xvolution(block, "split"),
+        "plain 3x3 conv+BN": plain,
+    }
+
+
+def measure(variants: dict[str, nn.Module], shape: tuple[int, ...], warmup: int, iterations: int) -> dict:
+    feed = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    torch_runners = {name: TorchRunner(m, name) for name, m in variants.items()}
+    ort_runners = {name: onnx_runner(m, shape, name) for name, m in variants.items()}
+    return {
+        "pytorch eager": time_runners(torch_runners, feed, warmup, iterations),
+        "onnxruntime": time_runners(ort_runners, feed, warmup, iterations),
+    }
+
+
+def markdown(results: dict, cpu: str) -> str:
+    lines = [f"# Deploy speed on {cpu}", "",
+             "Median latency in ms, and the ratio to the training form on the same runtime (lower is faster).", ""]
+    for table, by_runtime in results.items():
+        runtimes = list(by_runtime)
+        lines += [f"## {table}", "", "| variant | " + " | ".join(f"{r} ms | {r} ratio" for r in runtimes) + " |",
+                  "|---" * (1 + 2 * len(runtimes)) + "|"]
+        for variant in by_runtime[runtimes[0]]:
+            cells = []
+            for runtime in runtimes:
+                s = by_runtime[runtime][variant]
+                cells += [f"{s['median_ms']:.2f}", f"{s['vs_training']:.3f}"]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="batch 1 only, fewer iterations")
+    args = parser.parse_args()
+    iterations = 5 if args.quick else args.iterations
+
+    results = {}
+    block = block_variants()
+    results["one stage-3 block, 256 ch, 14x14, batch 1"] = measure(block, (1, 256, 14, 14), 5, 10 * iterations)
+    variants = resnet50_variants()
+    for batch in (1,) if args.quick else (1, 8):
+        runs = iterations if batch == 1 else max(5, iterations // 2)
+        results[f"XVol-ResNet-50, 224x224, batch {batch}"] = measure(variants, (batch, 3, 224, 224), 2, runs)
+
+    info = machine()
+    for table, by_runtime in results.items():
+        print(f"\n{table}")
+        for runtime, stats in by_runtime.items():
+            print(f"  {runtime}")
+            for variant, s in stats.items():
+                cv = 100 * s["cv"]
+                print(f"    {variant:24} {s['median_ms']:9.2f} ms  {s['vs_training']:6.3f}x  (cv {cv:.0f} %)")
+    path = write_json("deploy_speed", {"benchmark": "deploy_speed", "machine": info,
+                                       "torch_threads": torch.get_num_threads(), "results": results})
+    (RESULTS / "deploy_speed.md").write_text(markdown(results, info["cpu"]) + "\n")
+    print(f"\nwrote {path.name} and deploy_speed.md in {RESULTS.name}/")
+
+
+if __name__ == "__main__":
+    main()
