@@ -105,15 +105,17 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
         _check_backend(path, backend)
     report = BenchReport(settings, machine=_machine(settings.device))
     artifacts = [open_artifact(p, load, _label(p, paths), threads=settings.threads) for p in paths]
-    mixed = len({a.kind for a in artifacts}) > 1
-    if mixed:
-        report.notes.append("PyTorch and ONNX Runtime share this process: ONNX Runtime's idle threads sleep instead "
-                            "of spinning, which would steal the cores from PyTorch's calls in between")
+    # Spinning idle threads of one runtime steal the cores from whatever runs in between (measured:
+    # PyTorch 10x slower beside ONNX Runtime, and two ONNX graphs 1.6x slower beside each other).
+    shared = len(artifacts) > 1
+    if shared and any(a.kind == "onnx" for a in artifacts):
+        report.notes.append("several artifacts share this process: ONNX Runtime's idle threads sleep instead of "
+                            "spinning, which would steal the cores from the calls in between")
     with _torch_threads(settings.threads):
         for batch in settings.batches:
             runners = []
             for artifact in artifacts:
-                runner = _runner_for(artifact, settings, allow_spinning=not mixed)
+                runner = _runner_for(artifact, settings, allow_spinning=not shared)
                 shape = _input_shape(artifact, batch, settings.imgsz)
                 feed = np.random.default_rng(settings.seed).standard_normal(shape, dtype=np.float32)
                 runner.bind({runner.input_names()[0]: feed})
@@ -168,7 +170,9 @@ def _runner_for(artifact: Artifact, settings: BenchSettings, allow_spinning: boo
                            cuda_graph=settings.cuda_graph, data_transfers=settings.data_transfers)
     if settings.cuda_graph:
         raise XvolError(f"{artifact.path}: --cuda-graph applies to the torch backend (checkpoints) only.")
-    providers = ("CUDAExecutionProvider",) if settings.device.startswith("cuda") else ("CPUExecutionProvider",)
+    providers = ("CPUExecutionProvider",)
+    if settings.device.startswith("cuda"):
+        providers = (("CUDAExecutionProvider", {"device_id": _cuda_index(settings.device)}),)
     return OnnxRuntimeRunner(artifact.path, artifact.runner.name, providers=providers, threads=settings.threads,
                              allow_spinning=allow_spinning)
 
@@ -203,7 +207,7 @@ def _check_device(device: str) -> None:
         raise XvolError(f"--device {device}: this machine has no CUDA device PyTorch can use (torch "
                         f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Use --device cpu, or run "
                         "on a machine with an NVIDIA GPU and a CUDA build of PyTorch.")
-    index = int(device[5:]) if ":" in device else 0
+    index = _cuda_index(device)
     if index >= torch.cuda.device_count():
         raise XvolError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
 
@@ -229,10 +233,13 @@ def _machine(device: str) -> dict:
     if device.startswith("cuda"):
         import torch
 
-        index = int(device[5:]) if ":" in device else 0
-        props = torch.cuda.get_device_properties(index)
+        props = torch.cuda.get_device_properties(_cuda_index(device))
         info["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}"}
     return info
+
+
+def _cuda_index(device: str) -> int:
+    return int(device[5:]) if ":" in device else 0
 
 
 @contextlib.contextmanager

@@ -16,7 +16,8 @@ GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX file (or serialized model bytes) in ONNX Runtime.
 
-    ``providers`` are requested in order; a requested provider that the session does not end up
+    ``providers`` are requested in order, each a name or ``(name, options)`` such as
+    ``("CUDAExecutionProvider", {"device_id": 1})``; a requested provider that the session does not end up
     using is an error, not a silent fallback to the CPU. ``threads`` sets intra-op threads
     (``None``: ONNX Runtime's default); ``allow_spinning=False`` makes idle threads sleep, which
     matters when another runtime shares the cores.
@@ -26,7 +27,7 @@ class OnnxRuntimeRunner(Runner):
         self,
         model: str | os.PathLike | bytes,
         name: str = "onnxruntime",
-        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        providers: tuple[str | tuple[str, dict], ...] = ("CPUExecutionProvider",),
         threads: int | None = None,
         graph_optimization_level: str = "all",
         allow_spinning: bool = True,
@@ -47,7 +48,7 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
-        missing = [p for p in self.providers if p not in available]
+        missing = [p for p in self.provider_names if p not in available]
         if missing:
             raise XvolError(
                 f"ONNX Runtime here has no {', '.join(missing)} (available: {', '.join(available)}). Install the "
@@ -65,7 +66,7 @@ class OnnxRuntimeRunner(Runner):
         if not self.allow_spinning:  # idle threads sleep instead of busy-waiting for the next call
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(self.model, sess_options=options, providers=list(self.providers))
-        unused = [p for p in self.providers if p not in session.get_providers()]
+        unused = [p for p in self.provider_names if p not in session.get_providers()]
         if unused:
             raise XvolError(
                 f"ONNX Runtime did not use {', '.join(unused)} for {self.name} (it runs on "
@@ -97,6 +98,10 @@ class OnnxRuntimeRunner(Runner):
         start = time.perf_counter()
         self.session.run(self._output_names, self._bound)
         return Timing(1e3 * (time.perf_counter() - start))
+
+    @property
+    def provider_names(self) -> list[str]:
+        return [p if isinstance(p, str) else p[0] for p in self.providers]
 
     def deactivate(self) -> None:
         self.session = None

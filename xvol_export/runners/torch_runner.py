@@ -65,7 +65,8 @@ class TorchRunner(Runner):
         self._device_input = self._host_input.to(self.device)
         self._graph = None
         if self.cuda_graph:
-            self._graph, self._graph_output = _capture(self.model, self._device_input)
+            with torch.cuda.device(self.device):
+                self._graph, self._graph_output = _capture(self.model, self._device_input)
 
     def timed_call(self) -> Timing:
         if not self.cuda:
@@ -73,6 +74,10 @@ class TorchRunner(Runner):
             with torch.inference_mode():
                 self.model(self._host_input)
             return Timing(1e3 * (time.perf_counter() - start))
+        with torch.cuda.device(self.device):  # events and streams of the runner's own GPU
+            return self._timed_cuda_call()
+
+    def _timed_cuda_call(self) -> Timing:
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(self.device)
         start = time.perf_counter()

@@ -1,0 +1,207 @@
+"""`xvol bench` run in-process: exit codes, the PASSED/FAILED last line, the table, --json validated against
+the published schema, and bad input refused with exit 2, a clear message, no traceback and no file."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import jsonschema
+import pytest
+import torch
+
+from xvol_cli import app as cli_app
+from xvol_export import create_model
+from xvol_export.api import export_checkpoint
+from xvol_export.bench.job import SCHEMA_PATH
+from xvol_export.checkpoint import save_checkpoint
+
+from helpers import randomize_bn
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+FAST = ("--iterations", "5", "--warmup", "1")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def last_line(self) -> str:
+        lines = self.out.strip().splitlines()
+        return lines[-1].strip() if lines else ""
+
+    @property
+    def message(self) -> str:
+        """stderr with the console's line wrapping undone."""
+        return " ".join(self.err.split())
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+def run_cli(capsys, *args) -> Result:
+    """``xvol ARGS`` in this process; returns the exit code and what it printed."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli_app.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    code = info.value.code
+    return Result(code if isinstance(code, int) else 0, _ANSI.sub("", captured.out), _ANSI.sub("", captured.err))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A tiny training checkpoint and its static ONNX export."""
+    folder = tmp_path_factory.mktemp("cli_bench")
+    torch.manual_seed(0)
+    model = create_model("xvol_resnet_tiny", blocks_per_stage=1)
+    randomize_bn(model, torch.Generator().manual_seed(5))
+    model.eval()
+    save_checkpoint(model, folder / "train.pth")
+    assert export_checkpoint(folder / "train.pth", folder / "model.onnx", seed=0).written
+    return folder
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _table_rows(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("│")]
+
+
+# ------------------------------------------------------------------------------ success
+
+
+def test_bench_checkpoint_and_onnx(shared, tmp_path, capsys, schema):
+    report_path = tmp_path / "R.json"
+    r = run_cli(capsys, "bench", shared / "train.pth", shared / "model.onnx", *FAST, "--batch", "1",
+                "--json", report_path)
+    assert r.code == 0, r.text
+    assert r.last_line == "PASSED"
+    assert "Traceback" not in r.text
+    assert "vs first" in r.out
+    for column in ("min", "mean", "median", "p90", "p95", "p99", "max", "items/s"):
+        assert column in r.out
+    rows = _table_rows(r.out)
+    assert any("train.pth" in row and "1.000x" in row for row in rows), r.out
+    assert any("model.onnx" in row for row in rows), r.out
+    assert "timed: host wall time per call" in r.out
+    assert "spinning" in r.out  # the note for a mixed torch + ONNX Runtime run
+
+    payload = json.loads(report_path.read_text())
+    jsonschema.validate(payload, schema, cls=jsonschema.Draft202012Validator)
+    assert payload["command"] == "bench" and payload["status"] == "PASSED"
+    assert [c["artifact"] for c in payload["cases"]] == ["train.pth", "model.onnx"]
+    assert [c["backend"] for c in payload["cases"]] == ["torch", "onnxruntime"]
+    assert all(c["latency_ms"]["count"] >= 5 for c in payload["cases"])
+    assert payload["cases"][0]["ratio_to_first"] == 1.0
+    assert payload["settings"]["iterations"] == 5 and payload["settings"]["warmup"] == 1
+    assert payload["settings"]["batches"] == [1]
+
+
+def test_percentile_columns(shared, tmp_path, capsys, schema):
+    report_path = tmp_path / "R.json"
+    r = run_cli(capsys, "bench", shared / "model.onnx", *FAST, "--percentile", "50,99.9", "--json", report_path)
+    assert r.code == 0, r.text
+    assert r.last_line == "PASSED"
+    header = next(line for line in r.out.splitlines() if "artifact" in line and "median" in line)
+    assert "p50" in header and "p99.9" in header
+    assert "p90" not in header and "p95" not in header
+    payload = json.loads(report_path.read_text())
+    jsonschema.validate(payload, schema, cls=jsonschema.Draft202012Validator)
+    latency = payload["cases"][0]["latency_ms"]
+    assert {"p50", "p99_9"} <= set(latency) and "p90" not in latency
+    assert payload["settings"]["percentiles"] == [50.0, 99.9]
+
+
+def test_existing_json_not_overwritten_without_force(shared, tmp_path, capsys):
+    report_path = tmp_path / "R.json"
+    report_path.write_text("keep")
+    r = run_cli(capsys, "bench", shared / "model.onnx", *FAST, "--json", report_path)
+    assert r.code == 2 and r.last_line == "FAILED"
+    assert report_path.read_text() == "keep"
+    r = run_cli(capsys, "bench", shared / "model.onnx", *FAST, "--json", report_path, "--force")
+    assert r.code == 0, r.text
+    assert json.loads(report_path.read_text())["command"] == "bench"
+
+
+# ------------------------------------------------------------------------------ bad input: exit 2, no file
+
+BAD = {
+    "missing file": (["{dir}/absent.onnx"], "no such file"),
+    "unknown backend": (["{dir}/model.onnx", "--backend", "tvm"], "Unknown backend 'tvm'"),
+    "backend mismatch": (["{dir}/train.pth", "--backend", "onnxruntime"], "torch backend, not onnxruntime"),
+    "batch not a number": (["{dir}/model.onnx", "--batch", "1,x"], "Cannot read --batch '1,x'"),
+    "batch zero": (["{dir}/model.onnx", "--batch", "0"], "Cannot read --batch '0'"),
+    "percentile above 100": (["{dir}/model.onnx", "--percentile", "101"], "Cannot read --percentile '101'"),
+    "percentile not a number": (["{dir}/model.onnx", "--percentile", "9O"], "Cannot read --percentile '9O'"),
+    "iterations zero": (["{dir}/model.onnx", "--iterations", "0"], "--iterations >= 1"),
+    "unknown device": (["{dir}/model.onnx", "--device", "tpu"], "Unknown device 'tpu'"),
+    "cuda graph on cpu": (["{dir}/train.pth", "--cuda-graph"], "--cuda-graph needs --device cuda"),
+    "unknown file type": (["{dir}/notes.txt"], "unknown artifact type '.txt'"),
+    "no artifact": ([], "Give at least one artifact"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input(shared, tmp_path, capsys, case):
+    args, expected = BAD[case]
+    (shared / "notes.txt").write_text("not an artifact")
+    report_path = tmp_path / "R.json"
+    r = run_cli(capsys, "bench", *FAST, *[a.format(dir=shared) for a in args], "--json", report_path)
+    assert r.code == 2, r.text
+    assert r.last_line == "FAILED"
+    assert expected in r.message, r.message
+    assert "Traceback" not in r.text
+    assert not report_path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".trt", ".engine"])
+def test_engine_says_tensorrt_missing(tmp_path, capsys, suffix):
+    engine = tmp_path / f"model{suffix}"
+    engine.write_bytes(b"not a plan")
+    report_path = tmp_path / "R.json"
+    for args in ([engine], ["--engine", engine]):
+        r = run_cli(capsys, "bench", *args, *FAST, "--json", report_path)
+        assert r.code == 2, r.text
+        assert r.last_line == "FAILED"
+        assert "TensorRT is not installed" in r.message
+        assert "Traceback" not in r.text
+        assert not report_path.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(shared, tmp_path, capsys):
+    report_path = tmp_path / "R.json"
+    r = run_cli(capsys, "bench", shared / "train.pth", "--device", "cuda", *FAST, "--json", report_path)
+    assert r.code == 2, r.text
+    assert r.last_line == "FAILED"
+    assert "no CUDA device" in r.message and "--device cpu" in r.message
+    assert "Traceback" not in r.text
+    assert not report_path.exists()
+
+
+def test_static_graph_at_batch_two(shared, tmp_path, capsys):
+    report_path = tmp_path / "R.json"
+    r = run_cli(capsys, "bench", shared / "model.onnx", "--batch", "2", *FAST, "--json", report_path)
+    assert r.code == 2, r.text
+    assert r.last_line == "FAILED"
+    assert "fixed shape 1x3x32x32" in r.message and "--dynamic" in r.message
+    assert "Traceback" not in r.text
+    assert not report_path.exists()
+
+
+def test_bare_bench_command(capsys):
+    r = run_cli(capsys, "bench")
+    assert r.code == 2, r.text
+    assert r.last_line == "FAILED"
+    assert "Give at least one artifact" in r.message
+    assert "Traceback" not in r.text
