@@ -52,7 +52,8 @@ def time_runners(runners: dict[str, Runner], feed: np.ndarray, warmup: int, iter
 
 def onnx_runner(model: nn.Module, shape: tuple[int, ...], name: str) -> OnnxRuntimeRunner:
     graph = onnx_graph.check_graph(onnx_graph.simplify(onnx_graph.export_onnx(model, shape)))
-    return OnnxRuntimeRunner(graph.SerializeToString(), name)
+    # Sessions timed in turn must not spin between calls: the spinning pools slow each other down.
+    return OnnxRuntimeRunner(graph.SerializeToString(), name, allow_spinning=False)
 
 
 def resnet50_variants() -> dict[str, nn.Module]:

@@ -174,10 +174,7 @@ def export(
 ):
     """Fold if needed, export, check, simplify, re-verify against the training form, write with metadata."""
     opt.json_option(json_path, force)
-    tolerance = None
-    if atol is not None or rtol is not None or check_error_stat is not None:
-        stat = check_error_stat or api.DEFAULT_ERROR_STAT.get(precision, "elemwise")
-        tolerance = opt.tolerance_option(atol, rtol, stat, precision if precision in api.PRECISIONS else "fp32")
+    tolerance = api.export_tolerance(precision, atol, rtol, check_error_stat)
     with console.status("Exporting and verifying…"):
         result = api.export_checkpoint(
             checkpoint, output, format=format, precision=precision, opset=opset, exporter=exporter,

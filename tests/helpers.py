@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 
+import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -100,3 +103,43 @@ def assert_unchanged(model: nn.Module, snap: tuple[dict[str, torch.Tensor], dict
 
 def count_instances(model: nn.Module, types) -> int:
     return sum(isinstance(m, types) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------------------- the CLI
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@dataclass
+class Result:
+    """What one ``xvol`` run did: exit code and output, with colour codes removed."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def last_line(self) -> str:
+        lines = self.out.strip().splitlines()
+        return lines[-1].strip() if lines else ""
+
+    @property
+    def message(self) -> str:
+        """stderr with the console's line wrapping undone."""
+        return " ".join(self.err.split())
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+def run_cli(capsys, *args) -> Result:
+    """``xvol ARGS`` in this process; returns the exit code and what it printed."""
+    from xvol_cli import app as cli_app
+
+    capsys.readouterr()  # drop anything printed before
+    with pytest.raises(SystemExit) as info:
+        cli_app.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    code = info.value.code
+    return Result(code if isinstance(code, int) else 0, ANSI.sub("", captured.out), ANSI.sub("", captured.err))

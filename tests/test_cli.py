@@ -12,56 +12,24 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from xvol_cli import app as cli_app
 from xvol_export import create_model
 from xvol_export.api import fold_checkpoint
 from xvol_export.checkpoint import is_folded, load_checkpoint, load_model, save_checkpoint
 from xvol_export.compare import Tolerance
 
-from helpers import randomize_bn
+from helpers import ANSI, Result, randomize_bn, run_cli
 
 ARCH = "xvol_resnet_tiny"
 ARCH_CONFIG = {"stages": [2, 3], "blocks_per_stage": 1}  # tiny: two X-volution blocks
 BLOCKS = ["layer2.0.conv1", "layer3.0.conv1"]
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def last_line(self) -> str:
-        lines = self.out.strip().splitlines()
-        return lines[-1].strip() if lines else ""
-
-    @property
-    def message(self) -> str:
-        """stderr with the console's line wrapping undone."""
-        return " ".join(self.err.split())
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
-
-
-def run_cli(capsys, *args) -> Result:
-    """``xvol ARGS`` in this process; returns the exit code and what it printed."""
-    capsys.readouterr()  # drop anything printed before
-    with pytest.raises(SystemExit) as info:
-        cli_app.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    code = info.value.code
-    return Result(code if isinstance(code, int) else 0, _ANSI.sub("", captured.out), _ANSI.sub("", captured.err))
 
 
 def run_module(cwd: Path, *args, timeout: int = 120) -> Result:
@@ -69,7 +37,7 @@ def run_module(cwd: Path, *args, timeout: int = 120) -> Result:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
     proc = subprocess.run([sys.executable, "-m", "xvol_export", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
-    return Result(proc.returncode, _ANSI.sub("", proc.stdout), _ANSI.sub("", proc.stderr))
+    return Result(proc.returncode, ANSI.sub("", proc.stdout), ANSI.sub("", proc.stderr))
 
 
 def _sha256(path: Path) -> str:

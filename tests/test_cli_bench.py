@@ -4,54 +4,21 @@ the published schema, and bad input refused with exit 2, a clear message, no tra
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 
 import jsonschema
 import pytest
 import torch
 
-from xvol_cli import app as cli_app
 from xvol_export import create_model
 from xvol_export.api import export_checkpoint
 from xvol_export.bench.job import SCHEMA_PATH
 from xvol_export.checkpoint import save_checkpoint
 
-from helpers import randomize_bn
+from helpers import randomize_bn, run_cli
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 FAST = ("--iterations", "5", "--warmup", "1")
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def last_line(self) -> str:
-        lines = self.out.strip().splitlines()
-        return lines[-1].strip() if lines else ""
-
-    @property
-    def message(self) -> str:
-        """stderr with the console's line wrapping undone."""
-        return " ".join(self.err.split())
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
-
-
-def run_cli(capsys, *args) -> Result:
-    """``xvol ARGS`` in this process; returns the exit code and what it printed."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        cli_app.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    code = info.value.code
-    return Result(code if isinstance(code, int) else 0, _ANSI.sub("", captured.out), _ANSI.sub("", captured.err))
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,47 +13,13 @@ import onnx
 import pytest
 import torch
 
-from xvol_cli import app as cli_app
 from xvol_export import create_model
 from xvol_export.api import export_checkpoint
 from xvol_export.checkpoint import save_checkpoint
 from xvol_export.export import onnx_graph
 from xvol_export.inputs import random_inputs
 
-from helpers import randomize_bn
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def last_line(self) -> str:
-        lines = self.out.strip().splitlines()
-        return lines[-1].strip() if lines else ""
-
-    @property
-    def message(self) -> str:
-        """stderr with the console's line wrapping undone."""
-        return " ".join(self.err.split())
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
-
-
-def run_cli(capsys, *args) -> Result:
-    """``xvol ARGS`` in this process; returns the exit code and what it printed."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        cli_app.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    code = info.value.code
-    return Result(code if isinstance(code, int) else 0, _ANSI.sub("", captured.out), _ANSI.sub("", captured.err))
+from helpers import randomize_bn, run_cli
 
 
 def listing(folder: Path) -> dict[str, bytes]:

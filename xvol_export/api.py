@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,14 +14,14 @@ from xvol_export.bench import BenchReport, BenchSettings, bench_artifacts
 from xvol_export.checkpoint import LoadOptions, save_checkpoint
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
-from xvol_export.export import PRECISIONS, ExportResult, export_checkpoint
-from xvol_export.export.job import DEFAULT_ERROR_STAT
+from xvol_export.export import ExportResult, export_checkpoint, export_tolerance
 from xvol_export.fold import FoldReport, fold
 from xvol_export.fold.model import describe_deploy
 from xvol_export.inputs import InputShape, prepare_inputs, save_npz
 from xvol_export.io import atomic_write, check_output_path
 from xvol_export.layers import XVolutionDeploy
 from xvol_export.profile import count_params, profile_model
+from xvol_export.utils import StepClock
 from xvol_export.verify import VerifyReport, verify_models, verify_runners
 
 # ---------------------------------------------------------------------------------------- inspect
@@ -165,40 +164,36 @@ def fold_checkpoint(
     Nothing is written unless verification passes. The deploy checkpoint's metadata carries the
     source's sha256, the fold report and the verified errors.
     """
-    timings = {}
+    timings: dict[str, float] = {}
+    clock = StepClock(timings)
     output = Path(output) if output is not None else default_fold_output(path)
     check_output_path(output, force)  # fail on a bad output path before any work
 
-    start = time.perf_counter()
-    model, ckpt = load.load(path)
-    timings["load"] = time.perf_counter() - start
+    with clock("load"):
+        model, ckpt = load.load(path)
     result = FoldResult(str(path), ckpt.sha256 or "", str(output), False, None, None, timings, list(ckpt.notes))
     if ckpt.folded:
         result.notes.append("already folded: nothing to do, nothing written")
         return result
 
     data_in, used_seed = prepare_inputs(getattr(model, "input_size", None), ckpt.label, data, input_shape, seed)
-    start = time.perf_counter()
-    deploy, result.fold = fold(model, layout=layout, input_shape=(1, *data_in.inputs.shape[1:]))
-    timings["fold"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    result.verification = verify_models(model, deploy, data_in, tolerance, names=("training form", "deploy form"),
-                                        seed=used_seed)
-    timings["verify"] = time.perf_counter() - start
+    with clock("fold"):
+        deploy, result.fold = fold(model, layout=layout, input_shape=(1, *data_in.inputs.shape[1:]))
+    with clock("verify"):
+        result.verification = verify_models(model, deploy, data_in, tolerance,
+                                            names=("training form", "deploy form"), seed=used_seed)
     if not result.verification.passed:
         result.notes.append("verification failed: nothing written")
         return result
 
-    start = time.perf_counter()
     metadata = {
         "source_sha256": ckpt.sha256,
         "source": Path(path).name,
         "fold": result.fold.to_dict(),
         "verification": _verification_summary(result.verification),
     }
-    save_checkpoint(deploy, output, metadata=metadata, force=force)
-    timings["save"] = time.perf_counter() - start
+    with clock("save"):
+        save_checkpoint(deploy, output, metadata=metadata, force=force)
     result.written = True
     return result
 
@@ -283,6 +278,6 @@ def _json_default(value):
 
 __all__ = [
     "FoldResult", "InspectReport", "LoadOptions", "default_fold_output", "fold_checkpoint", "inspect_checkpoint",
-    "verify_artifacts", "write_json", "ExportResult", "export_checkpoint", "PRECISIONS", "DEFAULT_ERROR_STAT",
+    "verify_artifacts", "write_json", "ExportResult", "export_checkpoint", "export_tolerance",
     "BenchReport", "BenchSettings", "bench_artifacts",
 ]

@@ -1,6 +1,8 @@
-"""Small helpers for checking folds: realistic BatchNorm statistics and error measures."""
+"""Small helpers: realistic BatchNorm statistics for checking folds, an error measure, a step clock."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from torch import nn
@@ -35,3 +37,21 @@ def relative_l2(candidate: torch.Tensor, reference: torch.Tensor) -> float:
     """``||candidate - reference|| / ||reference||``, computed in float64."""
     reference = reference.double()
     return float((candidate.double() - reference).norm() / reference.norm())
+
+
+class StepClock:
+    """``with clock("step"):`` adds the step's wall time, in seconds, to ``timings[step]``."""
+
+    def __init__(self, timings: dict[str, float]):
+        self.timings = timings
+        self.step = ""
+
+    def __call__(self, step: str) -> "StepClock":
+        self.step = step
+        return self
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.timings[self.step] = self.timings.get(self.step, 0.0) + time.perf_counter() - self.start

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from xvol_export.fold import FoldReport, fold
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path
 from xvol_export.runners import OnnxRuntimeRunner, TorchRunner
+from xvol_export.utils import StepClock
 from xvol_export.verify import VerifyReport, verify_models, verify_runners
 
 FORMATS = ("onnx", "engine")
@@ -95,6 +95,18 @@ class ExportResult:
         }
 
 
+def export_tolerance(precision: str, atol: float | None = None, rtol: float | None = None,
+                     check_error_stat: str | None = None) -> Tolerance:
+    """The tolerance an export is verified with: the precision's defaults, overridden where given."""
+    if precision not in PRECISIONS:
+        raise XvolError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}.")
+    stat = check_error_stat or DEFAULT_ERROR_STAT[precision]
+    try:
+        return Tolerance.for_precision(precision, atol, rtol, stat)
+    except ValueError as err:
+        raise XvolError(f"Bad tolerance: {err}.") from None
+
+
 def default_export_output(path: str | os.PathLike, precision: str) -> Path:
     """``model.pth`` -> ``model.onnx`` (``model.fp16.onnx``, ``model.int8.onnx``) beside it."""
     path = Path(path)
@@ -138,9 +150,9 @@ def export_checkpoint(
                         "representative images (a few hundred, preprocessed like the model's inputs).")
     output = Path(output) if output is not None else default_export_output(path, precision)
     check_output_path(output, force)
-    tolerance = tolerance or Tolerance.for_precision(precision, check_error_stat=DEFAULT_ERROR_STAT[precision])
+    tolerance = tolerance or export_tolerance(precision)
     timings: dict[str, float] = {}
-    clock = _Clock(timings)
+    clock = StepClock(timings)
 
     with clock("load"):
         model, ckpt = load.load(path)
@@ -319,23 +331,4 @@ def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
         "xvol.dynamic": json.dumps(result.dynamic),
         "xvol.verified": json.dumps(verified),
     }
-
-
-class _Clock:
-    """``with clock("step"):`` adds the step's wall time to ``timings``."""
-
-    def __init__(self, timings: dict[str, float]):
-        self.timings = timings
-        self.step = ""
-
-    def __call__(self, step: str) -> "_Clock":
-        self.step = step
-        return self
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.timings[self.step] = self.timings.get(self.step, 0.0) + time.perf_counter() - self.start
-
 
