@@ -174,7 +174,8 @@ def export(
 ):
     """Fold if needed, export, check, simplify, re-verify against the training form, write with metadata."""
     opt.json_option(json_path, force)
-    tolerance = api.export_tolerance(precision, atol, rtol, check_error_stat)
+    overrides = (atol, rtol, check_error_stat) != (None, None, None)
+    tolerance = opt.tolerance_option(atol, rtol, check_error_stat, precision) if overrides else None
     with console.status("Exporting and verifying…"):
         result = api.export_checkpoint(
             checkpoint, output, format=format, precision=precision, opset=opset, exporter=exporter,

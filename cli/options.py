@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from xvol_export.api import LoadOptions
-from xvol_export.compare import ERROR_STATS, Tolerance
+from xvol_export.compare import ERROR_STATS, Tolerance, parse_tolerance
 from xvol_export.errors import XvolError
 from xvol_export.fold import LAYOUT_CHOICES
 from xvol_export.inputs import InputShape, parse_shape
@@ -83,13 +83,8 @@ def layout_option(layout: str) -> str:
     return layout
 
 
-def tolerance_option(atol: float | None, rtol: float | None, stat: str, precision: str = "fp32") -> Tolerance:
-    if stat not in ERROR_STATS:
-        raise XvolError(f"Unknown --check-error-stat '{stat}'. Choose one of: {', '.join(ERROR_STATS)}.")
-    for name, value in (("--atol", atol), ("--rtol", rtol)):
-        if value is not None and value < 0:
-            raise XvolError(f"{name} must be zero or positive, got {value}.")
-    return Tolerance.for_precision(precision, atol, rtol, stat)
+def tolerance_option(atol: float | None, rtol: float | None, stat: str | None, precision: str = "fp32") -> Tolerance:
+    return parse_tolerance(precision, atol, rtol, stat)
 
 
 def load_options(trust_pickle: bool, arch: str | None, arch_config: str | None, ema: bool) -> LoadOptions:

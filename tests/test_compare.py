@@ -244,7 +244,7 @@ def test_tolerance_accepts_zero():
 def test_for_precision_defaults(precision, expected):
     tol = Tolerance.for_precision(precision)
     assert (tol.atol, tol.rtol) == expected == DEFAULT_TOLERANCES[precision]
-    assert tol.check_error_stat == "elemwise"
+    assert tol.check_error_stat == ("median" if precision == "int8" else "elemwise")
 
 
 def test_for_precision_defaults_loosen_with_lower_precision():

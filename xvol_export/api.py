@@ -14,7 +14,7 @@ from xvol_export.bench import BenchReport, BenchSettings, bench_artifacts
 from xvol_export.checkpoint import LoadOptions, save_checkpoint
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
-from xvol_export.export import ExportResult, export_checkpoint, export_tolerance
+from xvol_export.export import ExportResult, export_checkpoint
 from xvol_export.fold import FoldReport, fold
 from xvol_export.fold.model import describe_deploy
 from xvol_export.inputs import InputShape, prepare_inputs, save_npz
@@ -71,14 +71,15 @@ def inspect_checkpoint(path: str | os.PathLike, layout: str = "auto", input_shap
     """Architecture, parameters and MACs, and what folding will do to every block (nothing is written)."""
     model, ckpt = load.load(path)
     shape = _profile_shape(model, ckpt.label, input_shape)
-    profile = profile_model(model, shape)
     report = InspectReport(
         path=str(path), sha256=ckpt.sha256 or "", architecture=ckpt.architecture, config=ckpt.config,
-        folded=ckpt.folded, input_shape=shape, params=count_params(model), macs=profile.total_macs,
+        folded=ckpt.folded, input_shape=shape, params=count_params(model), macs=0,
         batchnorms=sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
         notes=list(ckpt.notes),
     )
     if ckpt.folded:
+        profile = profile_model(model, shape)
+        report.macs = profile.total_macs
         for name, block in model.named_modules():
             if isinstance(block, XVolutionDeploy):
                 ops, params, macs = describe_deploy(block), count_params(block), profile.macs_under(name)
@@ -86,7 +87,8 @@ def inspect_checkpoint(path: str | os.PathLike, layout: str = "auto", input_shap
                                                ops, params, macs))
         report.notes.append("already folded: fold has nothing to do")
         return report
-    _, fold_report = fold(model, layout=layout, input_shape=shape)
+    _, fold_report = fold(model, layout=layout, input_shape=shape)  # it profiles the model before and after
+    report.macs = fold_report.macs_before
     for planned in fold_report.blocks:
         report.blocks.append(BlockPlan(
             planned.name, model.get_submodule(planned.name).config(), planned.ops_before, planned.params_before,
@@ -278,6 +280,6 @@ def _json_default(value):
 
 __all__ = [
     "FoldResult", "InspectReport", "LoadOptions", "default_fold_output", "fold_checkpoint", "inspect_checkpoint",
-    "verify_artifacts", "write_json", "ExportResult", "export_checkpoint", "export_tolerance",
+    "verify_artifacts", "write_json", "ExportResult", "export_checkpoint",
     "BenchReport", "BenchSettings", "bench_artifacts",
 ]

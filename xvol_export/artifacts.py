@@ -41,9 +41,8 @@ def artifact_kind(path: str | os.PathLike) -> str:
     )
 
 
-def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), name: str | None = None,
-                  threads: int | None = None) -> Artifact:
-    """The artifact at ``path`` with a CPU runner for it."""
+def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), name: str | None = None) -> Artifact:
+    """The artifact at ``path`` with a default CPU runner for it (named ``name``, default the file name)."""
     path = Path(path)
     kind = artifact_kind(path)
     if not path.is_file():
@@ -53,7 +52,7 @@ def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), na
         model, ckpt = load.load(path)
         return Artifact(path, kind, TorchRunner(model, label), getattr(model, "input_size", None), model, ckpt)
     if kind == "onnx":
-        return Artifact(path, kind, OnnxRuntimeRunner(path, label, threads=threads), _onnx_input_size(path))
+        return Artifact(path, kind, OnnxRuntimeRunner(path, label), _onnx_input_size(path))
     raise XvolError(
         f"{path}: is a TensorRT engine, and TensorRT is not installed here. Engines need an NVIDIA GPU and "
         "NVIDIA's TensorRT libraries (pip install 'xvol[tensorrt]' on such a machine); 'xvol doctor' shows what "

@@ -6,9 +6,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from xvol_export.errors import XvolError
+
 ERROR_STATS = ("elemwise", "max", "mean", "median")
 # Default (atol, rtol) per precision of the candidate.
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "fp64": (1e-10, 1e-10), "fp16": (2e-2, 2e-2), "int8": (1e-1, 1e-1)}
+# int8 errors are spread over every element: judge the typical error, not the worst one.
+DEFAULT_ERROR_STAT = {"fp32": "elemwise", "fp64": "elemwise", "fp16": "elemwise", "int8": "median"}
 _EPSILON = np.finfo(np.float64).eps  # added to zero reference values, as Polygraphy does
 
 
@@ -32,9 +36,24 @@ class Tolerance:
 
     @classmethod
     def for_precision(cls, precision: str = "fp32", atol: float | None = None, rtol: float | None = None,
-                      check_error_stat: str = "elemwise") -> "Tolerance":
+                      check_error_stat: str | None = None) -> "Tolerance":
+        """The precision's defaults, overridden where a value is given (0 is a value)."""
         default_atol, default_rtol = DEFAULT_TOLERANCES[precision]
-        return cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol, check_error_stat)
+        return cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol,
+                   check_error_stat or DEFAULT_ERROR_STAT[precision])
+
+
+def parse_tolerance(precision: str = "fp32", atol: float | None = None, rtol: float | None = None,
+                    check_error_stat: str | None = None) -> Tolerance:
+    """:meth:`Tolerance.for_precision` for values a user typed: bad ones are an ``XvolError``."""
+    if precision not in DEFAULT_TOLERANCES:
+        raise XvolError(f"Unknown precision '{precision}'. Choose one of: {', '.join(DEFAULT_TOLERANCES)}.")
+    if check_error_stat is not None and check_error_stat not in ERROR_STATS:
+        raise XvolError(f"Unknown --check-error-stat '{check_error_stat}'. Choose one of: {', '.join(ERROR_STATS)}.")
+    for name, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and value < 0:
+            raise XvolError(f"{name} must be zero or positive, got {value}.")
+    return Tolerance.for_precision(precision, atol, rtol, check_error_stat)
 
 
 @dataclass

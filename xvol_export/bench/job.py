@@ -104,7 +104,7 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
     for path in paths:
         _check_backend(path, backend)
     report = BenchReport(settings, machine=_machine(settings.device))
-    artifacts = [open_artifact(p, load, _label(p, paths), threads=settings.threads) for p in paths]
+    artifacts = [open_artifact(p, load, _label(p, paths)) for p in paths]
     # Spinning idle threads of one runtime steal the cores from whatever runs in between (measured:
     # PyTorch 10x slower beside ONNX Runtime, and two ONNX graphs 1.6x slower beside each other).
     shared = len(artifacts) > 1

@@ -6,7 +6,6 @@ from xvol_export.export.job import (
     ExportResult,
     default_export_output,
     export_checkpoint,
-    export_tolerance,
 )
 
-__all__ = ["FORMATS", "PRECISIONS", "ExportResult", "default_export_output", "export_checkpoint", "export_tolerance"]
+__all__ = ["FORMATS", "PRECISIONS", "ExportResult", "default_export_output", "export_checkpoint"]

@@ -26,8 +26,6 @@ from xvol_export.verify import VerifyReport, verify_models, verify_runners
 
 FORMATS = ("onnx", "engine")
 PRECISIONS = ("fp32", "fp16", "int8")
-# int8 errors are spread over every element; judge the typical error, not the worst one.
-DEFAULT_ERROR_STAT = {"fp32": "elemwise", "fp16": "elemwise", "int8": "median"}
 
 
 @dataclass
@@ -95,18 +93,6 @@ class ExportResult:
         }
 
 
-def export_tolerance(precision: str, atol: float | None = None, rtol: float | None = None,
-                     check_error_stat: str | None = None) -> Tolerance:
-    """The tolerance an export is verified with: the precision's defaults, overridden where given."""
-    if precision not in PRECISIONS:
-        raise XvolError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}.")
-    stat = check_error_stat or DEFAULT_ERROR_STAT[precision]
-    try:
-        return Tolerance.for_precision(precision, atol, rtol, stat)
-    except ValueError as err:
-        raise XvolError(f"Bad tolerance: {err}.") from None
-
-
 def default_export_output(path: str | os.PathLike, precision: str) -> Path:
     """``model.pth`` -> ``model.onnx`` (``model.fp16.onnx``, ``model.int8.onnx``) beside it."""
     path = Path(path)
@@ -150,7 +136,7 @@ def export_checkpoint(
                         "representative images (a few hundred, preprocessed like the model's inputs).")
     output = Path(output) if output is not None else default_export_output(path, precision)
     check_output_path(output, force)
-    tolerance = tolerance or export_tolerance(precision)
+    tolerance = tolerance or Tolerance.for_precision(precision)
     timings: dict[str, float] = {}
     clock = StepClock(timings)
 
