@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from xvol_export.doctor import cpu_name, package_versions
@@ -46,6 +47,15 @@ def time_interleaved(calls: dict[str, Callable[[], object]], iterations: int, wa
         }
         for name, values in samples.items()
     }
+
+
+def bootstrap_median_ci(values: list[float], level: float = 0.95, resamples: int = 10_000) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the median of ``values``."""
+    data = np.asarray(values, dtype=float)
+    picks = np.random.default_rng(0).integers(0, len(data), size=(resamples, len(data)))
+    medians = np.median(data[picks], axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
 
 
 def write_json(name: str, payload: dict) -> Path:

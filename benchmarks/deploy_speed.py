@@ -1,11 +1,17 @@
 """Deploy speed: XVol-ResNet-50 and one stage-3 X-volution block, training form vs folded, on CPU runtimes.
 
 For XVol-ResNet-50 (randomized BatchNorm) at 224x224, batch 1 and 8: the training form, the
-folded model in the dense, split and auto layouts, and the plain ResNet-50 (BatchNorm folded),
-on PyTorch eager and on ONNX Runtime with every graph optimization on (so that the runtime's
-own Conv+BatchNorm fusion is the bar the fold must clear). The same for one stage-3 block
-(256 channels, 14x14) against a plain 3x3 conv + BN. Every ONNX graph goes through the same
-export and onnxslim pass as `xvol export`. Variants of one table are timed round-robin.
+folded model in the dense, split and auto layouts, split with its dilated convs run by phase
+images (``dilated_conv="phases"``), and the plain ResNet-50 (BatchNorm folded), on PyTorch eager
+and on ONNX Runtime with every graph optimization on (so that the runtime's own Conv+BatchNorm
+fusion is the bar the fold must clear). The same for one stage-3 block (256 channels, 14x14)
+against a plain 3x3 conv + BN. Every ONNX graph goes through the same export and onnxslim pass
+as `xvol export`.
+
+Variants of one table are timed round-robin, one call each per round, so each round's calls saw
+the same machine state: the ratio to the training form is the median of the per-round ratios,
+with a bootstrap 95 % confidence interval. A variant is "slower" only when its interval lies
+above 1.
 
     python benchmarks/deploy_speed.py [--iterations 20] [--quick]
 
@@ -15,6 +21,7 @@ Prints ratio tables; writes benchmarks/results/deploy_speed.json and deploy_spee
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -30,11 +37,12 @@ from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
 from xvol_export.utils import randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_json  # noqa: E402
+from _common import RESULTS, bootstrap_median_ci, machine, write_json  # noqa: E402
 
 
 def time_runners(runners: dict[str, Runner], feed: np.ndarray, warmup: int, iterations: int) -> dict[str, dict]:
-    """Median and spread per runner, measured round-robin with the runners' own timed calls."""
+    """Median and spread per runner, and the paired ratio to the first, timed round-robin with the
+    runners' own timed calls."""
     for runner in runners.values():
         runner.bind({runner.input_names()[0]: feed})
     for _ in range(warmup):
@@ -44,10 +52,15 @@ def time_runners(runners: dict[str, Runner], feed: np.ndarray, warmup: int, iter
     for _ in range(iterations):
         for name, runner in runners.items():
             samples[name].append(runner.timed_call().host_ms)
-    stats = {name: latency_stats(values) for name, values in samples.items()}
-    first = next(iter(stats.values())).median
-    return {name: {"median_ms": s.median, "min_ms": s.min, "cv": s.cv, "vs_training": s.median / first}
-            for name, s in stats.items()}
+    baseline = next(iter(samples.values()))
+    out = {}
+    for name, values in samples.items():
+        stats = latency_stats(values)
+        ratios = [v / b for v, b in zip(values, baseline, strict=True)]
+        low, high = bootstrap_median_ci(ratios)
+        out[name] = {"median_ms": stats.median, "min_ms": stats.min, "cv": stats.cv, "rounds": len(values),
+                     "vs_training": statistics.median(ratios), "vs_training_ci95": [low, high]}
+    return out
 
 
 def onnx_runner(model: nn.Module, shape: tuple[int, ...], name: str) -> OnnxRuntimeRunner:
@@ -56,14 +69,17 @@ def onnx_runner(model: nn.Module, shape: tuple[int, ...], name: str) -> OnnxRunt
     return OnnxRuntimeRunner(graph.SerializeToString(), name, allow_spinning=False)
 
 
-def resnet50_variants() -> dict[str, nn.Module]:
+def resnet50_variants() -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The variants, and the layout ``auto`` chose per block."""
     model = randomize_batchnorm(create_model("xvol_resnet50"), seed=0).eval()
     plain, _ = fold(randomize_batchnorm(create_model("xvol_resnet50", stages=()), seed=0).eval())
     variants = {"training form": model}
-    for layout in ("dense", "split", "auto"):
+    for layout in ("dense", "split"):
         variants[f"folded {layout}"] = fold(model, layout=layout)[0]
+    variants["folded auto"], report = fold(model, layout="auto")
+    variants["folded split, phases"] = fold(model, layout="split", dilated_conv="phases")[0]
     variants["plain ResNet-50"] = plain
-    return variants
+    return variants, report.layouts
 
 
 class ConvBN(nn.Sequential):
@@ -78,6 +94,7 @@ def block_variants(channels: int = 256) -> dict[str, nn.Module]:
         "training form": block,
         "folded dense": fold_xvolution(block, "dense"),
         "folded split": fold_xvolution(block, "split"),
+        "folded split, phases": fold_xvolution(block, "split", "phases"),
         "plain 3x3 conv+BN": plain,
     }
 
@@ -94,7 +111,9 @@ def measure(variants: dict[str, nn.Module], shape: tuple[int, ...], warmup: int,
 
 def markdown(results: dict, cpu: str) -> str:
     lines = [f"# Deploy speed on {cpu}", "",
-             "Median latency in ms, and the ratio to the training form on the same runtime (lower is faster).", ""]
+             "Median latency in ms, and the ratio to the training form on the same runtime (lower is faster): "
+             "the median of per-round ratios (variants timed round-robin), with its bootstrap 95 % confidence "
+             "interval.", ""]
     for table, by_runtime in results.items():
         runtimes = list(by_runtime)
         lines += [f"## {table}", "", "| variant | " + " | ".join(f"{r} ms | {r} ratio" for r in runtimes) + " |",
@@ -103,7 +122,8 @@ def markdown(results: dict, cpu: str) -> str:
             cells = []
             for runtime in runtimes:
                 s = by_runtime[runtime][variant]
-                cells += [f"{s['median_ms']:.2f}", f"{s['vs_training']:.3f}"]
+                low, high = s["vs_training_ci95"]
+                cells += [f"{s['median_ms']:.2f}", f"{s['vs_training']:.3f} ({low:.3f}-{high:.3f})"]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -111,7 +131,7 @@ def markdown(results: dict, cpu: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=30, help="rounds at batch 1 (half at batch 8)")
     parser.add_argument("--quick", action="store_true", help="batch 1 only, fewer iterations")
     args = parser.parse_args()
     iterations = 5 if args.quick else args.iterations
@@ -119,22 +139,30 @@ def main() -> None:
     results = {}
     block = block_variants()
     results["one stage-3 block, 256 ch, 14x14, batch 1"] = measure(block, (1, 256, 14, 14), 5, 10 * iterations)
-    variants = resnet50_variants()
+    variants, auto_layouts = resnet50_variants()
     for batch in (1,) if args.quick else (1, 8):
         runs = iterations if batch == 1 else max(5, iterations // 2)
         results[f"XVol-ResNet-50, 224x224, batch {batch}"] = measure(variants, (batch, 3, 224, 224), 2, runs)
 
     info = machine()
+    chosen = sorted(set(auto_layouts.values()))
+    auto_note = f"auto chose {', '.join(chosen)} for the {len(auto_layouts)} X-volution blocks"
+    if chosen == ["split"]:
+        auto_note += ": folded auto and folded split are the same graph, so their difference is the run's noise"
+    print(auto_note)
     for table, by_runtime in results.items():
         print(f"\n{table}")
         for runtime, stats in by_runtime.items():
             print(f"  {runtime}")
             for variant, s in stats.items():
                 cv = 100 * s["cv"]
-                print(f"    {variant:24} {s['median_ms']:9.2f} ms  {s['vs_training']:6.3f}x  (cv {cv:.0f} %)")
+                low, high = s["vs_training_ci95"]
+                print(f"    {variant:24} {s['median_ms']:9.2f} ms  {s['vs_training']:6.3f}x "
+                      f"[{low:.3f}, {high:.3f}]  (cv {cv:.0f} %)")
     path = write_json("deploy_speed", {"benchmark": "deploy_speed", "machine": info,
-                                       "torch_threads": torch.get_num_threads(), "results": results})
-    (RESULTS / "deploy_speed.md").write_text(markdown(results, info["cpu"]) + "\n")
+                                       "torch_threads": torch.get_num_threads(), "auto_layouts": auto_layouts,
+                                       "auto_note": auto_note, "results": results})
+    (RESULTS / "deploy_speed.md").write_text(markdown(results, info["cpu"]) + f"\n{auto_note}.\n")
     print(f"\nwrote {path.name} and deploy_speed.md in {RESULTS.name}/")
 
 

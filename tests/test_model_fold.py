@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from xvol_export import XVolution, XVolutionDeploy, create_model, fold
+from xvol_export.fold import set_dilated_conv
 from xvol_export.fold.cost import choose_layout
 from xvol_export.profile import profile_model
 
@@ -299,3 +300,37 @@ def test_fold_of_bare_xvolution_block():
     assert len(report.blocks) == 1
     assert isinstance(deploy, XVolutionDeploy)
     assert count_instances(deploy, _BatchNorm) == 0
+
+
+@pytest.mark.parametrize("arch,config,shape", [
+    ("xvol_resnet_tiny", {"stages": (1, 2, 3), "xvol_kwargs": {"dilation": 3}}, (2, 3, 31, 26)),
+    ("xvol_resnet18", {"stages": (2, 3)}, (1, 3, 65, 47)),
+], ids=["tiny-d3", "resnet18-odd"])
+def test_dilated_conv_by_phases_is_the_same_model(arch, config, shape):
+    model = build(arch, config).eval()
+    direct, _ = fold(model, "split")
+    phases, report = fold(model, "split", dilated_conv="phases")
+    assert all(b.layout == "split" for b in report.blocks)
+    blocks = [m for m in phases.modules() if isinstance(m, XVolutionDeploy)]
+    assert blocks and all(b.dilated_conv == "phases" for b in blocks)
+    assert {k: torch.equal(v, direct.state_dict()[k]) for k, v in phases.state_dict().items()} == {
+        k: True for k in direct.state_dict()}
+    x = inputs(shape)
+    with torch.no_grad():
+        ref = model(x)
+        assert rel_l2(phases(x), ref) <= TOL
+        assert rel_l2(phases(x), direct(x)) <= TOL
+    # The MAC count sees the same convs either way.
+    assert profile_model(phases, shape).total_macs == profile_model(direct, shape).total_macs
+
+    # Switching back and forth keeps the weights; the input is untouched unless asked.
+    back = set_dilated_conv(phases, "direct")
+    assert all(b.dilated_conv == "phases" for b in blocks)
+    assert all(m.dilated_conv == "direct" for m in back.modules() if isinstance(m, XVolutionDeploy))
+    with torch.no_grad():
+        assert torch.equal(back(x), direct(x))
+    assert set_dilated_conv(back, "phases", inplace=True) is back
+    with pytest.raises(ValueError, match="dilated_conv"):
+        set_dilated_conv(back, "winograd")
+    with pytest.raises(ValueError, match="dilated_conv"):
+        fold(model, "split", dilated_conv="winograd")

@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from xvol_export import XVolution, XVolutionDeploy, pssa_aggregate
 from xvol_export.fold import fold_xvolution
 from xvol_export.layers import PixelShiftAttention
+from xvol_export.layers.phase_conv import PhaseConv2d
 
 from helpers import assert_unchanged, init_params, make_generator, randomize_bn, rel_l2, snapshot
 
@@ -75,6 +76,7 @@ def fold_cases(draw) -> dict:
     return {
         "cfg": draw(block_configs()),
         "layout": draw(st.sampled_from(["dense", "split"])),
+        "dilated_conv": draw(st.sampled_from(["direct", "phases"])),
         "batch": draw(st.integers(1, 3)),
         "height": draw(st.integers(1, 13)),
         "width": draw(st.integers(1, 13)),
@@ -85,9 +87,11 @@ def fold_cases(draw) -> dict:
 def check_fold(case: dict, dtype: torch.dtype) -> None:
     cfg = case["cfg"]
     block = make_block(cfg, case["seed"], dtype)
-    deploy = fold_xvolution(block, case["layout"])
+    deploy = fold_xvolution(block, case["layout"], case["dilated_conv"])
 
     assert isinstance(deploy, XVolutionDeploy)
+    assert isinstance(getattr(deploy, "dconv", None), PhaseConv2d) == (
+        deploy.layout == "split" and case["dilated_conv"] == "phases")
     assert not any(isinstance(m, (_BatchNorm, XVolution)) for m in deploy.modules())
     assert all(p.dtype == dtype for p in deploy.parameters())
     assert deploy.layout == (case["layout"] if cfg["dilated_branch"] else "dense")
@@ -346,9 +350,9 @@ def test_config_rebuilds_identical_state_dict(cfg):
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
-@pytest.mark.parametrize("layout", ["dense", "split"])
-def test_deploy_config_rebuilds_identical_state_dict(cfg, layout):
-    deploy = fold_xvolution(make_block(cfg, 82), layout)
+@pytest.mark.parametrize("layout,dilated_conv", [("dense", "direct"), ("split", "direct"), ("split", "phases")])
+def test_deploy_config_rebuilds_identical_state_dict(cfg, layout, dilated_conv):
+    deploy = fold_xvolution(make_block(cfg, 82), layout, dilated_conv)
     rebuilt = XVolutionDeploy(**deploy.config())
     assert rebuilt.config() == deploy.config()
     assert shapes(rebuilt) == shapes(deploy)

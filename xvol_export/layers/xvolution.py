@@ -9,9 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xvol_export.layers.phase_conv import PhaseConv2d
 from xvol_export.layers.pssa import PixelShiftAttention, pssa_aggregate
 
 LAYOUTS = ("dense", "split")
+# How a split block runs its dilated conv: ``direct`` (one dilated conv; the exported form) or
+# ``phases`` (a dense conv on the phase images: same parameters, faster in PyTorch on CPU).
+DILATED_CONVS = ("direct", "phases")
 # The constructor arguments both forms share; ``config()`` returns them so a block can be rebuilt.
 GEOMETRY = ("in_channels", "out_channels", "stride", "groups", "dilation", "shift", "attn_channels", "attention",
             "dilated_branch")
@@ -72,9 +76,10 @@ class XVolutionDeploy(nn.Module):
     """Deploy-form X-volution: one static convolution (or two, ``split``) plus the PSSA aggregate.
 
     ``dense``: ``static``, a ``(4d+1)x(4d+1)`` conv with bias. ``split``: ``conv`` (3x3, with the
-    bias) plus ``dconv`` (5x5, dilation ``d``). Without the dilated branch both are one 3x3
-    ``static`` conv. With attention, ``proj`` is one 1x1 conv giving ``q, k, v`` (``2A + O``
-    channels) with ``attn_bn`` and ``1/sqrt(A)`` already folded in.
+    bias) plus ``dconv`` (5x5, dilation ``d``), which ``dilated_conv="phases"`` runs as a dense conv
+    on the input's phase images (:mod:`~xvol_export.layers.phase_conv`; same state dict). Without
+    the dilated branch both are one 3x3 ``static`` conv. With attention, ``proj`` is one 1x1 conv
+    giving ``q, k, v`` (``2A + O`` channels) with ``attn_bn`` and ``1/sqrt(A)`` already folded in.
     """
 
     def __init__(
@@ -89,14 +94,18 @@ class XVolutionDeploy(nn.Module):
         attention: bool = True,
         dilated_branch: bool = True,
         layout: str = "split",
+        dilated_conv: str = "direct",
     ):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if dilated_conv not in DILATED_CONVS:
+            raise ValueError(f"dilated_conv must be one of {DILATED_CONVS}, got {dilated_conv!r}")
         _store_geometry(self, in_channels, out_channels, stride, groups, dilation, shift, attn_channels, attention,
                         dilated_branch)
         # Without a dilated branch there is nothing to split: one 3x3 conv either way.
         self.layout = layout if dilated_branch else "dense"
+        self.dilated_conv = dilated_conv if self.layout == "split" else "direct"
 
         if self.layout == "dense":
             size = 4 * dilation + 1 if dilated_branch else 3
@@ -105,16 +114,20 @@ class XVolutionDeploy(nn.Module):
             )
         else:
             self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=True)
-            self.dconv = nn.Conv2d(
-                in_channels, out_channels, 5, stride=stride, padding=2 * dilation,
-                dilation=dilation, groups=groups, bias=False,
-            )
+            if self.dilated_conv == "phases":
+                self.dconv = PhaseConv2d(in_channels, out_channels, 5, stride, dilation, groups, bias=False)
+            else:
+                self.dconv = nn.Conv2d(
+                    in_channels, out_channels, 5, stride=stride, padding=2 * dilation,
+                    dilation=dilation, groups=groups, bias=False,
+                )
         if attention:
             self.proj = nn.Conv2d(in_channels, 2 * self.attn_channels + out_channels, 1, stride=stride, bias=False)
 
     def config(self) -> dict:
-        """Every constructor argument, ``layout`` included."""
-        return {**{name: getattr(self, name) for name in GEOMETRY}, "layout": self.layout}
+        """Every constructor argument, ``layout`` and ``dilated_conv`` included."""
+        return {**{name: getattr(self, name) for name in GEOMETRY}, "layout": self.layout,
+                "dilated_conv": self.dilated_conv}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "dense":
