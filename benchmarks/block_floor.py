@@ -1,13 +1,15 @@
-"""The floor of one deploy X-volution block on ONNX Runtime (CPU), and where its time goes.
+"""The floor of one deploy X-volution block on CPU, where its time goes, and the exact rewrites tried.
 
 Floor: the block's multiply-adds at the rate a plain 3x3 conv of the same width reaches here,
 plus the attention aggregate's minimum memory traffic (read q, k, v once, write the output once)
-at the measured memory bandwidth. Then ONNX Runtime's profiler splits the deploy block's time by
-op type, and the same is done for the exact rewrites tried so far.
+at the measured memory bandwidth; computed for ONNX Runtime and for PyTorch eager, each with its
+own conv rate. ONNX Runtime's profiler and PyTorch's profiler split the split deploy block's time
+by op type. Every rewrite below is checked exact (relative L2 against the training form) and
+exported with standard ONNX ops; all variants are timed round-robin at batch 1 and 8.
 
     python benchmarks/block_floor.py [--channels 256] [--size 14] [--iterations 300]
 
-Prints a table; writes benchmarks/results/block_floor.json.
+Prints tables; writes benchmarks/results/block_floor.json and block_floor.md.
 """
 
 from __future__ import annotations
@@ -21,42 +23,66 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xvol_export import XVolution, XVolutionDeploy
 from xvol_export.export import onnx_graph
 from xvol_export.fold import fold_xvolution
+from xvol_export.layers import shifted_copies
 from xvol_export.profile import profile_model
 from xvol_export.utils import randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_json  # noqa: E402
+from _common import RESULTS, machine, write_json  # noqa: E402
 
 
-def aggregate_as_convs(q, k, v, shift, scale=1.0):
-    """Rewrite tried: the nine shifts as one grouped conv with one-hot 3x3 kernels (27 Slices -> 2 Convs)."""
-    n, a, h, w = q.shape
-    o = v.shape[1]
-    onehot = torch.eye(9, dtype=q.dtype).view(9, 1, 3, 3)
-    ks = F.conv2d(k, onehot.repeat(a, 1, 1, 1), padding=shift, dilation=shift, groups=a).view(n, a, 9, h, w)
-    logits = (q.unsqueeze(2) * ks).sum(1)
-    weights = torch.softmax(logits * scale if scale != 1.0 else logits, dim=1)
-    vs = F.conv2d(v, onehot.repeat(o, 1, 1, 1), padding=shift, dilation=shift, groups=o).view(n, o, 9, h, w)
-    return (vs * weights.unsqueeze(1)).sum(2)
+def aggregate_as_one_conv(q, kv, attn_channels, shift):
+    """Rewrite: as above with k and v shifted by a single grouped conv."""
+    shifted = shifted_copies(kv, shift)
+    weights = torch.softmax((q.unsqueeze(2) * shifted[:, :attn_channels]).sum(1), dim=1)
+    return (shifted[:, attn_channels:] * weights.unsqueeze(1)).sum(2)
 
 
-class AggregateAsConvs(XVolutionDeploy):
-    """The split deploy block with the aggregate rewritten as above (same weights, same function)."""
+def aggregate_as_matmul(q, k, v, shift):
+    """Rewrite: the weighted sum of the shifted values as one batched MatMul over pixels."""
+    n, o, h, w = v.shape
+    weights = torch.softmax((q.unsqueeze(2) * shifted_copies(k, shift)).sum(1), dim=1)
+    values = shifted_copies(v, shift).view(n, o, 9, h * w).permute(0, 3, 1, 2)  # N, HW, O, 9
+    return (values @ weights.view(n, 9, h * w).permute(0, 2, 1).unsqueeze(-1)).squeeze(-1).permute(0, 2, 1).reshape(
+        n, o, h, w)
+
+
+class RewrittenAggregate(XVolutionDeploy):
+    """The split deploy block with its aggregate computed by a rewrite that was tried and not adopted."""
+
+    def __init__(self, rewrite: str, **config):
+        super().__init__(**config)
+        self.rewrite = rewrite
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attn_channels
-        q, k, v = torch.split(self.proj(x), [a, a, self.out_channels], dim=1)
-        return self.conv(x) + self.dconv(x) + aggregate_as_convs(q, k, v, self.shift)
+        p = self.proj(x)
+        static = self.conv(x) + self.dconv(x)
+        if self.rewrite == "one conv":
+            return static + aggregate_as_one_conv(p[:, :a], p[:, a:], a, self.shift)
+        q, k, v = torch.split(p, [a, a, self.out_channels], dim=1)
+        return static + aggregate_as_matmul(q, k, v, self.shift)
+
+
+REWRITES = {
+    "deploy split": "the fold's deploy form: 3x3 conv + dilated 5x5 conv + 1x1 proj + 27-Slice aggregate",
+    "split, aggregate as one-hot convs": "the 27 Slices as two one-hot grouped convs (aggregate='convs': "
+                                         "what `xvol export` writes)",
+    "split, aggregate as one one-hot conv": "k and v shifted by one grouped conv (not adopted)",
+    "split, aggregate value sum as MatMul": "the weighted value sum as a batched MatMul over pixels (not adopted)",
+    "split, dilated conv by phases": "the 5x5 dilation-2 conv as a dense conv on the 4 phase images "
+                                     "(dilated_conv='phases': PyTorch on CPU)",
+}
 
 
 def session(model: nn.Module, shape, profile_dir: str | None = None) -> ort.InferenceSession:
@@ -69,17 +95,30 @@ def session(model: nn.Module, shape, profile_dir: str | None = None) -> ort.Infe
     return ort.InferenceSession(graph.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def median_ms(sessions: dict[str, ort.InferenceSession], x: np.ndarray, iterations: int) -> dict[str, float]:
-    for s in sessions.values():
-        for _ in range(20):
-            s.run(None, {"input": x})
-    samples = {name: [] for name in sessions}
+def median_ms(calls: dict[str, Callable[[], object]], iterations: int) -> dict[str, float]:
+    """Median ms per call, the calls timed round-robin."""
+    for call in calls.values():
+        for _ in range(10):
+            call()
+    samples = {name: [] for name in calls}
     for _ in range(iterations):
-        for name, s in sessions.items():
+        for name, call in calls.items():
             start = time.perf_counter()
-            s.run(None, {"input": x})
+            call()
             samples[name].append(1e3 * (time.perf_counter() - start))
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def torch_op_breakdown(model: nn.Module, x: torch.Tensor, iterations: int) -> dict[str, float]:
+    """Median-free mean per-call self CPU time of each aten op, from PyTorch's profiler (ms)."""
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(iterations):
+                model(x)
+    per_op = {e.key: e.self_cpu_time_total / 1e3 / iterations for e in prof.key_averages()}
+    return {op: ms for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1]) if ms >= 0.005}
 
 
 def op_breakdown(model: nn.Module, x: np.ndarray, iterations: int) -> dict[str, float]:
@@ -107,57 +146,115 @@ def memory_bandwidth_gbs() -> float:
     return 2 * src.nbytes / min(times) / 1e9  # read + write
 
 
+def variants(c: int) -> tuple[XVolution, dict[str, nn.Module]]:
+    block = randomize_batchnorm(XVolution(c, c), seed=1).eval()
+    split = fold_xvolution(block, "split")
+    out = {"training form": block, "deploy split": split}
+    out["split, aggregate as one-hot convs"] = fold_xvolution(block, "split", aggregate="convs")
+    for name, rewrite in (("split, aggregate as one one-hot conv", "one conv"),
+                          ("split, aggregate value sum as MatMul", "matmul")):
+        model = RewrittenAggregate(rewrite, **split.config())
+        model.load_state_dict(split.state_dict())
+        out[name] = model.eval()
+    out["split, dilated conv by phases"] = fold_xvolution(block, "split", "phases")
+    return block, out
+
+
+def markdown(payload: dict) -> str:
+    lines = [f"# One deploy block against its floor on {payload['machine']['cpu']}", "",
+             f"{payload['channels']} channels, {payload['size']}x{payload['size']}, median ms per call "
+             "(variants timed round-robin) and the ratio to the runtime's floor at batch 1. Every rewrite "
+             f"is exact (relative L2 to the training form at most {max(payload['rel_l2'].values()):.1e}).", ""]
+    for runtime, r in payload["runtimes"].items():
+        lines += [f"## {runtime}", "",
+                  f"Floor at batch 1: {r['floor_ms'][1]:.2f} ms ({r['conv_rate_gmacs']:.1f} GMAC/s plain-conv rate). "
+                  f"Batch 8 floor: {r['floor_ms'][8]:.2f} ms.", "",
+                  "| variant | what | batch 1 ms | x floor | batch 8 ms | x floor |", "|---|---|---|---|---|---|"]
+        for name, what in [("training form", "three branches with BatchNorm"), *REWRITES.items()]:
+            b1, b8 = r["median_ms"][1][name], r["median_ms"][8][name]
+            lines.append(f"| {name} | {what} | {b1:.2f} | {b1 / r['floor_ms'][1]:.2f} | {b8:.2f} | "
+                         f"{b8 / r['floor_ms'][8]:.2f} |")
+        lines.append("")
+        lines += ["Split deploy block by op type (profiler, ms per call at batch 1):", ""]
+        lines += [f"- {op}: {ms:.3f}" for op, ms in list(r["split_ops_ms"].items())[:8]]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--size", type=int, default=14)
-    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=300, help="rounds at batch 1 (a tenth at batch 8)")
     args = parser.parse_args()
     c, hw = args.channels, args.size
-    shape = (1, c, hw, hw)
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-
-    block = randomize_batchnorm(XVolution(c, c), seed=1).eval()
-    split = fold_xvolution(block, "split")
+    block, models = variants(c)
     plain = nn.Conv2d(c, c, 3, padding=1).eval()
-    rewritten = AggregateAsConvs(**split.config())
-    rewritten.load_state_dict(split.state_dict())
-    rewritten.eval()
-    with torch.inference_mode():
-        probe = torch.from_numpy(x)
-        error = float((rewritten(probe) - split(probe)).norm() / split(probe).norm())
-    assert error < 1e-5, f"the rewrite is not exact: rel L2 {error:.2e}"
-    times = median_ms({"plain 3x3 conv": session(plain, shape), "deploy split": session(split, shape),
-                       "deploy split, aggregate as convs": session(rewritten, shape),
-                       "training form": session(block, shape)}, x, args.iterations)
 
-    macs = profile_model(split, shape).macs
-    plain_macs = c * c * 9 * hw * hw
-    rate = plain_macs / times["plain 3x3 conv"]  # MACs per ms
+    rel_l2 = {}
+    probe = torch.randn(2, c, hw, hw, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = block(probe)
+        for name, model in models.items():
+            rel_l2[name] = float((model(probe) - ref).norm() / ref.norm())
+    assert max(rel_l2.values()) < 1e-5, f"a rewrite is not exact: {rel_l2}"
+
+    macs = profile_model(models["deploy split"], (1, c, hw, hw)).macs
     aggregate = next(v for k, v in macs.items() if k.endswith("<aggregate>"))
     conv_macs = sum(macs.values()) - aggregate
     a = block.attn_channels
     aggregate_bytes = 4 * (2 * a + 2 * c) * hw * hw  # q, k, v read once; output written once
     bandwidth = memory_bandwidth_gbs()
-    floor = conv_macs / rate + aggregate_bytes / (bandwidth * 1e6)
-    breakdown = op_breakdown(split, x, 100)
+    plain_macs = c * c * 9 * hw * hw
 
-    print(f"one deploy block, {c} ch, {hw}x{hw}, ONNX Runtime CPU on {machine()['cpu']}")
-    print(f"conv rate {rate / 1e6:.2f} GMAC/s (plain 3x3 conv), memory bandwidth {bandwidth:.1f} GB/s")
-    print(f"floor {floor:.3f} ms = {conv_macs / 1e6:.1f} MMACs of convs "
-          f"+ {aggregate_bytes / 1e6:.2f} MB of aggregate traffic")
-    for name, ms in times.items():
-        print(f"  {name:34} {ms:8.3f} ms  {ms / floor:5.2f}x floor")
-    print("deploy split by op type (profiler, ms per call):")
-    for op, ms in breakdown.items():
-        print(f"  {op:20} {ms:7.3f}")
-    write_json("block_floor", {
+    runtimes = {}
+    for runtime in ("onnxruntime", "pytorch eager"):
+        times, floor = {}, {}
+        for batch in (1, 8):
+            shape = (batch, c, hw, hw)
+            x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+            everything = {"plain 3x3 conv": plain, **models}
+            if runtime == "onnxruntime":
+                sessions = {name: session(m, shape) for name, m in everything.items()}
+                calls = {name: (lambda s=s, x=x: s.run(None, {"input": x})) for name, s in sessions.items()}
+                times[batch] = median_ms(calls, args.iterations if batch == 1 else args.iterations // 10)
+            else:
+                xt = torch.from_numpy(x)
+                with torch.inference_mode():
+                    calls = {name: (lambda m=m, xt=xt: m(xt)) for name, m in everything.items()}
+                    times[batch] = median_ms(calls, args.iterations if batch == 1 else args.iterations // 10)
+            rate = batch * plain_macs / times[batch]["plain 3x3 conv"]  # MACs per ms
+            floor[batch] = batch * conv_macs / rate + batch * aggregate_bytes / (bandwidth * 1e6)
+            if batch == 1:
+                conv_rate = rate
+        x1 = np.random.default_rng(0).standard_normal((1, c, hw, hw), dtype=np.float32)
+        if runtime == "onnxruntime":
+            ops = op_breakdown(models["deploy split"], x1, 100)
+        else:
+            ops = torch_op_breakdown(models["deploy split"], torch.from_numpy(x1), 100)
+        runtimes[runtime] = {"conv_rate_gmacs": conv_rate / 1e6, "floor_ms": floor, "median_ms": times,
+                             "vs_floor": {b: {k: v / floor[b] for k, v in t.items()} for b, t in times.items()},
+                             "split_ops_ms": ops}
+
+    print(f"one deploy block, {c} ch, {hw}x{hw}, on {machine()['cpu']}; memory bandwidth {bandwidth:.1f} GB/s; "
+          f"{conv_macs / 1e6:.1f} MMACs of convs + {aggregate_bytes / 1e6:.2f} MB of aggregate traffic per image")
+    for runtime, r in runtimes.items():
+        print(f"\n{runtime}: conv rate {r['conv_rate_gmacs']:.2f} GMAC/s (plain 3x3 conv), "
+              f"floor {r['floor_ms'][1]:.3f} ms at batch 1, {r['floor_ms'][8]:.3f} ms at batch 8")
+        print(f"  {'variant':38} {'b1 ms':>8} {'x floor':>8} {'b8 ms':>8} {'x floor':>8}")
+        for name in r["median_ms"][1]:
+            b1, b8 = r["median_ms"][1][name], r["median_ms"][8][name]
+            print(f"  {name:38} {b1:8.3f} {b1 / r['floor_ms'][1]:8.2f} {b8:8.3f} {b8 / r['floor_ms'][8]:8.2f}")
+        print("  split deploy block by op type (profiler, ms per call, batch 1):")
+        for op, ms in list(r["split_ops_ms"].items())[:8]:
+            print(f"    {op:28} {ms:7.3f}")
+    payload = {
         "benchmark": "block_floor", "machine": machine(), "channels": c, "size": hw,
-        "conv_rate_gmacs": rate / 1e6, "memory_bandwidth_gbs": bandwidth, "conv_macs": conv_macs,
-        "aggregate_bytes": aggregate_bytes, "floor_ms": floor, "median_ms": times,
-        "vs_floor": {k: v / floor for k, v in times.items()}, "deploy_split_ops_ms": breakdown,
-        "rewrite_rel_l2": error,
-    })
+        "memory_bandwidth_gbs": bandwidth, "conv_macs": conv_macs, "aggregate_bytes": aggregate_bytes,
+        "rewrites": REWRITES, "rel_l2": rel_l2, "runtimes": runtimes,
+    }
+    write_json("block_floor", payload)
+    (RESULTS / "block_floor.md").write_text(markdown(payload) + "\n")
 
 
 if __name__ == "__main__":

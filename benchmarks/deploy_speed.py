@@ -1,12 +1,14 @@
 """Deploy speed: XVol-ResNet-50 and one stage-3 X-volution block, training form vs folded, on CPU runtimes.
 
 For XVol-ResNet-50 (randomized BatchNorm) at 224x224, batch 1 and 8: the training form, the
-folded model in the dense, split and auto layouts, split with its dilated convs run by phase
-images (``dilated_conv="phases"``), and the plain ResNet-50 (BatchNorm folded), on PyTorch eager
-and on ONNX Runtime with every graph optimization on (so that the runtime's own Conv+BatchNorm
-fusion is the bar the fold must clear). The same for one stage-3 block (256 channels, 14x14)
-against a plain 3x3 conv + BN. Every ONNX graph goes through the same export and onnxslim pass
-as `xvol export`.
+folded model in the dense, split and auto layouts, and the plain ResNet-50 (BatchNorm folded),
+on PyTorch eager and on ONNX Runtime with every graph optimization on (so that the runtime's own
+Conv+BatchNorm fusion is the bar the fold must clear). The same for one stage-3 block (256
+channels, 14x14) against a plain 3x3 conv + BN. Folded models run with each runtime's fastest
+deploy-block options: on ONNX Runtime the form `xvol export` writes (``ONNX_OPTIONS``: the
+aggregate's shifts as one-hot convs), in PyTorch eager ``TORCH_CPU_OPTIONS`` (dilated convs by
+phase images); the row "folded split, default options" shows split without them. Every ONNX
+graph goes through the same export and onnxslim pass as `xvol export`.
 
 Variants of one table are timed round-robin, one call each per round, so each round's calls saw
 the same machine state: the ratio to the training form is the median of the per-round ratios,
@@ -32,7 +34,8 @@ from torch import nn
 from xvol_export import XVolution, create_model, fold
 from xvol_export.bench import latency_stats
 from xvol_export.export import onnx_graph
-from xvol_export.fold import fold_xvolution
+from xvol_export.fold import fold_xvolution, set_runtime_options
+from xvol_export.layers import ONNX_OPTIONS, TORCH_CPU_OPTIONS
 from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
 from xvol_export.utils import randomize_batchnorm
 
@@ -77,7 +80,7 @@ def resnet50_variants() -> tuple[dict[str, nn.Module], dict[str, str]]:
     for layout in ("dense", "split"):
         variants[f"folded {layout}"] = fold(model, layout=layout)[0]
     variants["folded auto"], report = fold(model, layout="auto")
-    variants["folded split, phases"] = fold(model, layout="split", dilated_conv="phases")[0]
+    variants["folded split, default options"] = variants["folded split"]
     variants["plain ResNet-50"] = plain
     return variants, report.layouts
 
@@ -94,15 +97,18 @@ def block_variants(channels: int = 256) -> dict[str, nn.Module]:
         "training form": block,
         "folded dense": fold_xvolution(block, "dense"),
         "folded split": fold_xvolution(block, "split"),
-        "folded split, phases": fold_xvolution(block, "split", "phases"),
+        "folded split, default options": fold_xvolution(block, "split"),
         "plain 3x3 conv+BN": plain,
     }
 
 
 def measure(variants: dict[str, nn.Module], shape: tuple[int, ...], warmup: int, iterations: int) -> dict:
     feed = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    torch_runners = {name: TorchRunner(m, name) for name, m in variants.items()}
-    ort_runners = {name: onnx_runner(m, shape, name) for name, m in variants.items()}
+    def tuned(name: str, model: nn.Module, options: dict) -> nn.Module:
+        return model if "default options" in name else set_runtime_options(model, **options)
+
+    torch_runners = {name: TorchRunner(tuned(name, m, TORCH_CPU_OPTIONS), name) for name, m in variants.items()}
+    ort_runners = {name: onnx_runner(tuned(name, m, ONNX_OPTIONS), shape, name) for name, m in variants.items()}
     return {
         "pytorch eager": time_runners(torch_runners, feed, warmup, iterations),
         "onnxruntime": time_runners(ort_runners, feed, warmup, iterations),

@@ -208,6 +208,9 @@ def bench(
     no_data_transfers: Annotated[bool, typer.Option(
         "--no-data-transfers", help="Keep inputs and outputs on the device (CUDA).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+    dilated_conv: Annotated[str, typer.Option(
+        "--dilated-conv", help="direct or phases: how deploy checkpoints run split blocks' dilated convs "
+        "(phases: faster in PyTorch on CPU).")] = "direct",
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
     trust_pickle: opt.TrustPickle = False,
@@ -218,7 +221,7 @@ def bench(
         device=device, batches=opt.int_list_option(batch, "--batch"), imgsz=opt.imgsz_option(imgsz),
         warmup=warmup, iterations=iterations, duration=duration,
         percentiles=opt.float_list_option(percentile, "--percentile"), threads=threads, cuda_graph=cuda_graph,
-        data_transfers=not no_data_transfers, seed=seed,
+        data_transfers=not no_data_transfers, seed=seed, dilated_conv=dilated_conv,
     )
     with console.status("Timing…"):
         report = api.bench_artifacts([*(artifacts or []), *(engine or [])], settings, backend,

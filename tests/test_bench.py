@@ -14,10 +14,12 @@ import torch
 
 from xvol_export import create_model
 from xvol_export.api import export_checkpoint
+from xvol_export.artifacts import open_artifact
 from xvol_export.bench import BenchSettings, bench_artifacts
 from xvol_export.bench import job as bench_job
 from xvol_export.checkpoint import save_checkpoint
 from xvol_export.errors import XvolError
+from xvol_export.layers import PhaseConv2d
 from xvol_export.runners import OnnxRuntimeRunner, Runner, Timing, TorchRunner
 
 from helpers import randomize_bn
@@ -513,3 +515,13 @@ class TestCuda:
     def test_cuda_graph_refused_for_onnx(self, art):
         with pytest.raises(XvolError, match="--cuda-graph applies to the torch backend"):
             bench_artifacts([art["onnx"]], BenchSettings(device="cuda", cuda_graph=True, **FAST))
+
+
+@pytest.mark.parametrize("dilated_conv", ["direct", "phases"])
+def test_deploy_checkpoint_runs_its_dilated_convs_as_asked(tmp_path, dilated_conv):
+    model = create_model("xvol_resnet_tiny", blocks_per_stage=1, deploy=True, xvol_layout="split").eval()
+    path = save_checkpoint(model, tmp_path / "deploy.pth")
+    artifact = open_artifact(path)
+    runner = bench_job._runner_for(artifact, BenchSettings(dilated_conv=dilated_conv), allow_spinning=True)
+    phase_convs = [m for m in runner.model.modules() if isinstance(m, PhaseConv2d)]
+    assert len(phase_convs) == (1 if dilated_conv == "phases" else 0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from xvol_export import create_model
-from xvol_export.api import export_checkpoint
+from xvol_export.api import export_checkpoint, fold_checkpoint
 from xvol_export.bench.job import SCHEMA_PATH
 from xvol_export.checkpoint import save_checkpoint
 
@@ -99,6 +99,19 @@ def test_existing_json_not_overwritten_without_force(shared, tmp_path, capsys):
     assert json.loads(report_path.read_text())["command"] == "bench"
 
 
+def test_deploy_checkpoint_with_dilated_convs_by_phases(shared, tmp_path, capsys, schema):
+    deploy = tmp_path / "deploy.pth"
+    assert fold_checkpoint(shared / "train.pth", deploy, layout="split", seed=0).written
+    report_path = tmp_path / "R.json"
+    r = run_cli(capsys, "bench", deploy, *FAST, "--dilated-conv", "phases", "--json", report_path)
+    assert r.code == 0, r.text
+    assert r.last_line == "PASSED"
+    payload = json.loads(report_path.read_text())
+    jsonschema.validate(payload, schema, cls=jsonschema.Draft202012Validator)
+    assert payload["settings"]["dilated_conv"] == "phases"
+    assert payload["cases"][0]["latency_ms"]["count"] >= 5
+
+
 # ------------------------------------------------------------------------------ bad input: exit 2, no file
 
 BAD = {
@@ -112,6 +125,8 @@ BAD = {
     "iterations zero": (["{dir}/model.onnx", "--iterations", "0"], "--iterations >= 1"),
     "unknown device": (["{dir}/model.onnx", "--device", "tpu"], "Unknown device 'tpu'"),
     "cuda graph on cpu": (["{dir}/train.pth", "--cuda-graph"], "--cuda-graph needs --device cuda"),
+    "unknown dilated conv": (["{dir}/train.pth", "--dilated-conv", "winograd"],
+                             "--dilated-conv must be one of direct, phases, got 'winograd'"),
     "unknown file type": (["{dir}/notes.txt"], "unknown artifact type '.txt'"),
     "no artifact": ([], "Give at least one artifact"),
 }

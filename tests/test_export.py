@@ -66,14 +66,15 @@ def assert_file_matches(path: Path, model: nn.Module, shape, seed: int) -> float
 
 def expected_conv_count(training: nn.Module, layouts: dict[str, str]) -> int:
     """Conv nodes the fold plan implies: every plain conv stays one conv (its BatchNorm folded in); each
-    X-volution block's five convs become one static conv (dense) or two (split), plus the qkv projection."""
+    X-volution block's five convs become one static conv (dense) or two (split), plus the qkv projection
+    and, in the exported form, the two one-hot convs that take the aggregate's shifts of k and v."""
     count = sum(isinstance(m, nn.Conv2d) for m in training.modules())
     blocks = {n: m for n, m in training.named_modules() if isinstance(m, xvol_export.XVolution)}
     assert set(blocks) == set(layouts)
     for name, block in blocks.items():
         count -= sum(isinstance(m, nn.Conv2d) for m in block.modules())
         static = 2 if layouts[name] == "split" and block.dilated_branch else 1
-        count += static + (1 if block.attention else 0)
+        count += static + (3 if block.attention else 0)
     return count
 
 
@@ -177,7 +178,8 @@ def check_structure(case: Case, form: str) -> None:
     else:
         deploy, _ = xvol_export.fold(case.model, layout=result.fold.layout, input_shape=case.shape)
         layouts = result.fold.layouts
-    assert ops["Conv"] == sum(isinstance(m, nn.Conv2d) for m in deploy.modules()), form
+    attention_blocks = sum(isinstance(m, xvol_export.XVolutionDeploy) and m.attention for m in deploy.modules())
+    assert ops["Conv"] == sum(isinstance(m, nn.Conv2d) for m in deploy.modules()) + 2 * attention_blocks, form
     assert ops["Conv"] == expected_conv_count(case.model, layouts), form
     assert result.graph["conv_nodes"] == ops["Conv"] == result.graph["conv_modules"]
     assert result.graph["batchnorm_nodes"] == 0

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from xvol_export import XVolution, XVolutionDeploy, create_model, fold
-from xvol_export.fold import set_dilated_conv
+from xvol_export.fold import set_runtime_options
 from xvol_export.fold.cost import choose_layout
 from xvol_export.profile import profile_model
 
@@ -306,31 +306,44 @@ def test_fold_of_bare_xvolution_block():
     ("xvol_resnet_tiny", {"stages": (1, 2, 3), "xvol_kwargs": {"dilation": 3}}, (2, 3, 31, 26)),
     ("xvol_resnet18", {"stages": (2, 3)}, (1, 3, 65, 47)),
 ], ids=["tiny-d3", "resnet18-odd"])
-def test_dilated_conv_by_phases_is_the_same_model(arch, config, shape):
+@pytest.mark.parametrize("options", [{"dilated_conv": "phases"}, {"aggregate": "convs"},
+                                     {"dilated_conv": "phases", "aggregate": "convs"}], ids=["phases", "convs", "both"])
+def test_runtime_options_keep_the_model(arch, config, shape, options):
     model = build(arch, config).eval()
-    direct, _ = fold(model, "split")
-    phases, report = fold(model, "split", dilated_conv="phases")
+    plain, _ = fold(model, "split")
+    fast, report = fold(model, "split", **options)
     assert all(b.layout == "split" for b in report.blocks)
-    blocks = [m for m in phases.modules() if isinstance(m, XVolutionDeploy)]
-    assert blocks and all(b.dilated_conv == "phases" for b in blocks)
-    assert {k: torch.equal(v, direct.state_dict()[k]) for k, v in phases.state_dict().items()} == {
-        k: True for k in direct.state_dict()}
+    blocks = [m for m in fast.modules() if isinstance(m, XVolutionDeploy)]
+    assert blocks and all(b.config().items() >= options.items() for b in blocks)
+    assert {k: torch.equal(v, plain.state_dict()[k]) for k, v in fast.state_dict().items()} == {
+        k: True for k in plain.state_dict()}
     x = inputs(shape)
     with torch.no_grad():
         ref = model(x)
-        assert rel_l2(phases(x), ref) <= TOL
-        assert rel_l2(phases(x), direct(x)) <= TOL
+        assert rel_l2(fast(x), ref) <= TOL
+        assert rel_l2(fast(x), plain(x)) <= TOL
     # The MAC count sees the same convs either way.
-    assert profile_model(phases, shape).total_macs == profile_model(direct, shape).total_macs
+    assert profile_model(fast, shape).total_macs == profile_model(plain, shape).total_macs
 
-    # Switching back and forth keeps the weights; the input is untouched unless asked.
-    back = set_dilated_conv(phases, "direct")
-    assert all(b.dilated_conv == "phases" for b in blocks)
-    assert all(m.dilated_conv == "direct" for m in back.modules() if isinstance(m, XVolutionDeploy))
+    # Switching back keeps the weights; the input is untouched unless asked.
+    back = set_runtime_options(fast, dilated_conv="direct", aggregate="slices")
+    assert all(b.config().items() >= options.items() for b in blocks)
+    assert all((m.dilated_conv, m.aggregate) == ("direct", "slices")
+               for m in back.modules() if isinstance(m, XVolutionDeploy))
     with torch.no_grad():
-        assert torch.equal(back(x), direct(x))
-    assert set_dilated_conv(back, "phases", inplace=True) is back
+        assert torch.equal(back(x), plain(x))
+    assert set_runtime_options(back, **options, inplace=True) is back
+    assert all(m.config().items() >= options.items() for m in back.modules() if isinstance(m, XVolutionDeploy))
+
+
+def test_unknown_runtime_options_are_refused():
+    model = build("xvol_resnet_tiny", {}).eval()
+    deploy, _ = fold(model, "split")
     with pytest.raises(ValueError, match="dilated_conv"):
-        set_dilated_conv(back, "winograd")
+        set_runtime_options(deploy, dilated_conv="winograd")
+    with pytest.raises(ValueError, match="aggregate"):
+        set_runtime_options(deploy, aggregate="einsum")
     with pytest.raises(ValueError, match="dilated_conv"):
         fold(model, "split", dilated_conv="winograd")
+    with pytest.raises(ValueError, match="aggregate"):
+        fold(model, "split", aggregate="einsum")

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from xvol_export import XvolError, fold
+from xvol_export import XVolution, XvolError, fold
 from xvol_export.checkpoint import load_model
-from xvol_export.export.precision import to_fp16, to_int8_qdq
+from xvol_export.export.precision import shift_conv_names, to_fp16, to_int8_qdq
+from xvol_export.layers import ONNX_OPTIONS
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 FP16_REL_L2 = 5e-3
@@ -39,10 +40,11 @@ CALIB, EVAL = slice(0, 64), slice(64, 128)  # calibration images are never the o
 
 @pytest.fixture(scope="module")
 def sample():
-    """The trained training-form model, its folded ONNX graph and 128 held-out images."""
+    """The trained training-form model, its folded ONNX graph (in the form ``xvol export`` writes) and 128
+    held-out images."""
     model, _ = load_model(SAMPLES / "digits_xvol_resnet_tiny.pth")
     model.eval()
-    deploy = fold(model)[0].eval()
+    deploy = fold(model, **ONNX_OPTIONS)[0].eval()
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = os.path.join(tmp, "model.onnx")
@@ -137,8 +139,14 @@ def test_int8_graph_is_symmetric_qdq_with_per_channel_conv_weights(sample, int8_
         assert inits[node.input[1]].size == 1
 
     producer = {out: n for n in nodes for out in n.output}
-    convs = [n for n in nodes if n.op_type == "Conv"]
-    assert len(convs) == sum(n.op_type == "Conv" for n in sample[1].graph.node)
+    shift_convs = set(shift_conv_names(sample[1]))
+    blocks = sum(isinstance(m, XVolution) and m.attention for m in sample[0].modules())
+    assert blocks and len(shift_convs) == 2 * blocks  # per block, k and v are shifted by one-hot convs
+    convs = [n for n in nodes if n.op_type == "Conv" and n.name not in shift_convs]
+    assert len(convs) + len(shift_convs) == sum(n.op_type == "Conv" for n in sample[1].graph.node)
+    for conv in (n for n in nodes if n.name in shift_convs):  # pixel copies stay float: k and v unquantized
+        assert producer[conv.input[0]].op_type not in ("QuantizeLinear", "DequantizeLinear")
+        assert conv.input[1] in inits or producer[conv.input[1]].op_type == "Constant"
     for conv in convs:
         data, weight = producer[conv.input[0]], producer[conv.input[1]]
         assert data.op_type == "DequantizeLinear" and producer[data.input[0]].op_type == "QuantizeLinear"

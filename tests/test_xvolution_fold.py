@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from xvol_export import XVolution, XVolutionDeploy, pssa_aggregate
 from xvol_export.fold import fold_xvolution
-from xvol_export.layers import PixelShiftAttention
+from xvol_export.layers import PixelShiftAttention, pssa_aggregate_by_convs, shift_offsets, shifted_copies
 from xvol_export.layers.phase_conv import PhaseConv2d
 
 from helpers import assert_unchanged, init_params, make_generator, randomize_bn, rel_l2, snapshot
@@ -77,6 +77,7 @@ def fold_cases(draw) -> dict:
         "cfg": draw(block_configs()),
         "layout": draw(st.sampled_from(["dense", "split"])),
         "dilated_conv": draw(st.sampled_from(["direct", "phases"])),
+        "aggregate": draw(st.sampled_from(["slices", "convs"])),
         "batch": draw(st.integers(1, 3)),
         "height": draw(st.integers(1, 13)),
         "width": draw(st.integers(1, 13)),
@@ -87,11 +88,12 @@ def fold_cases(draw) -> dict:
 def check_fold(case: dict, dtype: torch.dtype) -> None:
     cfg = case["cfg"]
     block = make_block(cfg, case["seed"], dtype)
-    deploy = fold_xvolution(block, case["layout"], case["dilated_conv"])
+    deploy = fold_xvolution(block, case["layout"], case["dilated_conv"], case["aggregate"])
 
     assert isinstance(deploy, XVolutionDeploy)
     assert isinstance(getattr(deploy, "dconv", None), PhaseConv2d) == (
         deploy.layout == "split" and case["dilated_conv"] == "phases")
+    assert deploy.aggregate == case["aggregate"]
     assert not any(isinstance(m, (_BatchNorm, XVolution)) for m in deploy.modules())
     assert all(p.dtype == dtype for p in deploy.parameters())
     assert deploy.layout == (case["layout"] if cfg["dilated_branch"] else "dense")
@@ -230,11 +232,26 @@ def test_pssa_aggregate_matches_naive_reference(shift, height, width):
     k = 1.5 * torch.randn(2, a, height, width, generator=gen, dtype=torch.float64)
     v = torch.randn(2, o, height, width, generator=gen, dtype=torch.float64)
     ref = naive_pssa(q, k, v, shift)
-    out = pssa_aggregate(q, k, v, shift, 1.0 / math.sqrt(a))
-    assert out.shape == ref.shape
-    assert rel_l2(out, ref) <= 1e-12
-    # The scale matters: without it the result differs (the reference is sensitive to it).
-    assert rel_l2(pssa_aggregate(q, k, v, shift), ref) > 1e-6
+    for aggregate in (pssa_aggregate, pssa_aggregate_by_convs):
+        out = aggregate(q, k, v, shift, 1.0 / math.sqrt(a))
+        assert out.shape == ref.shape
+        assert rel_l2(out, ref) <= 1e-12
+        # The scale matters: without it the result differs (the reference is sensitive to it).
+        assert rel_l2(aggregate(q, k, v, shift), ref) > 1e-6
+
+
+@settings(max_examples=60)
+@given(channels=st.integers(1, 6), shift=st.integers(1, 4), height=st.integers(1, 11), width=st.integers(1, 11),
+       seed=st.integers(0, 2**31 - 1))
+def test_shifted_copies_are_exact_shifts(channels, shift, height, width, seed):
+    """The one-hot grouped conv copies pixels bit for bit, in the order of ``shift_offsets``, zeros outside."""
+    t = torch.randn(2, channels, height, width, generator=make_generator(seed))
+    copies = shifted_copies(t, shift)
+    assert copies.shape == (2, channels, 9, height, width)
+    padded = F.pad(t, (shift,) * 4)
+    for index, (u, w) in enumerate(shift_offsets(shift)):
+        expected = padded[:, :, shift + u: shift + u + height, shift + w: shift + w + width]
+        assert torch.equal(copies[:, :, index], expected), (index, u, w)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -350,9 +367,10 @@ def test_config_rebuilds_identical_state_dict(cfg):
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
-@pytest.mark.parametrize("layout,dilated_conv", [("dense", "direct"), ("split", "direct"), ("split", "phases")])
-def test_deploy_config_rebuilds_identical_state_dict(cfg, layout, dilated_conv):
-    deploy = fold_xvolution(make_block(cfg, 82), layout, dilated_conv)
+@pytest.mark.parametrize("layout,dilated_conv,aggregate", [
+    ("dense", "direct", "slices"), ("split", "direct", "slices"), ("split", "phases", "convs")])
+def test_deploy_config_rebuilds_identical_state_dict(cfg, layout, dilated_conv, aggregate):
+    deploy = fold_xvolution(make_block(cfg, 82), layout, dilated_conv, aggregate)
     rebuilt = XVolutionDeploy(**deploy.config())
     assert rebuilt.config() == deploy.config()
     assert shapes(rebuilt) == shapes(deploy)

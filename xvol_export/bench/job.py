@@ -14,6 +14,8 @@ from xvol_export.bench.stats import LatencyStats, latency_stats
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.doctor import cpu_name, package_versions
 from xvol_export.errors import XvolError
+from xvol_export.fold import set_runtime_options
+from xvol_export.layers import DILATED_CONVS
 from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
 
 BACKENDS = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
@@ -36,6 +38,7 @@ class BenchSettings:
     cuda_graph: bool = False
     data_transfers: bool = True
     seed: int = 0
+    dilated_conv: str = "direct"  # how deploy checkpoints' split blocks run their dilated conv (torch)
 
 
 @dataclass
@@ -85,7 +88,7 @@ class BenchReport:
                 "device": s.device, "batches": list(s.batches), "imgsz": list(s.imgsz) if s.imgsz else None,
                 "warmup": s.warmup, "iterations": s.iterations, "duration_s": s.duration,
                 "percentiles": list(s.percentiles), "threads": s.threads, "cuda_graph": s.cuda_graph,
-                "data_transfers": s.data_transfers, "seed": s.seed,
+                "data_transfers": s.data_transfers, "seed": s.seed, "dilated_conv": s.dilated_conv,
             },
             "machine": self.machine,
             "cases": [c.to_dict() for c in self.cases],
@@ -166,7 +169,8 @@ def _time_round_robin(runners: list[tuple[Artifact, Runner, tuple]], batch: int,
 
 def _runner_for(artifact: Artifact, settings: BenchSettings, allow_spinning: bool) -> Runner:
     if artifact.kind == "checkpoint":
-        return TorchRunner(artifact.model, artifact.runner.name, device=settings.device,
+        model = set_runtime_options(artifact.model, dilated_conv=settings.dilated_conv, inplace=True)  # ours
+        return TorchRunner(model, artifact.runner.name, device=settings.device,
                            cuda_graph=settings.cuda_graph, data_transfers=settings.data_transfers)
     if settings.cuda_graph:
         raise XvolError(f"{artifact.path}: --cuda-graph applies to the torch backend (checkpoints) only.")
@@ -194,6 +198,8 @@ def _check_settings(s: BenchSettings) -> None:
         raise XvolError(f"--threads must be at least 1, got {s.threads}.")
     if s.cuda_graph and not s.device.startswith("cuda"):
         raise XvolError("--cuda-graph needs --device cuda: CUDA graphs exist only on NVIDIA GPUs.")
+    if s.dilated_conv not in DILATED_CONVS:
+        raise XvolError(f"--dilated-conv must be one of {', '.join(DILATED_CONVS)}, got '{s.dilated_conv}'.")
 
 
 def _check_device(device: str) -> None:

@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from xvol_export.errors import XvolError
 
@@ -57,7 +58,9 @@ def to_int8_qdq(
     ``per_channel`` is False), calibrated by ONNX Runtime's ``quantize_static`` on ``calibration``
     (N, C, H, W float images, preprocessed like the model's inputs) fed to ``input_name`` in batches
     of ``batch_size`` (the input's own batch where that is fixed). Only the inputs and weights of
-    Conv/Gemm/MatMul are quantized; biases and everything else stay float. ``model`` is not modified.
+    Conv/Gemm/MatMul are quantized; biases and everything else stay float, and so do the one-hot
+    grouped convs that take the attention aggregate's shifts (they copy pixels: quantizing them
+    would quantize the attention's k and v). ``model`` is not modified.
     Raises :class:`XvolError` for calibration data that does not fit the model.
     """
     if calibrate_method not in CALIBRATION_METHODS:
@@ -106,6 +109,8 @@ def to_int8_qdq(
         "QuantizeBias": False,
         "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES),
     }
+    model = _named_nodes(model)
+    shift_convs = shift_conv_names(model)
     # quantize_static writes to a path. No quant_pre_process: measured, it changed nothing here and
     # took 3-4x longer.
     large = model.ByteSize() >= _PROTOBUF_LIMIT
@@ -122,10 +127,49 @@ def to_int8_qdq(
             per_channel=per_channel,
             calibrate_method=method,
             op_types_to_quantize=list(INT8_OP_TYPES),
+            nodes_to_exclude=shift_convs,
             use_external_data_format=large,
             extra_options=extra_options,
         )
         return onnx.load_model(target)  # external data too, while the folder exists
+
+
+def shift_conv_names(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes whose constant weights are one-hot shift kernels (``[9 g, 1, 3, 3]``,
+    ``group = g``, each output channel a single 1): the aggregate's pixel copies."""
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                constants[node.output[0]] = value
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = onnx.numpy_helper.to_array(constants[node.input[1]])
+        if weight.shape != (9 * group, 1, 3, 3):
+            continue
+        onehot = np.tile(np.eye(9, dtype=weight.dtype).reshape(9, 1, 3, 3), (group, 1, 1, 1))
+        if np.array_equal(weight, onehot):
+            names.append(node.name)
+    return names
+
+
+def _named_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy in which every node has a unique name (quantize_static excludes nodes by name)."""
+    names = [node.name for node in model.graph.node]
+    if all(names) and len(set(names)) == len(names):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    seen = set()
+    for index, node in enumerate(copy.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_xvol_{index}"
+        seen.add(node.name)
+    return copy
 
 
 def _check_calibration(model: onnx.ModelProto, calibration, input_name: str, batch_size: int) -> tuple[np.ndarray, int]:

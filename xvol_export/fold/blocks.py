@@ -34,15 +34,16 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused.eval()
 
 
-def fold_xvolution(block: XVolution, layout: str = "split", dilated_conv: str = "direct") -> XVolutionDeploy:
+def fold_xvolution(block: XVolution, layout: str = "split", dilated_conv: str = "direct",
+                   aggregate: str = "slices") -> XVolutionDeploy:
     """The deploy form of an eval-mode ``XVolution``, computed in float64 and cast at the end.
 
-    ``dilated_conv`` only chooses how a ``split`` block runs its dilated conv (see
+    ``dilated_conv`` and ``aggregate`` only choose how the deploy block computes (see
     :class:`XVolutionDeploy`); the weights are the same either way.
     """
     cfg = block.config()
     weight = block.conv.weight
-    deploy = XVolutionDeploy(**cfg, layout=layout, dilated_conv=dilated_conv)
+    deploy = XVolutionDeploy(**cfg, layout=layout, dilated_conv=dilated_conv, aggregate=aggregate)
     deploy = deploy.to(device=weight.device, dtype=weight.dtype)
     deploy.eval()  # the fold is defined for eval mode, and so is its result
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from xvol_export.fold.blocks import fold_conv_bn, fold_xvolution
 from xvol_export.fold.cost import choose_layout
-from xvol_export.layers import DILATED_CONVS, LAYOUTS, XVolution, XVolutionDeploy
+from xvol_export.layers import AGGREGATES, DILATED_CONVS, LAYOUTS, XVolution, XVolutionDeploy
 from xvol_export.profile import count_params, profile_model
 
 LAYOUT_CHOICES = LAYOUTS + ("auto",)
@@ -61,6 +61,7 @@ def fold(
     layout: str = "auto",
     input_shape: tuple[int, ...] | None = None,
     dilated_conv: str = "direct",
+    aggregate: str = "slices",
 ) -> tuple[nn.Module, FoldReport]:
     """Return ``(deploy_model, report)``; ``model`` itself is never modified.
 
@@ -68,13 +69,12 @@ def fold(
     :class:`XVolutionDeploy` (``layout``: ``dense``, ``split`` or ``auto``, chosen per block by the
     cost model) and every BatchNorm that follows a conv is folded into it. ``input_shape``
     (batch included; default: the model's ``input_size``) sizes the per-block costs.
-    ``dilated_conv="phases"`` runs split blocks' dilated convs by phase images (faster in PyTorch
-    on CPU; see :func:`set_dilated_conv`).
+    ``dilated_conv`` and ``aggregate`` choose how the deploy blocks compute, for speed on a runtime
+    (see :func:`set_runtime_options`).
     """
     if layout not in LAYOUT_CHOICES:
         raise ValueError(f"layout must be one of {LAYOUT_CHOICES}, got {layout!r}")
-    if dilated_conv not in DILATED_CONVS:
-        raise ValueError(f"dilated_conv must be one of {DILATED_CONVS}, got {dilated_conv!r}")
+    _check_options(dilated_conv, aggregate)
     report = FoldReport(layout=layout, forced_eval=model.training, params_before=count_params(model))
     if model.training:
         report.notes.append("the model was in training mode: folded (and verified) with eval-mode BatchNorm")
@@ -90,7 +90,7 @@ def fold(
             continue
         out_hw = tuple(before.output_shapes[name][-2:]) if before is not None else None
         chosen, reason = (layout, "requested") if layout != "auto" else choose_layout(module.config(), out_hw)
-        folded = fold_xvolution(module, chosen, dilated_conv)
+        folded = fold_xvolution(module, chosen, dilated_conv, aggregate)
         block = BlockFold(
             name=name,
             layout=folded.layout,
@@ -166,26 +166,40 @@ def _fuse_conv_bn_pairs(model: nn.Module, report: FoldReport) -> list[tuple[str,
     return pairs
 
 
-def set_dilated_conv(model: nn.Module, dilated_conv: str, inplace: bool = False) -> nn.Module:
-    """``model`` (a copy unless ``inplace``) with every split deploy block's dilated conv run as
-    ``dilated_conv``: ``direct`` (one dilated conv, the form to export) or ``phases`` (a dense conv on
-    the phase images, faster in PyTorch on CPU). Parameters and outputs are unchanged. It is a runtime
-    choice, not part of the weights: checkpoints do not record it, so apply it after loading."""
-    if dilated_conv not in DILATED_CONVS:
-        raise ValueError(f"dilated_conv must be one of {DILATED_CONVS}, got {dilated_conv!r}")
+def set_runtime_options(model: nn.Module, *, dilated_conv: str | None = None, aggregate: str | None = None,
+                        inplace: bool = False) -> nn.Module:
+    """``model`` (a copy unless ``inplace``) with its deploy blocks set to compute their way for a runtime.
+
+    ``dilated_conv``: ``direct`` (one dilated conv) or ``phases`` (a dense conv on the phase images);
+    ``aggregate``: ``slices`` or one-hot ``convs``; ``None`` leaves a setting as it is.
+    ``xvol_export.layers.ONNX_OPTIONS`` and ``TORCH_CPU_OPTIONS`` hold the fastest measured choices.
+    Weights and outputs are unchanged. These are runtime choices, not part of the weights:
+    checkpoints do not record them, so set them after loading.
+    """
+    _check_options(dilated_conv or "direct", aggregate or "slices")
     target = model if inplace else copy.deepcopy(model)
     for name, block in list(target.named_modules()):
-        if not isinstance(block, XVolutionDeploy) or block.layout != "split" or block.dilated_conv == dilated_conv:
+        if not isinstance(block, XVolutionDeploy):
             continue
-        rebuilt = XVolutionDeploy(**{**block.config(), "dilated_conv": dilated_conv})
+        config = {**block.config(), "dilated_conv": dilated_conv or block.dilated_conv,
+                  "aggregate": aggregate or block.aggregate}
+        if config == block.config():
+            continue
         param = next(block.parameters())
-        rebuilt = rebuilt.to(device=param.device, dtype=param.dtype).train(block.training)
+        rebuilt = XVolutionDeploy(**config).to(device=param.device, dtype=param.dtype).train(block.training)
         rebuilt.load_state_dict(block.state_dict())
         if name:
             _set_submodule(target, name, rebuilt)
         else:
             target = rebuilt
     return target
+
+
+def _check_options(dilated_conv: str, aggregate: str) -> None:
+    if dilated_conv not in DILATED_CONVS:
+        raise ValueError(f"dilated_conv must be one of {DILATED_CONVS}, got {dilated_conv!r}")
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

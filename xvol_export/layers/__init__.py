@@ -1,17 +1,38 @@
 """Layers: the X-volution operator in its training and deploy forms."""
 
 from xvol_export.layers.phase_conv import PhaseConv2d, conv2d_by_phases
-from xvol_export.layers.pssa import PixelShiftAttention, pssa_aggregate, shift_offsets
-from xvol_export.layers.xvolution import DILATED_CONVS, LAYOUTS, XVolution, XVolutionDeploy
+from xvol_export.layers.pssa import (
+    PixelShiftAttention,
+    onehot_shift_kernel,
+    pssa_aggregate,
+    pssa_aggregate_by_convs,
+    shift_offsets,
+    shifted_copies,
+)
+from xvol_export.layers.xvolution import (
+    AGGREGATES,
+    DILATED_CONVS,
+    LAYOUTS,
+    ONNX_OPTIONS,
+    TORCH_CPU_OPTIONS,
+    XVolution,
+    XVolutionDeploy,
+)
 
 __all__ = [
+    "AGGREGATES",
     "DILATED_CONVS",
     "LAYOUTS",
+    "ONNX_OPTIONS",
     "PhaseConv2d",
     "PixelShiftAttention",
+    "TORCH_CPU_OPTIONS",
     "XVolution",
     "XVolutionDeploy",
     "conv2d_by_phases",
+    "onehot_shift_kernel",
     "pssa_aggregate",
+    "pssa_aggregate_by_convs",
     "shift_offsets",
+    "shifted_copies",
 ]

@@ -41,6 +41,36 @@ def pssa_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shift: int
     return out
 
 
+def onehot_shift_kernel(channels: int, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+    """``[9 * channels, 1, 3, 3]``: for each channel, nine one-hot 3x3 kernels in :func:`shift_offsets` order."""
+    return torch.eye(9, dtype=dtype, device=device).reshape(9, 1, 3, 3).repeat(channels, 1, 1, 1)
+
+
+def shifted_copies(t: torch.Tensor, shift: int, kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, C, 9, H, W]``: ``t`` shifted by each of :func:`shift_offsets` (zero fill), as one grouped conv
+    with one-hot 3x3 kernels (dilation ``shift``), so every output is an exact copy of an input pixel.
+    ``kernel``: :func:`onehot_shift_kernel` of ``C`` channels, if already at hand."""
+    n, c, h, w = t.shape
+    if kernel is None:
+        kernel = onehot_shift_kernel(c, t.dtype, t.device)
+    return F.conv2d(t, kernel, padding=shift, dilation=shift, groups=c).reshape(n, c, 9, h, w)
+
+
+def pssa_aggregate_by_convs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shift: int, scale: float = 1.0,
+                            kernels: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """:func:`pssa_aggregate` with the 27 window slices done as two one-hot grouped convs
+    (:func:`shifted_copies`; ``kernels`` for ``k`` and ``v`` if at hand) and one multiply + sum per
+    stage: about a dozen ops instead of seventy. Faster on ONNX Runtime (measured: the deploy block
+    went from 1.07x to 1.02x its floor), slower in PyTorch eager."""
+    k_kernel, v_kernel = kernels if kernels is not None else (None, None)
+    logits = (q.unsqueeze(2) * shifted_copies(k, shift, k_kernel)).sum(1)
+    if scale != 1.0:
+        logits = logits * scale
+    weights = torch.softmax(logits, dim=1)
+    return (shifted_copies(v, shift, v_kernel) * weights.unsqueeze(1)).sum(2)
+
+
 class PixelShiftAttention(nn.Module):
     """Training-form PSSA: 1x1 projections ``q``, ``k``, ``v`` (stride ``s``) and the aggregate."""
 

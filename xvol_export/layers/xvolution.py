@@ -10,12 +10,23 @@ import torch
 from torch import nn
 
 from xvol_export.layers.phase_conv import PhaseConv2d
-from xvol_export.layers.pssa import PixelShiftAttention, pssa_aggregate
+from xvol_export.layers.pssa import (
+    PixelShiftAttention,
+    onehot_shift_kernel,
+    pssa_aggregate,
+    pssa_aggregate_by_convs,
+)
 
 LAYOUTS = ("dense", "split")
 # How a split block runs its dilated conv: ``direct`` (one dilated conv; the exported form) or
 # ``phases`` (a dense conv on the phase images: same parameters, faster in PyTorch on CPU).
 DILATED_CONVS = ("direct", "phases")
+# How a deploy block computes the attention aggregate's nine shifts: ``slices`` of a padded tensor
+# (fastest in PyTorch eager) or one-hot grouped ``convs`` (fewer ops: fastest on ONNX Runtime).
+AGGREGATES = ("slices", "convs")
+# The fastest options measured per runtime (2-core x86 CPU); exported graphs use ``ONNX_OPTIONS``.
+ONNX_OPTIONS = {"dilated_conv": "direct", "aggregate": "convs"}
+TORCH_CPU_OPTIONS = {"dilated_conv": "phases", "aggregate": "slices"}
 # The constructor arguments both forms share; ``config()`` returns them so a block can be rebuilt.
 GEOMETRY = ("in_channels", "out_channels", "stride", "groups", "dilation", "shift", "attn_channels", "attention",
             "dilated_branch")
@@ -79,7 +90,9 @@ class XVolutionDeploy(nn.Module):
     bias) plus ``dconv`` (5x5, dilation ``d``), which ``dilated_conv="phases"`` runs as a dense conv
     on the input's phase images (:mod:`~xvol_export.layers.phase_conv`; same state dict). Without
     the dilated branch both are one 3x3 ``static`` conv. With attention, ``proj`` is one 1x1 conv
-    giving ``q, k, v`` (``2A + O`` channels) with ``attn_bn`` and ``1/sqrt(A)`` already folded in.
+    giving ``q, k, v`` (``2A + O`` channels) with ``attn_bn`` and ``1/sqrt(A)`` already folded in;
+    ``aggregate`` chooses how the aggregate's shifts are taken (``slices`` or one-hot ``convs``).
+    ``dilated_conv`` and ``aggregate`` change speed only: not the weights, not the function.
     """
 
     def __init__(
@@ -95,17 +108,21 @@ class XVolutionDeploy(nn.Module):
         dilated_branch: bool = True,
         layout: str = "split",
         dilated_conv: str = "direct",
+        aggregate: str = "slices",
     ):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if dilated_conv not in DILATED_CONVS:
             raise ValueError(f"dilated_conv must be one of {DILATED_CONVS}, got {dilated_conv!r}")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
         _store_geometry(self, in_channels, out_channels, stride, groups, dilation, shift, attn_channels, attention,
                         dilated_branch)
         # Without a dilated branch there is nothing to split: one 3x3 conv either way.
         self.layout = layout if dilated_branch else "dense"
         self.dilated_conv = dilated_conv if self.layout == "split" else "direct"
+        self.aggregate = aggregate
 
         if self.layout == "dense":
             size = 4 * dilation + 1 if dilated_branch else 3
@@ -123,11 +140,16 @@ class XVolutionDeploy(nn.Module):
                 )
         if attention:
             self.proj = nn.Conv2d(in_channels, 2 * self.attn_channels + out_channels, 1, stride=stride, bias=False)
+            if aggregate == "convs":
+                # Constants, not weights: outside the state dict, but exported as initializers (which the
+                # INT8 pass recognizes and leaves unquantized).
+                self.register_buffer("k_shift_kernel", onehot_shift_kernel(self.attn_channels), persistent=False)
+                self.register_buffer("v_shift_kernel", onehot_shift_kernel(out_channels), persistent=False)
 
     def config(self) -> dict:
-        """Every constructor argument, ``layout`` and ``dilated_conv`` included."""
+        """Every constructor argument, ``layout``, ``dilated_conv`` and ``aggregate`` included."""
         return {**{name: getattr(self, name) for name in GEOMETRY}, "layout": self.layout,
-                "dilated_conv": self.dilated_conv}
+                "dilated_conv": self.dilated_conv, "aggregate": self.aggregate}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "dense":
@@ -137,7 +159,10 @@ class XVolutionDeploy(nn.Module):
         if self.attention:
             a = self.attn_channels
             q, k, v = torch.split(self.proj(x), [a, a, self.out_channels], dim=1)
-            y = y + pssa_aggregate(q, k, v, self.shift)
+            if self.aggregate == "slices":
+                y = y + pssa_aggregate(q, k, v, self.shift)
+            else:
+                y = y + pssa_aggregate_by_convs(q, k, v, self.shift, kernels=(self.k_shift_kernel, self.v_shift_kernel))
         return y
 
     def extra_repr(self) -> str:
