@@ -14,7 +14,7 @@ machine's speed drifts by several per cent within seconds). Reports both medians
 per-round ratio xvol / bare, and their median with a bootstrap 95 % confidence interval; the target
 is within 2 %. It is a measurement: it prints PASS or FAIL against the target and exits 0 either way.
 
-    python benchmarks/bench_fidelity.py [--model xvol_resnet_tiny] [--rounds 16] [--warmup 3] [--iterations 20]
+    python benchmarks/bench_fidelity.py [--model xvol_resnet_tiny] [--rounds 80] [--warmup 3] [--iterations 10]
 
 Prints a table and writes benchmarks/results/bench_fidelity.json.
 """
@@ -89,9 +89,9 @@ def bare_median(graph: Path, shape: tuple[int, ...], warmup: int, iterations: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="xvol_resnet50", help="xvol_resnet50 (default) or xvol_resnet_tiny")
-    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=80)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=10)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from xvol_export import XVolution, XvolError, fold
+from xvol_export import XvolError, XVolution, fold
 from xvol_export.checkpoint import load_model
 from xvol_export.export.precision import shift_conv_names, to_fp16, to_int8_qdq
 from xvol_export.layers import ONNX_OPTIONS

@@ -6,6 +6,8 @@ of :class:`XVolution` are a checkpoint contract and must not change.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 from torch import nn
 
@@ -25,8 +27,8 @@ DILATED_CONVS = ("direct", "phases")
 # (fastest in PyTorch eager) or one-hot grouped ``convs`` (fewer ops: fastest on ONNX Runtime).
 AGGREGATES = ("slices", "convs")
 # The fastest options measured per runtime (2-core x86 CPU); exported graphs use ``ONNX_OPTIONS``.
-ONNX_OPTIONS = {"dilated_conv": "direct", "aggregate": "convs"}
-TORCH_CPU_OPTIONS = {"dilated_conv": "phases", "aggregate": "slices"}
+ONNX_OPTIONS = MappingProxyType({"dilated_conv": "direct", "aggregate": "convs"})
+TORCH_CPU_OPTIONS = MappingProxyType({"dilated_conv": "phases", "aggregate": "slices"})
 # The constructor arguments both forms share; ``config()`` returns them so a block can be rebuilt.
 GEOMETRY = ("in_channels", "out_channels", "stride", "groups", "dilation", "shift", "attn_channels", "attention",
             "dilated_branch")
