@@ -143,8 +143,8 @@ class XVolutionDeploy(nn.Module):
         if attention:
             self.proj = nn.Conv2d(in_channels, 2 * self.attn_channels + out_channels, 1, stride=stride, bias=False)
             if aggregate == "convs":
-                # Constants, not weights: outside the state dict, but exported as initializers (which the
-                # INT8 pass recognizes and leaves unquantized).
+                # Constants, not weights: outside the state dict (checkpoints do not change), exported as
+                # graph constants, which the INT8 pass recognizes and leaves unquantized.
                 self.register_buffer("k_shift_kernel", onehot_shift_kernel(self.attn_channels), persistent=False)
                 self.register_buffer("v_shift_kernel", onehot_shift_kernel(out_channels), persistent=False)
 
