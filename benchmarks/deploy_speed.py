@@ -119,7 +119,9 @@ def markdown(results: dict, cpu: str) -> str:
     lines = [f"# Deploy speed on {cpu}", "",
              "Median latency in ms, and the ratio to the training form on the same runtime (lower is faster): "
              "the median of per-round ratios (variants timed round-robin), with its bootstrap 95 % confidence "
-             "interval.", ""]
+             "interval. Folded rows run with each runtime's deploy-block options (ONNX Runtime: `ONNX_OPTIONS`, "
+             "the graph `xvol export` writes; PyTorch eager: `TORCH_CPU_OPTIONS`); \"default options\" is split "
+             "without them.", ""]
     for table, by_runtime in results.items():
         runtimes = list(by_runtime)
         lines += [f"## {table}", "", "| variant | " + " | ".join(f"{r} ms | {r} ratio" for r in runtimes) + " |",
