@@ -5,10 +5,11 @@ folded model in the dense, split and auto layouts, and the plain ResNet-50 (Batc
 on PyTorch eager and on ONNX Runtime with every graph optimization on (so that the runtime's own
 Conv+BatchNorm fusion is the bar the fold must clear). The same for one stage-3 block (256
 channels, 14x14) against a plain 3x3 conv + BN. Folded models run with each runtime's fastest
-deploy-block options: on ONNX Runtime the form `xvol export` writes (``ONNX_OPTIONS``: the
-aggregate's shifts as one-hot convs), in PyTorch eager ``TORCH_CPU_OPTIONS`` (dilated convs by
-phase images); the row "folded split, default options" shows split without them. Every ONNX
-graph goes through the same export and onnxslim pass as `xvol export`.
+deploy-block options: on ONNX Runtime the form `xvol export` writes at that batch
+(``onnx_options(batch)``: the aggregate's shifts as one-hot convs at batch 1, slices at batch 8),
+in PyTorch eager ``TORCH_CPU_OPTIONS`` (dilated convs by phase images); the row "folded split,
+default options" shows split without them. Every ONNX graph goes through the same export and
+onnxslim pass as `xvol export`.
 
 Variants of one table are timed round-robin, one call each per round, so each round's calls saw
 the same machine state: the ratio to the training form is the median of the per-round ratios,
@@ -35,7 +36,7 @@ from xvol_export import XVolution, create_model, fold
 from xvol_export.bench import latency_stats
 from xvol_export.export import onnx_graph
 from xvol_export.fold import fold_xvolution, set_runtime_options
-from xvol_export.layers import ONNX_OPTIONS, TORCH_CPU_OPTIONS
+from xvol_export.layers import TORCH_CPU_OPTIONS, onnx_options
 from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
 from xvol_export.utils import randomize_batchnorm
 
@@ -108,7 +109,8 @@ def measure(variants: dict[str, nn.Module], shape: tuple[int, ...], warmup: int,
         return model if "default options" in name else set_runtime_options(model, **options)
 
     torch_runners = {name: TorchRunner(tuned(name, m, TORCH_CPU_OPTIONS), name) for name, m in variants.items()}
-    ort_runners = {name: onnx_runner(tuned(name, m, ONNX_OPTIONS), shape, name) for name, m in variants.items()}
+    ort_options = onnx_options(shape[0])
+    ort_runners = {name: onnx_runner(tuned(name, m, ort_options), shape, name) for name, m in variants.items()}
     return {
         "pytorch eager": time_runners(torch_runners, feed, warmup, iterations),
         "onnxruntime": time_runners(ort_runners, feed, warmup, iterations),
@@ -119,9 +121,9 @@ def markdown(results: dict, cpu: str) -> str:
     lines = [f"# Deploy speed on {cpu}", "",
              "Median latency in ms, and the ratio to the training form on the same runtime (lower is faster): "
              "the median of per-round ratios (variants timed round-robin), with its bootstrap 95 % confidence "
-             "interval. Folded rows run with each runtime's deploy-block options (ONNX Runtime: `ONNX_OPTIONS`, "
-             "the graph `xvol export` writes; PyTorch eager: `TORCH_CPU_OPTIONS`); \"default options\" is split "
-             "without them.", ""]
+             "interval. Folded rows run with each runtime's deploy-block options (ONNX Runtime: "
+             "`onnx_options(batch)`, the graph `xvol export` writes at that batch; PyTorch eager: "
+             "`TORCH_CPU_OPTIONS`); \"default options\" is split without them.", ""]
     for table, by_runtime in results.items():
         runtimes = list(by_runtime)
         lines += [f"## {table}", "", "| variant | " + " | ".join(f"{r} ms | {r} ratio" for r in runtimes) + " |",

@@ -23,6 +23,7 @@ from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
 from xvol_export.inputs import InputShape
+from xvol_export.layers import ONNX_CONVS_MAX_BATCH
 
 from helpers import randomize_bn, rel_l2
 
@@ -67,7 +68,7 @@ def assert_file_matches(path: Path, model: nn.Module, shape, seed: int) -> float
 def expected_conv_count(training: nn.Module, layouts: dict[str, str]) -> int:
     """Conv nodes the fold plan implies: every plain conv stays one conv (its BatchNorm folded in); each
     X-volution block's five convs become one static conv (dense) or two (split), plus the qkv projection
-    and, in the exported form, the two one-hot convs that take the aggregate's shifts of k and v."""
+    and, in a graph exported at batch 1, the two one-hot convs that take the aggregate's shifts of k and v."""
     count = sum(isinstance(m, nn.Conv2d) for m in training.modules())
     blocks = {n: m for n, m in training.named_modules() if isinstance(m, xvol_export.XVolution)}
     assert set(blocks) == set(layouts)
@@ -248,8 +249,27 @@ def test_dynamic_export_runs_at_other_batch_and_image_sizes(tiny, tmp_path):
     assert result.graph["input_dims"] == ["batch", 3, "height", "width"]
     assert onnx_graph.input_dims(graph_of(output)) == ["batch", 3, "height", "width"]
     assert json.loads(metadata_of(output)["xvol.dynamic"]) is True
+    # A dynamic batch may be large: the aggregate keeps its slices (no one-hot shift convs).
+    assert result.deploy_options == {"dilated_conv": "direct", "aggregate": "slices"}
+    assert json.loads(metadata_of(output)["xvol.deploy_options"]) == result.deploy_options
+    assert result.graph["conv_nodes"] == expected_conv_count(tiny.model, result.fold.layouts) - 2 * tiny.blocks()
     for seed, shape in enumerate([(1, 3, 32, 32), (4, 3, 32, 32), (2, 3, 48, 40), (3, 3, 21, 27)]):
         assert_file_matches(output, tiny.model, shape, seed=seed)
+
+
+@pytest.mark.parametrize("batch,aggregate", [(2, "convs"), (3, "slices")])
+def test_export_batch_decides_the_aggregate_form(tiny, tmp_path, batch, aggregate):
+    """One-hot shift convs up to batch ONNX_CONVS_MAX_BATCH, slices beyond: the graph and its metadata say which."""
+    assert ONNX_CONVS_MAX_BATCH == 2
+    output = tmp_path / "model.onnx"
+    result = api.export_checkpoint(tiny.train, output, batch=batch, seed=4)
+    assert result.passed, result.failure_summary()
+    assert result.deploy_options["aggregate"] == aggregate
+    assert json.loads(metadata_of(output)["xvol.deploy_options"]) == result.deploy_options
+    shift_convs = 2 * tiny.blocks() if aggregate == "convs" else 0
+    expected = expected_conv_count(tiny.model, result.fold.layouts) - 2 * tiny.blocks() + shift_convs
+    assert onnx_graph.op_counts(graph_of(output))["Conv"] == expected == result.graph["conv_nodes"]
+    assert result.verification.output.rel_l2 < TOL
 
 
 def test_static_export_is_checked_at_one_shape_only(tiny):
@@ -277,6 +297,7 @@ def test_metadata_props(tiny, form):
     assert meta["xvol.exporter"] == "torchscript (opset 17)"
     assert meta["xvol.simplifier"] == "onnxslim"
     assert meta["xvol.input_shape"] == "1x3x32x32"
+    assert json.loads(meta["xvol.deploy_options"]) == {"dilated_conv": "direct", "aggregate": "convs"}
     verified = json.loads(meta["xvol.verified"])
     assert verified["rel_l2"] == result.verification.output.rel_l2 < TOL
     assert verified["max_abs"] == result.verification.output.max_abs

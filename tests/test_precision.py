@@ -30,7 +30,7 @@ from onnx import numpy_helper
 from xvol_export import XvolError, XVolution, fold
 from xvol_export.checkpoint import load_model
 from xvol_export.export.precision import shift_conv_names, to_fp16, to_int8_qdq
-from xvol_export.layers import ONNX_OPTIONS
+from xvol_export.layers import onnx_options
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 FP16_REL_L2 = 5e-3
@@ -40,11 +40,11 @@ CALIB, EVAL = slice(0, 64), slice(64, 128)  # calibration images are never the o
 
 @pytest.fixture(scope="module")
 def sample():
-    """The trained training-form model, its folded ONNX graph (in the form ``xvol export`` writes) and 128
-    held-out images."""
+    """The trained training-form model, its folded ONNX graph (in the form ``xvol export`` writes at batch 1:
+    one-hot shift convs in the aggregate) and 128 held-out images."""
     model, _ = load_model(SAMPLES / "digits_xvol_resnet_tiny.pth")
     model.eval()
-    deploy = fold(model, **ONNX_OPTIONS)[0].eval()
+    deploy = fold(model, **onnx_options(batch=1))[0].eval()
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = os.path.join(tmp, "model.onnx")

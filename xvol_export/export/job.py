@@ -20,7 +20,7 @@ from xvol_export.export import onnx_graph
 from xvol_export.fold import FoldReport, fold, set_runtime_options
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path
-from xvol_export.layers import ONNX_OPTIONS, XVolutionDeploy
+from xvol_export.layers import XVolutionDeploy, onnx_options
 from xvol_export.runners import OnnxRuntimeRunner, TorchRunner
 from xvol_export.utils import StepClock
 from xvol_export.verify import VerifyReport, verify_models, verify_runners
@@ -41,6 +41,7 @@ class ExportResult:
     dynamic: bool
     input_shape: tuple[int, ...]
     simplifier: str | None = None
+    deploy_options: dict[str, str] = field(default_factory=dict)  # how the deploy blocks compute in the graph
     fold: FoldReport | None = None
     fold_verification: VerifyReport | None = None
     verification: VerifyReport | None = None
@@ -82,6 +83,7 @@ class ExportResult:
             "dynamic": self.dynamic,
             "input_shape": list(self.input_shape),
             "simplifier": self.simplifier,
+            "deploy_options": self.deploy_options,
             "fold": self.fold.to_dict() if self.fold else None,
             "fold_verification": self.fold_verification.to_dict() if self.fold_verification else None,
             "verification": self.verification.to_dict() if self.verification else None,
@@ -173,7 +175,8 @@ def export_checkpoint(
             return result
 
     # The graph gets the deploy blocks' fastest form for ONNX Runtime (same weights, same function).
-    deploy = set_runtime_options(deploy, **ONNX_OPTIONS, inplace=deploy is not reference)
+    result.deploy_options = onnx_options(batch, dynamic)
+    deploy = set_runtime_options(deploy, **result.deploy_options, inplace=deploy is not reference)
     with clock("export"):
         raw = onnx_graph.check_graph(onnx_graph.export_onnx(deploy, shape, opset=opset, dynamic=dynamic,
                                                             exporter=exporter))
@@ -320,6 +323,7 @@ def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
         "xvol.architecture": ckpt.architecture,
         "xvol.config": json.dumps(ckpt.config),
         "xvol.fold_layout": json.dumps(layouts),
+        "xvol.deploy_options": json.dumps(result.deploy_options),
         "xvol.precision": result.precision,
         "xvol.exporter": f"{result.exporter} (opset {result.opset})",
         "xvol.simplifier": result.simplifier or "none",

@@ -172,7 +172,7 @@ def set_runtime_options(model: nn.Module, *, dilated_conv: str | None = None, ag
 
     ``dilated_conv``: ``direct`` (one dilated conv) or ``phases`` (a dense conv on the phase images);
     ``aggregate``: ``slices`` or one-hot ``convs``; ``None`` leaves a setting as it is.
-    ``xvol_export.layers.ONNX_OPTIONS`` and ``TORCH_CPU_OPTIONS`` hold the fastest measured choices.
+    ``xvol_export.layers.onnx_options(batch)`` and ``TORCH_CPU_OPTIONS`` give the fastest measured choices.
     Weights and outputs are unchanged. These are runtime choices, not part of the weights:
     checkpoints do not record them, so set them after loading.
     """

@@ -13,17 +13,18 @@ from xvol_export.layers.xvolution import (
     AGGREGATES,
     DILATED_CONVS,
     LAYOUTS,
-    ONNX_OPTIONS,
+    ONNX_CONVS_MAX_BATCH,
     TORCH_CPU_OPTIONS,
     XVolution,
     XVolutionDeploy,
+    onnx_options,
 )
 
 __all__ = [
     "AGGREGATES",
     "DILATED_CONVS",
     "LAYOUTS",
-    "ONNX_OPTIONS",
+    "ONNX_CONVS_MAX_BATCH",
     "PhaseConv2d",
     "PixelShiftAttention",
     "TORCH_CPU_OPTIONS",
@@ -31,6 +32,7 @@ __all__ = [
     "XVolutionDeploy",
     "conv2d_by_phases",
     "onehot_shift_kernel",
+    "onnx_options",
     "pssa_aggregate",
     "pssa_aggregate_by_convs",
     "shift_offsets",

@@ -26,9 +26,18 @@ DILATED_CONVS = ("direct", "phases")
 # How a deploy block computes the attention aggregate's nine shifts: ``slices`` of a padded tensor
 # (fastest in PyTorch eager) or one-hot grouped ``convs`` (fewer ops: fastest on ONNX Runtime).
 AGGREGATES = ("slices", "convs")
-# The fastest options measured per runtime (2-core x86 CPU); exported graphs use ``ONNX_OPTIONS``.
-ONNX_OPTIONS = MappingProxyType({"dilated_conv": "direct", "aggregate": "convs"})
+# The fastest options measured per runtime (2-core x86 CPU). Exported graphs: see ``onnx_options``.
 TORCH_CPU_OPTIONS = MappingProxyType({"dilated_conv": "phases", "aggregate": "slices"})
+# One-hot convs beat slices on ONNX Runtime at batch 1 and 2 and lose about 1 % from batch 4 on, where
+# their nine-fold copies of k and v (9 MB per stage-3 block at batch 4) no longer stay in cache.
+ONNX_CONVS_MAX_BATCH = 2
+
+
+def onnx_options(batch: int, dynamic: bool = False) -> dict[str, str]:
+    """The deploy-block options for a graph exported at ``batch`` (a ``dynamic`` batch may be large:
+    slices, the form that is never more than about 2 % off)."""
+    small = not dynamic and batch <= ONNX_CONVS_MAX_BATCH
+    return {"dilated_conv": "direct", "aggregate": "convs" if small else "slices"}
 # The constructor arguments both forms share; ``config()`` returns them so a block can be rebuilt.
 GEOMETRY = ("in_channels", "out_channels", "stride", "groups", "dilation", "shift", "attn_channels", "attention",
             "dilated_branch")
