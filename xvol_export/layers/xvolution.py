@@ -24,7 +24,7 @@ LAYOUTS = ("dense", "split")
 # ``phases`` (a dense conv on the phase images: same parameters, faster in PyTorch on CPU).
 DILATED_CONVS = ("direct", "phases")
 # How a deploy block computes the attention aggregate's nine shifts: ``slices`` of a padded tensor
-# (fastest in PyTorch eager) or one-hot grouped ``convs`` (fewer ops: fastest on ONNX Runtime).
+# (fastest in PyTorch eager) or one-hot grouped ``convs`` (fewer ops: fastest on ONNX Runtime at small batches).
 AGGREGATES = ("slices", "convs")
 # The fastest options measured per runtime (2-core x86 CPU). Exported graphs: see ``onnx_options``.
 TORCH_CPU_OPTIONS = MappingProxyType({"dilated_conv": "phases", "aggregate": "slices"})
@@ -34,8 +34,8 @@ ONNX_CONVS_MAX_BATCH = 2
 
 
 def onnx_options(batch: int, dynamic: bool = False) -> dict[str, str]:
-    """The deploy-block options for a graph exported at ``batch`` (a ``dynamic`` batch may be large:
-    slices, the form that is never more than about 2 % off)."""
+    """The deploy-block options for a graph exported at ``batch``. A ``dynamic`` batch may be large, so it
+    keeps the slices, which cost a few per cent at batch 1 but nothing at large batches."""
     small = not dynamic and batch <= ONNX_CONVS_MAX_BATCH
     return {"dilated_conv": "direct", "aggregate": "convs" if small else "slices"}
 # The constructor arguments both forms share; ``config()`` returns them so a block can be rebuilt.
