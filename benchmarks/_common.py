@@ -58,6 +58,12 @@ def bootstrap_median_ci(values: list[float], level: float = 0.95, resamples: int
     return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
 
 
+def paired_ratio(values: list[float], baseline: list[float]) -> tuple[float, tuple[float, float]]:
+    """The median of the per-round ratios ``values[i] / baseline[i]`` and its bootstrap 95 % interval."""
+    ratios = [v / b for v, b in zip(values, baseline, strict=True)]
+    return statistics.median(ratios), bootstrap_median_ci(ratios)
+
+
 def write_json(name: str, payload: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -133,8 +133,7 @@ def main() -> None:
     print(f"round ratios: min {min(ratios):.4f}, median {ratio:.4f} (95 % CI {low:.4f}-{high:.4f}), "
           f"max {max(ratios):.4f}")
     print(f"{'PASS' if within else 'FAIL'}: xvol / bare = {ratio:.4f}, target within {100 * TARGET:.0f} %")
-    noisy = not resolved
-    if noisy:
+    if not resolved:
         print(f"note: the confidence interval {low:.3f}-{high:.3f} is wider than the target: this machine's noise "
               "limits what one run can resolve; run more rounds or on a quieter machine to confirm")
 

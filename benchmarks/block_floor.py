@@ -18,7 +18,6 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from xvol_export.profile import profile_model
 from xvol_export.utils import randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_json  # noqa: E402
+from _common import RESULTS, machine, time_interleaved, write_json  # noqa: E402
 
 
 def aggregate_as_one_conv(q, kv, attn_channels, shift):
@@ -97,16 +96,7 @@ def session(model: nn.Module, shape, profile_dir: str | None = None) -> ort.Infe
 
 def median_ms(calls: dict[str, Callable[[], object]], iterations: int) -> dict[str, float]:
     """Median ms per call, the calls timed round-robin."""
-    for call in calls.values():
-        for _ in range(10):
-            call()
-    samples = {name: [] for name in calls}
-    for _ in range(iterations):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            samples[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return {name: t["median_ms"] for name, t in time_interleaved(calls, iterations, warmup=10).items()}
 
 
 def torch_op_breakdown(model: nn.Module, x: torch.Tensor, iterations: int) -> dict[str, float]:

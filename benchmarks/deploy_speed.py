@@ -24,7 +24,6 @@ Prints ratio tables; writes benchmarks/results/deploy_speed.json and deploy_spee
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
 from xvol_export.utils import randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, bootstrap_median_ci, machine, write_json  # noqa: E402
+from _common import RESULTS, machine, paired_ratio, write_json  # noqa: E402
 
 
 def time_runners(runners: dict[str, Runner], feed: np.ndarray, warmup: int, iterations: int) -> dict[str, dict]:
@@ -60,10 +59,9 @@ def time_runners(runners: dict[str, Runner], feed: np.ndarray, warmup: int, iter
     out = {}
     for name, values in samples.items():
         stats = latency_stats(values)
-        ratios = [v / b for v, b in zip(values, baseline, strict=True)]
-        low, high = bootstrap_median_ci(ratios)
+        ratio, interval = paired_ratio(values, baseline)
         out[name] = {"median_ms": stats.median, "min_ms": stats.min, "cv": stats.cv, "rounds": len(values),
-                     "vs_training": statistics.median(ratios), "vs_training_ci95": [low, high]}
+                     "vs_training": ratio, "vs_training_ci95": list(interval)}
     return out
 
 

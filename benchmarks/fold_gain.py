@@ -31,7 +31,7 @@ from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
 from xvol_export.utils import randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bootstrap_median_ci, machine, write_json  # noqa: E402
+from _common import machine, paired_ratio, write_json  # noqa: E402
 
 
 def paired_ratios(training: Runner, folded: Runner, feed: np.ndarray, warmup: int, rounds: int) -> dict:
@@ -39,16 +39,15 @@ def paired_ratios(training: Runner, folded: Runner, feed: np.ndarray, warmup: in
         runner.bind({runner.input_names()[0]: feed})
         for _ in range(warmup):
             runner.timed_call()
-    ratios, times = [], {"training": [], "folded": []}
+    times = {"training": [], "folded": []}
     for index in range(rounds):
         order = (("training", training), ("folded", folded))
         for name, runner in order if index % 2 == 0 else order[::-1]:
             times[name].append(runner.timed_call().host_ms)
-        ratios.append(times["folded"][-1] / times["training"][-1])
-    low, high = bootstrap_median_ci(ratios)
+    ratio, (low, high) = paired_ratio(times["folded"], times["training"])
     verdict = "faster" if high < 1 else "slower" if low > 1 else "equal within noise"
     return {"rounds": rounds, "training_median_ms": statistics.median(times["training"]),
-            "folded_median_ms": statistics.median(times["folded"]), "ratio": statistics.median(ratios),
+            "folded_median_ms": statistics.median(times["folded"]), "ratio": ratio,
             "ratio_ci95": [low, high], "verdict": verdict}
 
 

@@ -65,17 +65,18 @@ def assert_file_matches(path: Path, model: nn.Module, shape, seed: int) -> float
     return err
 
 
-def expected_conv_count(training: nn.Module, layouts: dict[str, str]) -> int:
+def expected_conv_count(training: nn.Module, layouts: dict[str, str], shift_convs: bool = True) -> int:
     """Conv nodes the fold plan implies: every plain conv stays one conv (its BatchNorm folded in); each
     X-volution block's five convs become one static conv (dense) or two (split), plus the qkv projection
-    and, in a graph exported at batch 1, the two one-hot convs that take the aggregate's shifts of k and v."""
+    and, with ``shift_convs`` (a graph exported at batch 1 or 2), the two one-hot convs that take the
+    aggregate's shifts of k and v."""
     count = sum(isinstance(m, nn.Conv2d) for m in training.modules())
     blocks = {n: m for n, m in training.named_modules() if isinstance(m, xvol_export.XVolution)}
     assert set(blocks) == set(layouts)
     for name, block in blocks.items():
         count -= sum(isinstance(m, nn.Conv2d) for m in block.modules())
         static = 2 if layouts[name] == "split" and block.dilated_branch else 1
-        count += static + (3 if block.attention else 0)
+        count += static + ((3 if shift_convs else 1) if block.attention else 0)
     return count
 
 
@@ -252,7 +253,7 @@ def test_dynamic_export_runs_at_other_batch_and_image_sizes(tiny, tmp_path):
     # A dynamic batch may be large: the aggregate keeps its slices (no one-hot shift convs).
     assert result.deploy_options == {"dilated_conv": "direct", "aggregate": "slices"}
     assert json.loads(metadata_of(output)["xvol.deploy_options"]) == result.deploy_options
-    assert result.graph["conv_nodes"] == expected_conv_count(tiny.model, result.fold.layouts) - 2 * tiny.blocks()
+    assert result.graph["conv_nodes"] == expected_conv_count(tiny.model, result.fold.layouts, shift_convs=False)
     for seed, shape in enumerate([(1, 3, 32, 32), (4, 3, 32, 32), (2, 3, 48, 40), (3, 3, 21, 27)]):
         assert_file_matches(output, tiny.model, shape, seed=seed)
 
@@ -266,8 +267,7 @@ def test_export_batch_decides_the_aggregate_form(tiny, tmp_path, batch, aggregat
     assert result.passed, result.failure_summary()
     assert result.deploy_options["aggregate"] == aggregate
     assert json.loads(metadata_of(output)["xvol.deploy_options"]) == result.deploy_options
-    shift_convs = 2 * tiny.blocks() if aggregate == "convs" else 0
-    expected = expected_conv_count(tiny.model, result.fold.layouts) - 2 * tiny.blocks() + shift_convs
+    expected = expected_conv_count(tiny.model, result.fold.layouts, shift_convs=aggregate == "convs")
     assert onnx_graph.op_counts(graph_of(output))["Conv"] == expected == result.graph["conv_nodes"]
     assert result.verification.output.rel_l2 < TOL
 
