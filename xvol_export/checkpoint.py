@@ -4,6 +4,10 @@ Saved as ``.pth`` (a plain dict, loadable with ``torch.load(weights_only=True)``
 ``.safetensors`` (tensors, with the rest as JSON in the header's metadata). A deploy checkpoint
 rebuilds the deploy model directly. Loading is strict: every missing, unexpected or misshapen
 key is reported by name, and weights with NaN/Inf or negative running variances are refused.
+
+Weights of any floating dtype (fp16, bf16, fp32, fp64; :data:`DTYPES`) load and build the model in
+that dtype; a file must hold one floating dtype, and a tensor of another kind (integer, bool,
+complex) where the model has a floating one, or the reverse, is refused by name.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import torch
 from torch import nn
 
 import xvol_export
+from xvol_export.dtypes import DTYPES, describe_dtype, dtype_kind, dtype_name, resolve_dtype
 from xvol_export.errors import XvolError
 from xvol_export.io import atomic_write, sha256_file
-from xvol_export.layers import XVolution, XVolutionDeploy
+from xvol_export.layers import LAYOUTS, XVolution, XVolutionDeploy
 from xvol_export.models import create_model, get_model_entry
 
 FORMAT = "xvol.checkpoint"
@@ -35,6 +40,7 @@ _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
 # Where common training scripts keep the weights inside their own checkpoint dicts.
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 _EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
+_KIND_WORDS = {"float": "a floating-point", "int": "an integer", "bool": "a bool", "complex": "a complex"}
 
 
 @dataclass
@@ -54,6 +60,16 @@ class Checkpoint:
     @property
     def label(self) -> str:
         return str(self.path) if self.path else "<checkpoint>"
+
+    @property
+    def dtype(self) -> str | None:
+        """The floating dtype of the weights as a short name (``fp16``, ``bf16``, ``fp32``, ``fp64``).
+
+        ``None`` when the state dict holds no floating tensor; :class:`XvolError` when it mixes
+        floating dtypes or holds one xvol does not read (float8).
+        """
+        found = weights_dtype(self.state_dict, self.label)
+        return dtype_name(found) if found is not None else None
 
 
 @dataclass(frozen=True)
@@ -94,9 +110,18 @@ def checkpoint_from_model(model: nn.Module, metadata: dict | None = None) -> Che
 
 
 def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLike, *,
-                    metadata: dict | None = None, force: bool = False) -> Path:
-    """Write a checkpoint atomically (``.safetensors`` by suffix, else ``.pth``); return its path."""
+                    metadata: dict | None = None, force: bool = False, dtype: str | torch.dtype | None = None) -> Path:
+    """Write a checkpoint atomically (``.safetensors`` by suffix, else ``.pth``); return its path.
+
+    ``dtype`` (``fp16``, ``bf16``, ``fp32``, ``fp64`` or the torch dtype; ``ValueError`` otherwise)
+    writes every floating tensor in that dtype; default: as they are. Integer buffers are unchanged.
+    """
+    target = resolve_dtype(dtype) if dtype is not None else None  # a bad name fails before any work
     ckpt = model_or_ckpt if isinstance(model_or_ckpt, Checkpoint) else checkpoint_from_model(model_or_ckpt, metadata)
+    state_dict = ckpt.state_dict
+    if target is not None:
+        state_dict = {k: v.to(target) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                      for k, v in state_dict.items()}
     meta = {"xvol_version": xvol_export.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **ckpt.metadata, **(metadata or {})}
@@ -116,10 +141,10 @@ def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLi
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            tensors = {k: v.contiguous().clone() for k, v in ckpt.state_dict.items()}
+            tensors = {k: v.contiguous().clone() for k, v in state_dict.items()}
             save_file(tensors, str(tmp), metadata={"xvol": json.dumps(header)})
         else:
-            torch.save({**header, "state_dict": ckpt.state_dict}, tmp)
+            torch.save({**header, "state_dict": state_dict}, tmp)
     return path
 
 
@@ -147,7 +172,10 @@ def load_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, arch
 
 
 def build_model(ckpt: Checkpoint) -> nn.Module:
-    """Build the checkpoint's model (deploy form directly when folded) and load it strictly."""
+    """Build the checkpoint's model (deploy form directly when folded) and load it strictly.
+
+    The model is built in the dtype of the file's floating tensors (fp16, bf16, fp32 or fp64).
+    """
     try:
         get_model_entry(ckpt.architecture)  # unknown architecture: a clear error first
         # Built on the meta device: no time spent initializing weights that the file replaces.
@@ -157,9 +185,16 @@ def build_model(ckpt: Checkpoint) -> nn.Module:
         raise XvolError(f"{ckpt.label}: {err}") from None
     except (TypeError, ValueError) as err:
         raise XvolError(f"{ckpt.label}: its config does not build '{ckpt.architecture}': {err}.") from None
-    load_state_dict_strict(model, ckpt.state_dict, ckpt.label, assign=True)
+    check_state_dict(model, ckpt.state_dict, ckpt.label)  # keys, shapes and kinds (float / int / ...)
+    dtype = weights_dtype(ckpt.state_dict, ckpt.label)  # one floating dtype, one xvol reads
+    if dtype is not None:
+        model = model.to(dtype)
+    model.load_state_dict(ckpt.state_dict, strict=True, assign=True)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-        model = _construct(ckpt)  # state the file does not hold (non-persistent buffers): build for real
+        # state the file does not hold (non-persistent buffers): build for real, in the file's dtype
+        model = _construct(ckpt)
+        if dtype is not None:
+            model = model.to(dtype)
         load_state_dict_strict(model, ckpt.state_dict, ckpt.label)
     check_weights(model, ckpt.label)
     return model.eval()
@@ -173,6 +208,69 @@ def _construct(ckpt: Checkpoint) -> nn.Module:
     return model
 
 
+def weights_dtype(state_dict: dict[str, torch.Tensor], label: str) -> torch.dtype | None:
+    """The one floating dtype of ``state_dict``'s tensors (``None`` if it holds none).
+
+    :class:`XvolError` naming two keys when floating dtypes are mixed (integer buffers such as
+    BatchNorm's ``num_batches_tracked`` do not count), or naming the keys of a floating dtype that
+    xvol does not read (not one of :data:`DTYPES`).
+    """
+    first: dict[torch.dtype, str] = {}
+    for key, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            first.setdefault(tensor.dtype, key)
+    unsupported = [f"{key} ({describe_dtype(dt)})" for dt, key in first.items() if dt not in DTYPES.values()]
+    if unsupported:
+        raise XvolError(
+            f"{label}: holds floating tensors of a dtype xvol does not read: {_listing(unsupported)}. "
+            f"Cast the weights to one of {', '.join(DTYPES)} and save them again."
+        )
+    if len(first) > 1:
+        (dt_a, key_a), (dt_b, key_b) = list(first.items())[:2]
+        others = f" (and {len(first) - 2} more dtype(s))" if len(first) > 2 else ""
+        raise XvolError(
+            f"{label}: mixes floating dtypes: {key_a} is {describe_dtype(dt_a)} but {key_b} is "
+            f"{describe_dtype(dt_b)}{others}. A checkpoint holds its weights in one dtype: cast the model "
+            "to one (e.g. model.float() or model.half()) and save it again."
+        )
+    return next(iter(first), None)
+
+
+def check_refold(ckpt: Checkpoint, layout: str) -> None:
+    """Refuse to fold a deploy checkpoint ``ckpt`` with a ``layout`` it was not folded with.
+
+    Nothing to check for a training checkpoint, for ``layout="auto"`` or when every block already
+    has ``layout`` (a block without a dilated branch has a single deploy form and always matches).
+    Otherwise :class:`XvolError` naming the file and the layouts it has.
+    """
+    if layout not in LAYOUTS + ("auto",):
+        raise ValueError(f"layout must be one of {LAYOUTS + ('auto',)}, got {layout!r}")
+    if not ckpt.folded or layout == "auto" or not ckpt.layouts:
+        return
+    single_form = _single_form_blocks(ckpt)
+    if all(have == layout or name in single_form for name, have in ckpt.layouts.items()):
+        return
+    counts: dict[str, int] = {}
+    for have in ckpt.layouts.values():
+        counts[have] = counts.get(have, 0) + 1
+    has = " and ".join(f"{name} for {n} block(s)" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    raise XvolError(
+        f"{ckpt.label}: is a deploy checkpoint, already folded with {has}, so --layout {layout} cannot apply "
+        f"to it. Fold the training checkpoint again with --layout {layout}; a deploy checkpoint cannot change "
+        "its layout."
+    )
+
+
+def _single_form_blocks(ckpt: Checkpoint) -> set[str]:
+    """Deploy blocks without a dilated branch: one 3x3 conv whatever layout was asked for."""
+    try:
+        with torch.device("meta"):
+            model = _construct(ckpt)
+    except (XvolError, TypeError, ValueError):
+        return set()  # cannot tell: every block counts
+    return {n for n, m in model.named_modules() if isinstance(m, XVolutionDeploy) and not m.dilated_branch}
+
+
 def load_model(path: str | os.PathLike, **kwargs) -> tuple[nn.Module, Checkpoint]:
     """:func:`load_checkpoint` then :func:`build_model`."""
     ckpt = load_checkpoint(path, **kwargs)
@@ -180,10 +278,18 @@ def load_model(path: str | os.PathLike, **kwargs) -> tuple[nn.Module, Checkpoint
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict, label: str, assign: bool = False) -> None:
-    """Load every key or fail naming each missing, unexpected and misshapen one.
+    """Load every key or fail naming each missing, unexpected, misshapen and wrong-kind one.
 
     ``assign=True`` makes the model use the given tensors (needed for a model built on ``meta``).
     """
+    check_state_dict(model, state_dict, label)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def check_state_dict(model: nn.Module, state_dict: dict, label: str) -> None:
+    """:class:`XvolError` naming every missing, unexpected and misshapen key, then every key whose
+    tensor is of another kind than the model's (integer, bool or complex where the model has a
+    floating tensor, or floating where it has an integer one). Floating dtypes may differ."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -204,7 +310,17 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict, label: str, assig
             f"{label}: the weights do not match the architecture: " + "; ".join(problems)
             + ". Check that the checkpoint's architecture and config are the ones it was trained with."
         )
-    model.load_state_dict(state_dict, strict=True, assign=assign)
+    wrong_kind = [
+        f"{k} ({describe_dtype(state_dict[k].dtype)} where the model has "
+        f"{_KIND_WORDS[dtype_kind(expected[k].dtype)]} tensor)"
+        for k in expected
+        if dtype_kind(state_dict[k].dtype) != dtype_kind(expected[k].dtype)
+    ]
+    if wrong_kind:
+        raise XvolError(
+            f"{label}: {len(wrong_kind)} tensor(s) of the wrong kind: {_listing(wrong_kind)}. The file is damaged "
+            "or not this architecture's weights; use the original checkpoint of this architecture."
+        )
 
 
 def check_weights(model: nn.Module, label: str) -> None:
@@ -238,8 +354,10 @@ def _apply_layouts(model: nn.Module, ckpt: Checkpoint) -> None:
         block = blocks[name]
         if block.layout != layout:
             cfg = {**block.config(), "layout": layout}
+            param = next(block.parameters())
+            rebuilt = XVolutionDeploy(**cfg).to(device=param.device, dtype=param.dtype)  # the model's dtype
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, XVolutionDeploy(**cfg))
+            setattr(model.get_submodule(parent) if parent else model, child, rebuilt)
 
 
 def _read_pth(path: Path, trust_pickle: bool, arch: str | None, config: dict | None, use_ema: bool) -> Checkpoint:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.fx
 from torch import nn
 
+from xvol_export.dtypes import describe_dtype, resolve_dtype
 from xvol_export.fold.blocks import fold_conv_bn, fold_xvolution
 from xvol_export.fold.cost import choose_layout
 from xvol_export.layers import AGGREGATES, DILATED_CONVS, LAYOUTS, XVolution, XVolutionDeploy
@@ -45,6 +47,8 @@ class FoldReport:
     params_after: int = 0
     macs_before: int | None = None  # per item, at the profiled input shape
     macs_after: int | None = None
+    source_dtype: str = "fp32"  # the input model's floating dtype (short name: fp16, bf16, fp32, fp64)
+    deploy_dtype: str = "fp32"  # the deploy model's; the fold itself always computes in fp64
 
     @property
     def layouts(self) -> dict[str, str]:
@@ -62,6 +66,7 @@ def fold(
     input_shape: tuple[int, ...] | None = None,
     dilated_conv: str = "direct",
     aggregate: str = "slices",
+    dtype: str | torch.dtype | None = None,
 ) -> tuple[nn.Module, FoldReport]:
     """Return ``(deploy_model, report)``; ``model`` itself is never modified.
 
@@ -71,15 +76,24 @@ def fold(
     (batch included; default: the model's ``input_size``) sizes the per-block costs.
     ``dilated_conv`` and ``aggregate`` choose how the deploy blocks compute, for speed on a runtime
     (see :func:`set_runtime_options`).
+
+    The fold computes in float64 whatever the model's dtype: a float64 copy of the model is traced,
+    profiled and folded, and the deploy model is cast once at the end to ``dtype`` (``fp16``,
+    ``bf16``, ``fp32``, ``fp64`` or the torch dtype; default: the dtype of the model's first
+    floating parameter). So an fp16 model folds to the fp16 rounding of its exact fold, and an
+    fp32 model to the same weights as a float64 fold cast to fp32.
     """
     if layout not in LAYOUT_CHOICES:
         raise ValueError(f"layout must be one of {LAYOUT_CHOICES}, got {layout!r}")
     _check_options(dilated_conv, aggregate)
-    report = FoldReport(layout=layout, forced_eval=model.training, params_before=count_params(model))
+    source = _floating_dtype(model)
+    target = resolve_dtype(dtype) if dtype is not None else source
+    report = FoldReport(layout=layout, forced_eval=model.training, params_before=count_params(model),
+                        source_dtype=describe_dtype(source), deploy_dtype=describe_dtype(target))
     if model.training:
         report.notes.append("the model was in training mode: folded (and verified) with eval-mode BatchNorm")
 
-    deploy = copy.deepcopy(model).eval()
+    deploy = copy.deepcopy(model).eval().to(torch.float64)  # fold in float64; integer buffers stay as they are
     if input_shape is None and getattr(model, "input_size", None):
         input_shape = (1, *model.input_size)
     before = profile_model(deploy, tuple(input_shape)) if input_shape is not None else None
@@ -123,7 +137,15 @@ def fold(
         for block in report.blocks:
             block.macs_after = after.macs_under(block.name)
     report.params_after = count_params(deploy)
-    return deploy, report
+    return deploy.to(target), report
+
+
+def _floating_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating parameter (else buffer); float32 if it has none."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
 
 
 class _LeafTracer(torch.fx.Tracer):
