@@ -80,7 +80,10 @@ def fold(
     seed: opt.Seed = None,
     atol: opt.Atol = None,
     rtol: opt.Rtol = None,
-    check_error_stat: opt.ErrorStat = "elemwise",
+    check_error_stat: opt.ErrorStat = None,
+    dtype: Annotated[str | None, typer.Option(
+        "--dtype", help="Write the deploy checkpoint in fp16, bf16, fp32 or fp64 (default: the checkpoint's own); "
+        "it is verified in that precision.")] = None,
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
     trust_pickle: opt.TrustPickle = False,
@@ -95,7 +98,7 @@ def fold(
         result = api.fold_checkpoint(
             checkpoint, output, layout=opt.layout_option(layout), data=data,
             input_shape=opt.shape_option(input_shape), seed=seed, tolerance=tolerance, force=force,
-            load=opt.load_options(trust_pickle, arch, arch_config, ema),
+            load=opt.load_options(trust_pickle, arch, arch_config, ema), dtype=opt.dtype_option(dtype),
         )
     render_fold(console, result)
     failure = result.verification.failure_summary() if result.verification else ""
@@ -117,7 +120,7 @@ def verify(
     seed: opt.Seed = None,
     atol: opt.Atol = None,
     rtol: opt.Rtol = None,
-    check_error_stat: opt.ErrorStat = "elemwise",
+    check_error_stat: opt.ErrorStat = None,
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
     trust_pickle: opt.TrustPickle = False,
@@ -163,8 +166,18 @@ def export(
     seed: opt.Seed = None,
     atol: opt.Atol = None,
     rtol: opt.Rtol = None,
-    check_error_stat: Annotated[str | None, typer.Option(
-        "--check-error-stat", help="elemwise, max, mean or median (default: elemwise; median for int8).")] = None,
+    check_error_stat: opt.ErrorStat = None,
+    calib_method: Annotated[str, typer.Option(
+        "--calib-method", help="int8 calibration: minmax, entropy or percentile (ONNX Runtime's).")] = "minmax",
+    int8_sensitivity: Annotated[bool, typer.Option(
+        "--int8-sensitivity", help="int8: report each layer's effect, quantized alone and left alone in float "
+        "(needs --data).")] = False,
+    int8_fallback: Annotated[bool, typer.Option(
+        "--int8-fallback", help="int8: keep the most sensitive layers in float until --accuracy-budget is met "
+        "(needs --data).")] = False,
+    accuracy_budget: Annotated[str, typer.Option(
+        "--accuracy-budget", help="With --int8-fallback: cosine=0.99 or top1=0.99 against the float64 "
+        "training form.")] = "cosine=0.99",
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
     trust_pickle: opt.TrustPickle = False,
@@ -174,14 +187,14 @@ def export(
 ):
     """Fold if needed, export, check, simplify, re-verify against the training form, write with metadata."""
     opt.json_option(json_path, force)
-    overrides = (atol, rtol, check_error_stat) != (None, None, None)
-    tolerance = opt.tolerance_option(atol, rtol, check_error_stat, precision) if overrides else None
+    tolerance = opt.tolerance_option(atol, rtol, check_error_stat, precision)
+    int8 = opt.int8_options(calib_method, int8_sensitivity, int8_fallback, accuracy_budget)
     with console.status("Exporting and verifying…"):
         result = api.export_checkpoint(
             checkpoint, output, format=format, precision=precision, opset=opset, exporter=exporter,
             dynamic=dynamic, batch=batch, imgsz=opt.imgsz_option(imgsz), simplify=simplify, simplifier=simplifier,
             layout=opt.layout_option(layout), calib=calib, data=data, seed=seed, tolerance=tolerance, force=force,
-            load=opt.load_options(trust_pickle, arch, arch_config, ema),
+            load=opt.load_options(trust_pickle, arch, arch_config, ema), int8=int8,
         )
     render_export(console, result)
     return _finish(result.passed, json_path, {"command": "export", **result.to_dict()}, force,

@@ -24,10 +24,13 @@ InputShapeOpt = Annotated[Optional[str], typer.Option(
 Data = Annotated[Optional[Path], typer.Option(
     "--data", help=".npz with an 'input' array (and optional 'labels') to verify on instead of random inputs.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for random inputs (default: a fresh one, reported).")]
-Atol = Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance (default for fp32: 1e-4).")]
-Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance (default for fp32: 1e-4).")]
-ErrorStat = Annotated[str, typer.Option(
-    "--check-error-stat", help=f"Statistic checked against the tolerances: {', '.join(ERROR_STATS)}.")]
+Atol = Annotated[Optional[float], typer.Option(
+    "--atol", help="Absolute tolerance against the float64 reference; given, Polygraphy's check replaces the "
+    "default scale-free gate.")]
+Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance (as --atol).")]
+ErrorStat = Annotated[Optional[str], typer.Option(
+    "--check-error-stat", help=f"Statistic checked against --atol/--rtol: {', '.join(ERROR_STATS)} "
+    "(default elemwise; median for int8).")]
 TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow checkpoints that need full unpickling (runs code from the file).")]
 Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a bare state dict (see 'xvol doctor').")]
@@ -83,7 +86,12 @@ def layout_option(layout: str) -> str:
     return layout
 
 
-def tolerance_option(atol: float | None, rtol: float | None, stat: str | None, precision: str = "fp32") -> Tolerance:
+def tolerance_option(atol: float | None, rtol: float | None, stat: str | None,
+                     precision: str = "fp32") -> Tolerance | None:
+    """A Polygraphy tolerance when the user gave any of its options (the rest from the precision's
+    defaults), else None: the default gate judges."""
+    if (atol, rtol, stat) == (None, None, None):
+        return None
     return parse_tolerance(precision, atol, rtol, stat)
 
 
@@ -97,3 +105,24 @@ def load_options(trust_pickle: bool, arch: str | None, arch_config: str | None, 
         if not isinstance(config, dict):
             raise XvolError("--arch-config must be a JSON object, e.g. '{\"num_classes\": 10}'.")
     return LoadOptions(trust_pickle=trust_pickle, arch=arch, config=config, use_ema=ema)
+
+
+def dtype_option(dtype: str | None) -> str | None:
+    from xvol_export.checkpoint import DTYPES
+
+    if dtype is not None and dtype not in DTYPES:
+        raise XvolError(f"Unknown --dtype '{dtype}'. Choose one of: {', '.join(DTYPES)}.")
+    return dtype
+
+
+def int8_options(method: str, sensitivity: bool, fallback: bool, budget: str):
+    from xvol_export.export.job import Int8Options
+    from xvol_export.export.precision import CALIBRATION_METHODS
+
+    if method not in CALIBRATION_METHODS:
+        raise XvolError(f"Unknown --calib-method '{method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
+    if not fallback:
+        return Int8Options(method=method, sensitivity=sensitivity)
+    from xvol_export.export.int8 import parse_budget
+
+    return Int8Options(method=method, sensitivity=sensitivity, budget=parse_budget(budget))

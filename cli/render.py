@@ -63,36 +63,53 @@ def _verdict(passed: bool) -> str:
 
 
 def render_verify(console: Console, report: VerifyReport) -> None:
-    tol = report.tolerance
-    out = report.output
-    console.print(f"reference [bold]{escape(report.reference)}[/] vs candidate [bold]{escape(report.candidate)}[/]")
+    reference = escape(report.reference) + (" in float64" if report.float64 else "")
+    console.print(f"reference [bold]{reference}[/] vs candidate [bold]{escape(report.candidate)}[/] "
+                  f"({report.precision})")
     console.print(f"inputs: {escape(report.input_source)}")
-    console.print(f"tolerance: atol={tol.atol:g} rtol={tol.rtol:g} check-error-stat={tol.check_error_stat}")
-    table = Table(title="Output error (candidate − reference)")
-    for column in ("max abs", "median abs", "p99 abs", "max rel", "rel L2", "cosine", "top-1 agree", ""):
-        table.add_column(column, justify="right")
-    table.add_row(_err(out.max_abs), _err(out.median_abs), _err(out.p99_abs), _err(out.max_rel), _err(out.rel_l2),
-                  f"{out.cosine:.8f}", _pct(out.top1_agreement), _verdict(out.passed))
+    console.print(f"judged by: {escape(report.judged_by)}")
+    table = Table(title="Output error against the reference" + (" (float64)" if report.float64 else ""))
+    for column in ("output", "side", "rel L2", "max err / RMS", "cosine", "top-1 agree", "max abs", "ratio", ""):
+        table.add_column(column, justify="left" if column in ("output", "side") else "right")
+    for check in report.checks:
+        c = check.candidate
+        table.add_row(escape(check.name), "candidate", _err(c.rel_l2), _err(c.max_error_rms), f"{c.cosine:.8f}",
+                      _pct(c.top1_agreement), _err(c.max_abs),
+                      "-" if check.ratio is None else f"{check.ratio:.3g}x", _verdict(check.passed))
+        if check.baseline is not None:
+            b = check.baseline
+            table.add_row("", f"baseline ({report.gate.baseline if report.gate else '-'})", _err(b.rel_l2),
+                          _err(b.max_error_rms), f"{b.cosine:.8f}", _pct(b.top1_agreement), _err(b.max_abs), "", "")
     console.print(table)
+    for check in report.checks:
+        for condition in check.conditions:
+            console.print(f"  {_verdict(condition.passed)} {escape(condition.describe())}")
     if report.blocks:
-        blocks = Table(title="Per block: alone (on the reference block's input) and in the network")
-        for column in ("block", "alone rel L2", "alone max abs", "in-net rel L2", "in-net max abs", ""):
+        blocks = Table(title="Per block: alone (on the float64 block input) and in the network; ratio to the baseline")
+        for column in ("block", "alone rel L2", "ratio", "alone max err/RMS", "in-net rel L2", "in-net ratio", ""):
             blocks.add_column(column, justify="left" if column == "block" else "right", no_wrap=column == "block")
         for b in report.blocks:
-            blocks.add_row(b.name, _err(b.isolated.rel_l2), _err(b.isolated.max_abs), _err(b.in_network.rel_l2),
-                           _err(b.in_network.max_abs), _verdict(b.isolated.passed))
+            blocks.add_row(b.name, _err(b.isolated.candidate.rel_l2), _ratio(b.isolated.ratio),
+                           _err(b.isolated.candidate.max_error_rms), _err(b.in_network.candidate.rel_l2),
+                           _ratio(b.in_network.ratio), _verdict(b.isolated.passed))
         console.print(blocks)
         worst = report.worst_block
-        console.print(f"largest block error: {worst.name} (rel L2 {_err(worst.isolated.rel_l2)} on its own input)")
+        console.print(f"largest block error: {worst.name} (rel L2 {_err(worst.isolated.candidate.rel_l2)} "
+                      "on its own input)")
     if report.accuracy:
         acc = report.accuracy
+        baseline = f", baseline {_pct(acc['baseline'])}" if "baseline" in acc else ""
         console.print(
-            f"accuracy on {acc['count']} labelled inputs: {escape(report.reference)} {_pct(acc['reference'])}, "
-            f"{escape(report.candidate)} {_pct(acc['candidate'])}"
+            f"accuracy on {acc['count']} labelled inputs: {escape(report.reference)} {_pct(acc['reference'])}"
+            f"{baseline}, {escape(report.candidate)} {_pct(acc['candidate'])}"
         )
-    console.print(f"minimum required tolerance: {escape(out.min_required())}")
+    console.print(f"minimum required tolerance: {escape(report.output.min_required())}")
     for note in report.notes:
         console.print(f"note: {escape(note)}")
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}x"
 
 
 def render_fold(console: Console, result: FoldResult) -> None:
@@ -130,9 +147,10 @@ def render_export(console: Console, result: ExportResult) -> None:
             f"{len(fold.fused_conv_bn)} conv+BatchNorm pair(s) fused"
         )
     if result.fold_verification is not None:
-        out = result.fold_verification.output
-        console.print(f"fold verified against the training form: rel L2 {_err(out.rel_l2)}, max abs "
-                      f"{_err(out.max_abs)} {_verdict(result.fold_verification.passed)}")
+        check = result.fold_verification.checks[0]
+        console.print(f"fold verified against the training form in float64: rel L2 {_err(check.candidate.rel_l2)} "
+                      f"({_ratio(check.ratio)} the fp32 training form's own), max abs {_err(check.candidate.max_abs)} "
+                      f"{_verdict(result.fold_verification.passed)}")
     shape = "x".join(map(str, result.input_shape))
     console.print(f"export: {result.format} {result.precision}, {result.exporter} exporter, opset {result.opset}, "
                   f"input {shape}{' (dynamic batch, height, width)' if result.dynamic else ''}, "
@@ -146,8 +164,13 @@ def render_export(console: Console, result: ExportResult) -> None:
         render_verify(console, result.verification)
     if result.dynamic_check is not None:
         other = result.dynamic_check
-        console.print(f"other shape ({escape(other.input_source)}): rel L2 {_err(other.output.rel_l2)}, max abs "
-                      f"{_err(other.output.max_abs)} {_verdict(other.passed)}")
+        console.print(f"other shape ({escape(other.input_source)}): rel L2 {_err(other.output.rel_l2)} "
+                      f"({_ratio(other.checks[0].ratio)} the baseline's), max abs {_err(other.output.max_abs)} "
+                      f"{_verdict(other.passed)}")
+        if not other.passed:
+            console.print(f"[red]{escape(other.failure_summary())}[/]")
+    if result.int8:
+        _render_int8(console, result.int8)
     for failure in result.failures:
         console.print(f"[red]{escape(failure)}[/]")
     console.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
@@ -155,6 +178,31 @@ def render_export(console: Console, result: ExportResult) -> None:
         console.print(f"note: {escape(note)}")
     if result.written:
         console.print(f"wrote {escape(', '.join(result.files))} (metadata: {escape(', '.join(result.metadata))})")
+
+
+def _render_int8(console: Console, int8: dict) -> None:
+    console.print(f"int8 calibration: {int8['method']}; measured on {escape(int8['measured_on'])}")
+    sensitivity = int8.get("sensitivity") or {}
+    layers = sensitivity.get("layers") or []
+    if layers:
+        table = Table(title="INT8 sensitivity, most sensitive first (against the float64 training form)")
+        keys = [k for k in layers[0] if k != "name"]
+        table.add_column("layer")
+        for key in keys:
+            table.add_column(key.replace("_", " "), justify="right")
+        for layer in layers[:15]:
+            table.add_row(escape(str(layer["name"])),
+                          *[f"{layer[k]:.4g}" if isinstance(layer[k], float) else escape(str(layer[k])) for k in keys])
+        console.print(table)
+        if len(layers) > 15:
+            console.print(f"… and {len(layers) - 15} more layers (all in --json)")
+    fallback = int8.get("fallback")
+    if fallback:
+        kept = fallback.get("kept_float") or []
+        console.print(f"int8 fallback for {escape(str(fallback.get('budget')))}: "
+                      f"{'met' if fallback.get('met') else '[red]not met[/]'}, {len(kept)} layer(s) kept in float")
+        for layer in kept:
+            console.print(f"  {escape(str(layer.get('name')))}: {escape(str(layer.get('reason')))}")
 
 
 def render_bench(console: Console, report: BenchReport) -> None:

@@ -301,7 +301,8 @@ def test_metadata_props(tiny, form):
     verified = json.loads(meta["xvol.verified"])
     assert verified["rel_l2"] == result.verification.output.rel_l2 < TOL
     assert verified["max_abs"] == result.verification.output.max_abs
-    assert verified["reference"] == ("training form" if form == "train" else "deploy form")
+    assert verified["reference"] == ("training form" if form == "train" else "deploy form") + " in float64"
+    assert verified["judged_by"] == "default fp32 gate" and verified["baseline_rel_l2"] > 0
     assert "seed 1" in verified["inputs"]
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from xvol_export.artifacts import open_artifact
 from xvol_export.bench import BenchReport, BenchSettings, bench_artifacts
-from xvol_export.checkpoint import LoadOptions, save_checkpoint
+from xvol_export.checkpoint import LoadOptions, check_refold, save_checkpoint
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
 from xvol_export.export import ExportResult, export_checkpoint
@@ -22,7 +22,7 @@ from xvol_export.io import atomic_write, check_output_path
 from xvol_export.layers import XVolutionDeploy
 from xvol_export.profile import count_params, profile_model
 from xvol_export.utils import StepClock
-from xvol_export.verify import VerifyReport, verify_models, verify_runners
+from xvol_export.verify import Reference, VerifyReport, verify
 
 # ---------------------------------------------------------------------------------------- inspect
 
@@ -157,14 +157,18 @@ def fold_checkpoint(
     data: str | os.PathLike | None = None,
     input_shape: InputShape | None = None,
     seed: int | None = None,
-    tolerance: Tolerance = Tolerance(),
+    tolerance: Tolerance | None = None,
     force: bool = False,
     load: LoadOptions = LoadOptions(),
+    dtype: str | None = None,
 ) -> FoldResult:
-    """Load, fold, verify per block and end to end against the training form, then save.
+    """Load, fold (in float64), verify per block and end to end against the training form, then save.
 
-    Nothing is written unless verification passes. The deploy checkpoint's metadata carries the
-    source's sha256, the fold report and the verified errors.
+    The deploy model is verified and written in ``dtype`` (fp16, bf16, fp32, fp64; default the
+    checkpoint's own), against the training form in float64 next to the training form at that
+    precision; ``tolerance`` (Polygraphy's) replaces the default gate when given. Nothing is written
+    unless verification passes. The deploy checkpoint's metadata carries the source's sha256, the
+    fold report and the verified errors.
     """
     timings: dict[str, float] = {}
     clock = StepClock(timings)
@@ -175,15 +179,16 @@ def fold_checkpoint(
         model, ckpt = load.load(path)
     result = FoldResult(str(path), ckpt.sha256 or "", str(output), False, None, None, timings, list(ckpt.notes))
     if ckpt.folded:
+        check_refold(ckpt, layout)  # a deploy checkpoint cannot change its layout: say so, exit 2
         result.notes.append("already folded: nothing to do, nothing written")
         return result
 
     data_in, used_seed = prepare_inputs(getattr(model, "input_size", None), ckpt.label, data, input_shape, seed)
     with clock("fold"):
-        deploy, result.fold = fold(model, layout=layout, input_shape=(1, *data_in.inputs.shape[1:]))
+        deploy, result.fold = fold(model, layout=layout, input_shape=(1, *data_in.inputs.shape[1:]), dtype=dtype)
     with clock("verify"):
-        result.verification = verify_models(model, deploy, data_in, tolerance,
-                                            names=("training form", "deploy form"), seed=used_seed)
+        reference = Reference(model, data_in, "training form")
+        result.verification = verify(reference, deploy, "deploy form", tolerance=tolerance, seed=used_seed)
     if not result.verification.passed:
         result.notes.append("verification failed: nothing written")
         return result
@@ -192,26 +197,12 @@ def fold_checkpoint(
         "source_sha256": ckpt.sha256,
         "source": Path(path).name,
         "fold": result.fold.to_dict(),
-        "verification": _verification_summary(result.verification),
+        "verification": result.verification.summary(),
     }
     with clock("save"):
-        save_checkpoint(deploy, output, metadata=metadata, force=force)
+        save_checkpoint(deploy, output, metadata=metadata, force=force, dtype=dtype)
     result.written = True
     return result
-
-
-def _verification_summary(report: VerifyReport) -> dict:
-    """The figures a deploy artifact keeps about how it was verified (JSON-safe)."""
-    return json.loads(json.dumps({
-        "inputs": report.input_source,
-        "max_abs": report.output.max_abs,
-        "rel_l2": report.output.rel_l2,
-        "top1_agreement": report.output.top1_agreement,
-        "worst_block": report.worst_block.name if report.worst_block else None,
-        "accuracy": report.accuracy,
-        "tolerance": {"atol": report.tolerance.atol, "rtol": report.tolerance.rtol,
-                      "check_error_stat": report.tolerance.check_error_stat},
-    }))
 
 
 # ----------------------------------------------------------------------------------------- verify
@@ -223,15 +214,17 @@ def verify_artifacts(
     data: str | os.PathLike | None = None,
     input_shape: InputShape | None = None,
     seed: int | None = None,
-    tolerance: Tolerance = Tolerance(),
+    tolerance: Tolerance | None = None,
     load: LoadOptions = LoadOptions(),
     save_inputs: str | os.PathLike | None = None,
     save_outputs: str | os.PathLike | None = None,
     force: bool = False,
 ) -> VerifyReport:
-    """Run two artifacts (checkpoints in either form, ONNX graphs) on the same inputs and compare them.
+    """Run two artifacts (checkpoints in either form, ONNX graphs) on the same inputs and judge the candidate.
 
-    Two checkpoints are also compared per X-volution block. ``save_inputs``/``save_outputs`` write the
+    A checkpoint reference runs in float64 (the truth) and at the candidate's precision (the
+    baseline); an ONNX reference's own outputs stand as the truth. Two checkpoints are also
+    compared per X-volution block. ``tolerance`` (Polygraphy's) replaces the default gate. ``save_inputs``/``save_outputs`` write the
     inputs and both outputs as ``.npz`` (``data`` reads such an inputs file back).
     """
     for extra in (save_inputs, save_outputs):
@@ -246,10 +239,9 @@ def verify_artifacts(
     label = str(reference if ref.input_size else candidate)
     data_in, used_seed = prepare_inputs(input_size, label, data, input_shape, seed)
     try:
-        if ref.model is not None and cand.model is not None:
-            report = verify_models(ref.model, cand.model, data_in, tolerance, names=names, seed=used_seed)
-        else:
-            report = verify_runners(ref.runner, cand.runner, data_in, tolerance, seed=used_seed)
+        reference_run = Reference(ref.model if ref.model is not None else ref.runner, data_in, names[0])
+        candidate_side = cand.model if cand.model is not None else cand.runner
+        report = verify(reference_run, candidate_side, names[1], tolerance=tolerance, seed=used_seed)
     except ValueError as err:  # outputs of different shapes: not the same task
         raise XvolError(f"{candidate}: cannot be compared with {reference}: {err}.") from None
     if save_inputs is not None:

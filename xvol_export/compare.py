@@ -1,4 +1,9 @@
-"""Comparing two outputs: error statistics and Polygraphy-style tolerance checks."""
+"""Comparing two outputs: error statistics and Polygraphy-style tolerance checks.
+
+The default verdicts are scale-free and precision-aware (:mod:`xvol_export.verify.gates`); the
+:class:`Tolerance` here is Polygraphy's ``--atol/--rtol/--check-error-stat``, which rules when a
+user gives it.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +36,14 @@ class Tolerance:
     def __post_init__(self):
         if self.check_error_stat not in ERROR_STATS:
             raise ValueError(f"check_error_stat must be one of {ERROR_STATS}, got {self.check_error_stat!r}")
-        if self.atol < 0 or self.rtol < 0:
-            raise ValueError("tolerances must be >= 0")
+        if not (np.isfinite(self.atol) and np.isfinite(self.rtol)) or self.atol < 0 or self.rtol < 0:
+            raise ValueError("tolerances must be finite and >= 0")
+
+    def describe(self) -> str:
+        return f"atol={self.atol:g}, rtol={self.rtol:g}, {self.check_error_stat}"
+
+    def to_dict(self) -> dict:
+        return {"atol": self.atol, "rtol": self.rtol, "check_error_stat": self.check_error_stat}
 
     @classmethod
     def for_precision(cls, precision: str = "fp32", atol: float | None = None, rtol: float | None = None,
@@ -51,14 +62,17 @@ def parse_tolerance(precision: str = "fp32", atol: float | None = None, rtol: fl
     if check_error_stat is not None and check_error_stat not in ERROR_STATS:
         raise XvolError(f"Unknown --check-error-stat '{check_error_stat}'. Choose one of: {', '.join(ERROR_STATS)}.")
     for name, value in (("--atol", atol), ("--rtol", rtol)):
-        if value is not None and value < 0:
-            raise XvolError(f"{name} must be zero or positive, got {value}.")
+        if value is not None and not (np.isfinite(value) and value >= 0):  # NaN would switch the check off
+            raise XvolError(f"{name} must be a finite number, zero or positive, got {value}.")
     return Tolerance.for_precision(precision, atol, rtol, check_error_stat)
 
 
 @dataclass
 class ErrorStats:
-    """Errors of ``candidate`` against ``reference`` and the verdict under a tolerance."""
+    """Errors of ``candidate`` against ``reference``; ``passed`` is the verdict under a tolerance (None: none given).
+
+    ``rms`` is the reference's root mean square; ``max_error_rms`` the largest absolute error in units of it.
+    """
 
     shape: tuple[int, ...]
     max_abs: float
@@ -70,11 +84,14 @@ class ErrorStats:
     median_rel: float
     rel_l2: float
     cosine: float
-    passed: bool
+    passed: bool | None
     check_error_stat: str
     required_atol: float
     required_rtol: float
     top1_agreement: float | None = None
+    rms: float = 0.0
+    max_error_rms: float = 0.0
+    finite: bool = True
 
     def min_required(self) -> str:
         """Polygraphy's 'minimum required tolerance' line."""
@@ -86,8 +103,11 @@ class ErrorStats:
         return out
 
 
-def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance = Tolerance()) -> ErrorStats:
-    """Compare in float64; NaN anywhere counts as a failure. Top-1 agreement for ``[N, classes]`` outputs."""
+def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance | None = Tolerance()) -> ErrorStats:
+    """Compare in float64; NaN or Inf in the candidate fails. Top-1 agreement for ``[N, classes]`` outputs.
+
+    ``tolerance=None`` computes the statistics only (``passed`` is None).
+    """
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
@@ -96,7 +116,7 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
         return _compare(ref, cand, tolerance)
 
 
-def _compare(ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance) -> ErrorStats:
+def _compare(ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance | None) -> ErrorStats:
     absdiff = np.abs(cand - ref)
     denominator = np.abs(ref)
     denominator[denominator == 0] = _EPSILON
@@ -109,8 +129,10 @@ def _compare(ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance) -> ErrorSt
         "median": (float(np.median(absdiff)), float(np.median(reldiff))),
     }
     stats["elemwise"] = stats["max"]
-    stat = tolerance.check_error_stat
-    if stat == "elemwise":
+    stat = tolerance.check_error_stat if tolerance is not None else "elemwise"
+    if tolerance is None:
+        failed = False
+    elif stat == "elemwise":
         mismatch = ((absdiff > tolerance.atol) | np.isnan(absdiff)) & ((reldiff > tolerance.rtol) | np.isnan(reldiff))
         failed = bool(mismatch.any())
     else:
@@ -120,8 +142,9 @@ def _compare(ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance) -> ErrorSt
     top1 = None
     if ref.ndim == 2 and ref.shape[0] > 0 and ref.shape[1] > 1:
         top1 = float((ref.argmax(1) == cand.argmax(1)).mean())
-    if not np.isfinite(cand).all():
-        failed = True
+    finite = bool(np.isfinite(cand).all())
+    rms = float(np.sqrt(np.mean(np.square(ref)))) if ref.size else 0.0
+    max_error_rms = stats["max"][0] / rms if rms > 0 else (0.0 if stats["max"][0] == 0 else float("inf"))
     return ErrorStats(
         shape=tuple(ref.shape),
         max_abs=stats["max"][0],
@@ -133,11 +156,14 @@ def _compare(ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance) -> ErrorSt
         median_rel=stats["median"][1],
         rel_l2=rel_l2,
         cosine=cosine,
-        passed=not failed,
+        passed=None if tolerance is None else not failed and finite,
         check_error_stat=stat,
         required_atol=stats[stat][0],
         required_rtol=stats[stat][1],
         top1_agreement=top1,
+        rms=rms,
+        max_error_rms=float(max_error_rms) if finite else float("inf"),
+        finite=finite,
     )
 
 

@@ -21,12 +21,23 @@ from xvol_export.fold import FoldReport, fold, set_runtime_options
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path
 from xvol_export.layers import XVolutionDeploy, onnx_options
-from xvol_export.runners import OnnxRuntimeRunner, TorchRunner
+from xvol_export.runners import OnnxRuntimeRunner
 from xvol_export.utils import StepClock
-from xvol_export.verify import VerifyReport, verify_models, verify_runners
+from xvol_export.verify import Reference, VerifyReport, verify
 
 FORMATS = ("onnx", "engine")
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How an int8 graph is made: ONNX Runtime's calibration ``method`` (minmax, entropy, percentile),
+    a per-layer ``sensitivity`` report, and ``budget``: keep the most sensitive layers in float until
+    it is met (``--int8-fallback --accuracy-budget``). The last two measure on the verification data."""
+
+    method: str = "minmax"
+    sensitivity: bool = False
+    budget: object | None = None  # xvol_export.export.int8.AccuracyBudget
 
 
 @dataclass
@@ -51,6 +62,7 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
     written: bool = False
     failures: list[str] = field(default_factory=list)
+    int8: dict | None = None  # calibration method, sensitivity report, fallback (kept-float layers and why)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -91,6 +103,7 @@ class ExportResult:
             "graph": self.graph,
             "metadata": self.metadata,
             "failures": self.failures,
+            "int8": self.int8,
             "timings_s": self.timings,
             "notes": self.notes,
         }
@@ -123,6 +136,7 @@ def export_checkpoint(
     tolerance: Tolerance | None = None,
     force: bool = False,
     load: LoadOptions = LoadOptions(),
+    int8: Int8Options = Int8Options(),
 ) -> ExportResult:
     """Export a checkpoint to a verified ONNX graph; nothing is written unless every check passes.
 
@@ -134,12 +148,16 @@ def export_checkpoint(
     """
     _check_choices(format, precision, simplifier, batch, imgsz)
     onnx_graph.check_opset(opset, exporter)
+    if precision == "int8" and (int8.sensitivity or int8.budget is not None) and data is None:
+        raise XvolError("--int8-sensitivity and --int8-fallback measure the int8 graph on real images: pass --data "
+                        "FILE.npz with held-out inputs (random inputs cannot judge an int8 graph).")
+    if precision != "int8" and (int8.sensitivity or int8.budget is not None):
+        raise XvolError("--int8-sensitivity and --int8-fallback go with --precision int8.")
     if precision == "int8" and calib is None:
         raise XvolError("--precision int8 needs calibration data: pass --calib FILE.npz with an 'input' array of "
                         "representative images (a few hundred, preprocessed like the model's inputs).")
     output = Path(output) if output is not None else default_export_output(path, precision)
     check_output_path(output, force)
-    tolerance = tolerance or Tolerance.for_precision(precision)
     timings: dict[str, float] = {}
     clock = StepClock(timings)
 
@@ -161,22 +179,24 @@ def export_checkpoint(
     if data is not None and not dynamic and tuple(data_in.inputs.shape[2:]) != (height, width):
         raise XvolError(f"{data}: images of size {tuple(data_in.inputs.shape[2:])} do not fit a graph exported at "
                         f"{height}x{width}; pass --imgsz {height},{width} to match the data, or --dynamic.")
-    reference, deploy = model, model
+    deploy = model
+    reference = Reference(model, data_in, "training form" if not ckpt.folded else "deploy form")
     if ckpt.folded:
-        result.notes.append("deploy checkpoint: exported as it is and verified against itself "
+        result.notes.append("deploy checkpoint: exported as it is and verified against itself in float64 "
                             "(the training form is not in the file)")
     else:
         with clock("fold"):
-            deploy, result.fold = fold(model, layout=layout, input_shape=(1, channels, height, width))
-            result.fold_verification = verify_models(model, deploy, data_in, Tolerance.for_precision("fp32"),
-                                                     names=("training form", "deploy form"), seed=used_seed)
+            # Folded straight to fp32, the graph's precision: a half-precision checkpoint's fold is not rounded twice.
+            deploy, result.fold = fold(model, layout=layout, input_shape=(1, channels, height, width), dtype="fp32")
+            result.fold_verification = verify(reference, deploy, "deploy form", seed=used_seed)
         if not result.fold_verification.passed:
             result.notes.append("the fold failed verification: nothing exported")
             return result
 
-    # The graph gets the deploy blocks' fastest form for ONNX Runtime (same weights, same function).
+    # The graph is exported in fp32 (a half-precision deploy checkpoint is widened exactly); --precision
+    # converts it. It gets the deploy blocks' fastest form for ONNX Runtime (same weights, same function).
     result.deploy_options = onnx_options(batch, dynamic)
-    deploy = set_runtime_options(deploy, **result.deploy_options, inplace=deploy is not reference)
+    deploy = set_runtime_options(deploy, **result.deploy_options).float()
     with clock("export"):
         raw = onnx_graph.check_graph(onnx_graph.export_onnx(deploy, shape, opset=opset, dynamic=dynamic,
                                                             exporter=exporter))
@@ -190,14 +210,13 @@ def export_checkpoint(
             except Exception as err:  # noqa: BLE001 - any simplifier failure: keep the plain graph
                 result.notes.append(f"{simplifier} failed ({type(err).__name__}: {err}); kept the unsimplified graph")
 
-    reference_runner = TorchRunner(reference, "training form" if not ckpt.folded else "deploy form")
     for label, graph in candidates:
         if precision != "fp32":
             with clock(f"{precision} conversion"):
-                graph = _apply_precision(graph, precision, calibration)
+                graph = _apply_precision(graph, precision, calibration, int8, reference, result)
         with clock("verify"), onnx_graph.runnable(graph) as source:
-            candidate = OnnxRuntimeRunner(source, f"ONNX {precision}")
-            report = verify_runners(reference_runner, candidate, data_in, tolerance, seed=used_seed)
+            report = verify(reference, OnnxRuntimeRunner(source, f"ONNX {precision}"), tolerance=tolerance,
+                            precision=precision, seed=used_seed)
         if report.passed or label == "unsimplified":
             break
         result.notes.append(f"the {label}-simplified graph failed verification "
@@ -206,7 +225,7 @@ def export_checkpoint(
     result.simplifier = label if label != "unsimplified" else None
     if dynamic:
         with clock("verify other shape"):
-            result.dynamic_check = _check_other_shape(reference_runner, graph, shape, tolerance, used_seed)
+            result.dynamic_check = _check_other_shape(model, graph, shape, precision, tolerance, used_seed)
 
     result.graph = _graph_summary(graph, deploy)
     result.failures += _structural_failures(result.graph)
@@ -251,27 +270,45 @@ def _load_calibration(calib: str | os.PathLike, channels: int) -> np.ndarray:
     return images
 
 
-def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.ndarray | None) -> onnx.ModelProto:
-    if precision == "fp32":
-        return graph
+def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.ndarray | None, int8: Int8Options,
+                     reference: Reference, result: ExportResult) -> onnx.ModelProto:
+    from xvol_export.export import int8 as int8_step
     from xvol_export.export import precision as precision_step
 
     if precision == "fp16":
-        converted = precision_step.to_fp16(graph)
-    else:
-        converted = precision_step.to_int8_qdq(graph, calibration, onnx_graph.INPUT_NAME)
-    return onnx_graph.check_graph(converted)
+        return onnx_graph.check_graph(precision_step.to_fp16(graph))
+    if not int8.sensitivity and int8.budget is None:
+        return onnx_graph.check_graph(precision_step.to_int8_qdq(graph, calibration, onnx_graph.INPUT_NAME,
+                                                                 calibrate_method=int8.method))
+    inputs = reference.data.inputs.numpy()
+    truth = reference.truth.values[onnx_graph.OUTPUT_NAME]
+    sensitivity = int8_step.layer_sensitivity(graph, calibration, inputs, truth, method=int8.method,
+                                              input_name=onnx_graph.INPUT_NAME)
+    result.int8 = {"method": int8.method, "sensitivity": sensitivity.to_dict(),
+                   "measured_on": reference.data.source}
+    if int8.budget is None:
+        return onnx_graph.check_graph(precision_step.to_int8_qdq(graph, calibration, onnx_graph.INPUT_NAME,
+                                                                 calibrate_method=int8.method))
+    fallback = int8_step.quantize_with_fallback(graph, calibration, inputs, truth, int8.budget, method=int8.method,
+                                                input_name=onnx_graph.INPUT_NAME, sensitivity=sensitivity)
+    result.int8["fallback"] = fallback.to_dict()
+    if not fallback.met:
+        result.failures.append(f"--accuracy-budget {int8.budget} cannot be met even with every layer in float: "
+                               f"{fallback.summary()}")
+    return onnx_graph.check_graph(fallback.graph)
 
 
-def _check_other_shape(reference: TorchRunner, graph: onnx.ModelProto, shape: tuple[int, ...],
-                       tolerance: Tolerance, seed: int | None) -> VerifyReport:
-    """A dynamic graph must also run, and agree, at another batch size and image size."""
+def _check_other_shape(model: nn.Module, graph: onnx.ModelProto, shape: tuple[int, ...], precision: str,
+                       tolerance: Tolerance | None, seed: int | None) -> VerifyReport:
+    """A dynamic graph must also run, and agree, at another batch size and image size (its own reference)."""
     batch, channels, height, width = shape
     other = (batch + 2, channels, height + max(1, height // 4) + 1, width + max(1, width // 2))
     data, used = prepare_inputs((channels, other[2], other[3]), "the exported graph", None, InputShape(other),
                                 None if seed is None else seed + 1)
+    reference = Reference(model, data, "training form", per_block=False)
     with onnx_graph.runnable(graph) as source:
-        return verify_runners(reference, OnnxRuntimeRunner(source, "ONNX (other shape)"), data, tolerance, seed=used)
+        return verify(reference, OnnxRuntimeRunner(source, "ONNX (other shape)"), tolerance=tolerance,
+                      precision=precision, seed=used)
 
 
 def _graph_summary(graph: onnx.ModelProto, deploy: nn.Module) -> dict:
@@ -305,17 +342,6 @@ def _structural_failures(summary: dict) -> list[str]:
 
 
 def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
-    report = result.verification
-    verified = {
-        "reference": report.reference,
-        "inputs": report.input_source,
-        "max_abs": report.output.max_abs,
-        "median_abs": report.output.median_abs,
-        "p99_abs": report.output.p99_abs,
-        "rel_l2": report.output.rel_l2,
-        "top1_agreement": report.output.top1_agreement,
-        "accuracy": report.accuracy,
-    }
     layouts = result.fold.layouts if result.fold else ckpt.layouts
     return {
         "xvol.version": xvol_export.__version__,
@@ -329,6 +355,6 @@ def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
         "xvol.simplifier": result.simplifier or "none",
         INPUT_SHAPE_KEY: "x".join(map(str, result.input_shape)),
         "xvol.dynamic": json.dumps(result.dynamic),
-        "xvol.verified": json.dumps(verified),
+        "xvol.verified": json.dumps(result.verification.summary()),
     }
 

@@ -124,6 +124,18 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def graph_precision(model: onnx.ModelProto) -> str:
+    """int8 for a Q/DQ graph, fp16 for a graph with float16 weights, else fp32 (xvol's metadata first)."""
+    tagged = read_metadata(model).get("xvol.precision")
+    if tagged in ("fp32", "fp16", "int8"):
+        return tagged
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
+        return "int8"
+    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(collections.Counter(node.op_type for node in model.graph.node))
 

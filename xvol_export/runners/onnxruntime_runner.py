@@ -42,6 +42,17 @@ class OnnxRuntimeRunner(Runner):
         self.allow_spinning = allow_spinning
         self.session = None
 
+    @property
+    def precision(self) -> str:
+        """fp32, fp16 or int8: what the graph computes in (see ``onnx_graph.graph_precision``)."""
+        import onnx
+
+        from xvol_export.export.onnx_graph import graph_precision
+
+        if isinstance(self.model, bytes):
+            return graph_precision(onnx.load_from_string(self.model))
+        return graph_precision(onnx.load(self.model, load_external_data=False))
+
     def activate(self) -> None:
         if self.session is not None:
             return
