@@ -1,20 +1,25 @@
-"""Shared benchmark plumbing: interleaved timing, machine description, JSON output."""
+"""Shared benchmark plumbing: interleaved timing, machine description, JSON output, realistic models."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import statistics
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from xvol_export import create_model
 from xvol_export.doctor import cpu_name, package_versions
+from xvol_export.testing import check_not_degenerate, realistic_batchnorm
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 def machine() -> dict:
@@ -71,3 +76,28 @@ def write_json(name: str, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+@lru_cache(maxsize=1)
+def _photo_module():
+    spec = importlib.util.spec_from_file_location("make_photo_crops", SAMPLES / "make_photo_crops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def photo_crops(size: int, count: int, split: str, seed: int = 0) -> np.ndarray:
+    """Normalized crops of the scikit-learn sample photos (``samples/make_photo_crops.py``; needs Pillow)."""
+    return _photo_module().photo_crops(size, count, split, seed)
+
+
+def realistic_model(name: str, size: int, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """``create_model(name, **kwargs)`` in eval mode, with seeded BatchNorm gamma/beta and statistics
+    calibrated on 64 calibration photo crops at ``size``; refused (ValueError) if its outputs on 16
+    held-out crops hardly depend on the input. Weights come from the global torch seed."""
+    model = create_model(name, **kwargs)
+    realistic_batchnorm(model, photo_crops(size, 64, "calib"), seed=seed).eval()
+    with torch.inference_mode():
+        outputs = model(torch.from_numpy(photo_crops(size, 16, "holdout")))
+    check_not_degenerate(outputs, label=f"{name} {kwargs or ''}".strip())
+    return model
