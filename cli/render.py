@@ -181,28 +181,30 @@ def render_export(console: Console, result: ExportResult) -> None:
 
 
 def _render_int8(console: Console, int8: dict) -> None:
-    console.print(f"int8 calibration: {int8['method']}; measured on {escape(int8['measured_on'])}")
-    sensitivity = int8.get("sensitivity") or {}
-    layers = sensitivity.get("layers") or []
-    if layers:
-        table = Table(title="INT8 sensitivity, most sensitive first (against the float64 training form)")
-        keys = [k for k in layers[0] if k != "name"]
-        table.add_column("layer")
-        for key in keys:
-            table.add_column(key.replace("_", " "), justify="right")
-        for layer in layers[:15]:
-            table.add_row(escape(str(layer["name"])),
-                          *[f"{layer[k]:.4g}" if isinstance(layer[k], float) else escape(str(layer[k])) for k in keys])
+    console.print(f"int8 calibration: {int8['method']} on {int8['calibration_images']} images")
+    if "measured_on" in int8:
+        console.print(f"int8 figures against the float64 training form on {escape(int8['measured_on'])}")
+    sensitivity = int8.get("sensitivity")
+    if sensitivity:
+        layers = {layer["name"]: layer for layer in sensitivity["layers"]}
+        every = sensitivity["all_quantized"]
+        table = Table(title=f"INT8 sensitivity, most sensitive first (all quantized: cosine {every['cosine']:.5f}, "
+                            f"top-1 {_pct(every['top1_agreement'])})")
+        for column in ("layer", "op", "alone quantized: cosine", "top-1", "alone in float: cosine", "top-1"):
+            table.add_column(column, justify="left" if column in ("layer", "op") else "right")
+        for name in sensitivity["ranking"][:15]:
+            layer = layers[name]
+            alone, kept = layer["quantized_alone"], layer["float_alone"]
+            table.add_row(escape(name), layer["op_type"], f"{alone['cosine']:.5f}", _pct(alone["top1_agreement"]),
+                          f"{kept['cosine']:.5f}", _pct(kept["top1_agreement"]))
         console.print(table)
         if len(layers) > 15:
             console.print(f"… and {len(layers) - 15} more layers (all in --json)")
     fallback = int8.get("fallback")
     if fallback:
-        kept = fallback.get("kept_float") or []
-        console.print(f"int8 fallback for {escape(str(fallback.get('budget')))}: "
-                      f"{'met' if fallback.get('met') else '[red]not met[/]'}, {len(kept)} layer(s) kept in float")
-        for layer in kept:
-            console.print(f"  {escape(str(layer.get('name')))}: {escape(str(layer.get('reason')))}")
+        console.print(f"int8 fallback: {escape(fallback['summary'])}")
+        for layer in fallback["kept_float"]:
+            console.print(f"  {escape(layer['name'])}: {escape(layer['reason'])}")
 
 
 def render_bench(console: Console, report: BenchReport) -> None:

@@ -33,3 +33,22 @@ def test_sample_files_named_in_readme_exist():
     run = _first_commands()[0]
     for path in re.findall(r"samples/[\w./-]+", run):
         assert (ROOT / path).is_file(), f"README names {path}, which does not exist"
+
+
+def test_readme_gate_table_states_the_default_gates():
+    """The verification table is the documentation of DEFAULT_GATES: a changed default must change it."""
+    from xvol_export.verify import DEFAULT_GATES
+
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| ")]
+    for gate in DEFAULT_GATES.values():
+        row = next(r for r in rows if r.startswith(f"| {gate.precision}"))
+        expected = []
+        if gate.factor is not None:
+            expected.append(f"**{gate.factor:g}x**")
+        expected += [f"**{bound:g}**" for bound in (gate.max_rel_l2, gate.max_error_rms, gate.min_cosine) if bound]
+        if gate.min_top1 is not None:
+            expected.append(f"**{100 * gate.min_top1:g} %**")
+        if gate.max_accuracy_drop is not None:
+            expected.append(f"**{100 * gate.max_accuracy_drop:g} point**")
+        for text in expected:
+            assert text in row, f"README's {gate.precision} row lacks {text}: {row}"

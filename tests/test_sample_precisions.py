@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
 from xvol_export.api import export_checkpoint
+from xvol_export.export import onnx_graph
+from xvol_export.export.int8 import parse_budget
+from xvol_export.export.job import Int8Options
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CHECKPOINT = SAMPLES / "digits_xvol_resnet_tiny.pth"
@@ -16,12 +22,19 @@ CALIB = SAMPLES / "digits_calib.npz"  # training images: calibration never sees 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
+    """``exports[key]``: the sample exported on first use ("fp32", "fp16", "int8", "int8-entropy", ...), so that
+    each xdist worker makes only the graphs its tests read."""
     folder = tmp_path_factory.mktemp("sample")
-    return {
-        precision: export_checkpoint(CHECKPOINT, folder / f"digits.{precision}.onnx", precision=precision,
-                                     calib=CALIB if precision == "int8" else None, data=HOLDOUT)
-        for precision in ("fp32", "fp16", "int8")
-    }
+
+    class Exports(dict):
+        def __missing__(self, key):
+            precision, _, method = key.partition("-")
+            self[key] = export_checkpoint(CHECKPOINT, folder / f"digits.{key}.onnx", precision=precision,
+                                          calib=CALIB if precision == "int8" else None, data=HOLDOUT,
+                                          int8=Int8Options(method=method or "minmax"))
+            return self[key]
+
+    return Exports()
 
 
 def test_fp32_graph_agrees_on_every_held_out_digit(exports):
@@ -45,3 +58,42 @@ def test_int8_accuracy_is_within_one_point_of_fp32(exports):
     assert int8["candidate"] >= fp32["candidate"] - 0.01
     graph_ops = exports["int8"].graph["ops"]
     assert graph_ops.get("QuantizeLinear", 0) > 0 and graph_ops.get("DequantizeLinear", 0) > 0
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_int8_with_every_calibration_method_keeps_the_accuracy(exports, method):
+    result = exports["int8" if method == "minmax" else f"int8-{method}"]
+    assert result.passed and result.written, result.failure_summary()
+    assert result.int8["method"] == method and result.int8["calibration_images"] == 256
+    accuracy = result.verification.accuracy
+    assert accuracy["count"] == 360 and accuracy["candidate"] >= accuracy["reference"] - 0.01
+    assert set(accuracy) >= {"reference", "baseline", "candidate"}  # every form's accuracy in the report
+    assert result.verification.output.cosine >= 0.99
+    assert onnx_graph.read_metadata(onnx.load(result.output))["xvol.int8_calibration"] == \
+        f'{{"method": "{method}", "images": 256}}'
+
+
+def test_int8_fallback_meets_its_budget_and_records_why(tmp_path):
+    out = tmp_path / "digits.int8.onnx"
+    budget = parse_budget("cosine=0.99999")
+    result = export_checkpoint(CHECKPOINT, out, precision="int8", calib=CALIB, data=HOLDOUT,
+                               int8=Int8Options(sensitivity=True, budget=budget))
+    assert result.passed and result.written, result.failure_summary()
+    sensitivity, fallback = result.int8["sensitivity"], result.int8["fallback"]
+    assert len(sensitivity["ranking"]) == len(sensitivity["layers"]) > 10
+    assert fallback["met"] and fallback["after"]["cosine"] >= 0.99999 > fallback["before"]["cosine"]
+    kept = [layer["name"] for layer in fallback["kept_float"]]
+    assert kept and kept == sensitivity["ranking"][:len(kept)]  # most sensitive first
+    stored = json.loads(onnx_graph.read_metadata(onnx.load(out))["xvol.int8_fallback"])
+    assert [layer["name"] for layer in stored["kept_float"]] == kept and all(k["reason"] for k in stored["kept_float"])
+    assert result.verification.accuracy["count"] == 360
+
+
+def test_int8_budget_that_cannot_be_met_fails_with_the_figures(tmp_path):
+    held = np.load(HOLDOUT)
+    data = tmp_path / "some_digits.npz"
+    np.savez(data, input=held["input"][:60], labels=held["labels"][:60])
+    result = export_checkpoint(CHECKPOINT, tmp_path / "never.onnx", precision="int8", calib=CALIB, data=data,
+                               int8=Int8Options(budget=parse_budget("cosine=1.0")))
+    assert not result.passed and not result.written
+    assert "cannot be met" in result.failure_summary() and "cosine" in result.failure_summary()

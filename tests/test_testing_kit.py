@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from photo_data import PHOTO_CROPS, photo_crops, write_npz
 from torch import nn
 
-from photo_data import PHOTO_CROPS, photo_crops, write_npz
 from xvol_export import create_model
 from xvol_export.inputs import load_npz
 from xvol_export.testing import (

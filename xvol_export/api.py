@@ -224,8 +224,9 @@ def verify_artifacts(
 
     A checkpoint reference runs in float64 (the truth) and at the candidate's precision (the
     baseline); an ONNX reference's own outputs stand as the truth. Two checkpoints are also
-    compared per X-volution block. ``tolerance`` (Polygraphy's) replaces the default gate. ``save_inputs``/``save_outputs`` write the
-    inputs and both outputs as ``.npz`` (``data`` reads such an inputs file back).
+    compared per X-volution block. ``tolerance`` (Polygraphy's) replaces the default gate.
+    ``save_inputs``/``save_outputs`` write the inputs and both outputs as ``.npz`` (``data`` reads
+    such an inputs file back).
     """
     for extra in (save_inputs, save_outputs):
         if extra is not None:

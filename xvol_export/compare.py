@@ -103,7 +103,8 @@ class ErrorStats:
         return out
 
 
-def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance | None = Tolerance()) -> ErrorStats:
+def compare_arrays(reference: np.ndarray, candidate: np.ndarray,
+                   tolerance: Tolerance | None = Tolerance()) -> ErrorStats:
     """Compare in float64; NaN or Inf in the candidate fails. Top-1 agreement for ``[N, classes]`` outputs.
 
     ``tolerance=None`` computes the statistics only (``passed`` is None).

@@ -59,9 +59,12 @@ def random_inputs(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.
 
 @dataclass
 class InputData:
+    """Inputs (and optional labels) with where they came from; ``synthetic``: made up (random), not real data."""
+
     inputs: torch.Tensor
     labels: torch.Tensor | None
     source: str
+    synthetic: bool = False
 
 
 def load_npz(path: str | os.PathLike) -> InputData:
@@ -143,4 +146,4 @@ def prepare_inputs(input_size: tuple[int, ...] | None, label: str, data: str | o
             raise XvolError(f"Input shape {input_shape} has {dims[1]} channel(s) but {label} takes {expected[0]}.")
     seed = fresh_seed() if seed is None else seed
     shape_text = "x".join(map(str, dims))
-    return InputData(random_inputs(dims, seed), None, f"random normal {shape_text}, seed {seed}"), seed
+    return InputData(random_inputs(dims, seed), None, f"random normal {shape_text}, seed {seed}", synthetic=True), seed

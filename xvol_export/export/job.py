@@ -277,6 +277,7 @@ def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.nda
 
     if precision == "fp16":
         return onnx_graph.check_graph(precision_step.to_fp16(graph))
+    result.int8 = {"method": int8.method, "calibration_images": len(calibration)}
     if not int8.sensitivity and int8.budget is None:
         return onnx_graph.check_graph(precision_step.to_int8_qdq(graph, calibration, onnx_graph.INPUT_NAME,
                                                                  calibrate_method=int8.method))
@@ -284,11 +285,9 @@ def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.nda
     truth = reference.truth.values[onnx_graph.OUTPUT_NAME]
     sensitivity = int8_step.layer_sensitivity(graph, calibration, inputs, truth, method=int8.method,
                                               input_name=onnx_graph.INPUT_NAME)
-    result.int8 = {"method": int8.method, "sensitivity": sensitivity.to_dict(),
-                   "measured_on": reference.data.source}
+    result.int8.update(sensitivity=sensitivity.to_dict(), measured_on=reference.data.source)
     if int8.budget is None:
-        return onnx_graph.check_graph(precision_step.to_int8_qdq(graph, calibration, onnx_graph.INPUT_NAME,
-                                                                 calibrate_method=int8.method))
+        return onnx_graph.check_graph(sensitivity.base.variant())  # calibrated once, for the report too
     fallback = int8_step.quantize_with_fallback(graph, calibration, inputs, truth, int8.budget, method=int8.method,
                                                 input_name=onnx_graph.INPUT_NAME, sensitivity=sensitivity)
     result.int8["fallback"] = fallback.to_dict()
@@ -342,6 +341,8 @@ def _structural_failures(summary: dict) -> list[str]:
 
 
 def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
+    from xvol_export.export import int8 as int8_step
+
     layouts = result.fold.layouts if result.fold else ckpt.layouts
     return {
         "xvol.version": xvol_export.__version__,
@@ -356,5 +357,7 @@ def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
         INPUT_SHAPE_KEY: "x".join(map(str, result.input_shape)),
         "xvol.dynamic": json.dumps(result.dynamic),
         "xvol.verified": json.dumps(result.verification.summary()),
-    }
+    } | ({int8_step.CALIBRATION_KEY: json.dumps({"method": result.int8["method"],
+                                               "images": result.int8["calibration_images"]})}
+         if result.int8 else {})
 

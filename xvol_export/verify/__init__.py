@@ -18,7 +18,6 @@ from xvol_export.verify.run import (
     BLOCK_TYPES,
     Outputs,
     Reference,
-    dtype_precision,
     eval_copy,
     model_precision,
     run_batches,
@@ -73,6 +72,6 @@ def _unwrap(side: Runner | nn.Module) -> Runner | nn.Module:
 
 __all__ = [
     "BLOCK_TYPES", "BlockCheck", "Check", "Condition", "DEFAULT_GATES", "Gate", "Outputs", "PRECISIONS", "Reference",
-    "VerifyReport", "candidate_precision", "default_gate", "dtype_precision", "eval_copy", "judge",
+    "VerifyReport", "candidate_precision", "default_gate", "eval_copy", "judge",
     "model_precision", "run_batches", "verify", "verify_models", "verify_runners",
 ]

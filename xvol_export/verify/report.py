@@ -156,7 +156,7 @@ def judge(reference: Reference, candidate: Outputs, precision: str, *, candidate
     """
     gate = gate or default_gate(precision)
     data = reference.data
-    real_data = not data.source.startswith("random")
+    real_data = not data.synthetic
     baseline = reference.baseline(gate.baseline) if reference.float64 else None
     labels = data.labels.numpy() if data.labels is not None else None
     notes = list(reference.notes)

@@ -15,29 +15,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from xvol_export.dtypes import DTYPES, dtype_name
 from xvol_export.inputs import InputData
 from xvol_export.layers import XVolution, XVolutionDeploy
 from xvol_export.layers.phase_conv import PhaseConv2d
 from xvol_export.runners import Runner
 
 BLOCK_TYPES = (XVolution, XVolutionDeploy)
-TORCH_DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # PyTorch on a CPU has only a naive dilated conv for these dtypes (25x slower than fp32 on the sample)
 _SLOW_DILATED = (torch.float64, torch.float16)
-
-
-def dtype_precision(dtype: torch.dtype) -> str:
-    """``torch.float16`` -> ``"fp16"``."""
-    for name, value in TORCH_DTYPES.items():
-        if value == dtype:
-            return name
-    raise ValueError(f"not a floating dtype xvol runs models in: {dtype}")
 
 
 def model_precision(model: nn.Module) -> str:
     """The precision of a model's floating parameters (fp32 for a model without any)."""
     tensor = next((t for t in model.parameters() if t.is_floating_point()), None)
-    return "fp32" if tensor is None else dtype_precision(tensor.dtype)
+    return "fp32" if tensor is None else dtype_name(tensor.dtype)
 
 
 @dataclass
@@ -186,8 +178,8 @@ class Reference:
         if precision not in self._baselines:
             model = self.model
             if model_precision(model) != precision:
-                model = copy.deepcopy(model).to(TORCH_DTYPES[precision])
-                if TORCH_DTYPES[precision] in _SLOW_DILATED:
+                model = copy.deepcopy(model).to(DTYPES[precision])
+                if DTYPES[precision] in _SLOW_DILATED:
                     model = _with_phase_convs(model)
             self._baselines[precision], _ = run_model(model, self.data.inputs, blocks=self.blocks,
                                                       block_inputs=self.block_inputs, batch_size=self.batch_size)
