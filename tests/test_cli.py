@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from xvol_export import create_model
+from xvol_export import api, create_model
 from xvol_export.api import fold_checkpoint
 from xvol_export.checkpoint import is_folded, load_checkpoint, load_model, save_checkpoint
 from xvol_export.compare import Tolerance
@@ -461,3 +461,14 @@ def test_python_m_verify(shared):
     assert r.code == 0, r.text
     assert r.last_line == "PASSED"
     assert "seed 1" in r.out
+
+
+def test_json_reports_stay_strict_json_when_a_figure_is_not_finite(tmp_path):
+    path = tmp_path / "report.json"
+    api.write_json(path, {"rel_l2": float("nan"), "max": [float("inf"), -float("inf"), 1.5], "shape": (2, 3)})
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    report = json.loads(path.read_text(), parse_constant=refuse)
+    assert report == {"rel_l2": "NaN", "max": ["Infinity", "-Infinity", 1.5], "shape": [2, 3]}

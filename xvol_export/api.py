@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,9 +257,21 @@ def verify_artifacts(
 # ------------------------------------------------------------------------------------------- json
 
 def write_json(path: str | os.PathLike, payload: dict, force: bool = False) -> None:
-    """Write a JSON report atomically."""
+    """Write a JSON report atomically; NaN and infinite figures (a broken candidate's) become the strings
+    "NaN", "Infinity" and "-Infinity", so that strict JSON readers accept the file."""
+    text = json.dumps(_strict(json.loads(json.dumps(payload, default=_json_default))), indent=2, allow_nan=False)
     with atomic_write(path, force) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def _strict(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_strict(item) for item in value]
+    return value
 
 
 def _json_default(value):

@@ -141,10 +141,11 @@ def export_checkpoint(
     """Export a checkpoint to a verified ONNX graph; nothing is written unless every check passes.
 
     A training-form checkpoint is folded first (and the fold verified); a deploy checkpoint is
-    exported as it is. The graph is verified in ONNX Runtime against the training-form PyTorch
-    model (the deploy model when only that exists), on ``data`` (``.npz``) or seeded random
-    inputs of the export shape; with ``dynamic`` also at a second, different shape.
-    ``tolerance`` defaults by precision.
+    exported as it is. The fold and the graph are judged against the training form (the deploy
+    model when only that exists) run once in float64, next to a baseline of the graph's precision,
+    on ``data`` (``.npz``) or seeded random inputs of the export shape; with ``dynamic`` also at a
+    second, different shape. ``tolerance`` (Polygraphy's) replaces the default gate of the
+    precision; ``int8`` chooses the calibration method, a sensitivity report and a fallback budget.
     """
     _check_choices(format, precision, simplifier, batch, imgsz)
     onnx_graph.check_opset(opset, exporter)
@@ -180,7 +181,8 @@ def export_checkpoint(
         raise XvolError(f"{data}: images of size {tuple(data_in.inputs.shape[2:])} do not fit a graph exported at "
                         f"{height}x{width}; pass --imgsz {height},{width} to match the data, or --dynamic.")
     deploy = model
-    reference = Reference(model, data_in, "training form" if not ckpt.folded else "deploy form")
+    with clock("reference"):  # the training form in float64, once for every check of this input set
+        reference = Reference(model, data_in, "training form" if not ckpt.folded else "deploy form")
     if ckpt.folded:
         result.notes.append("deploy checkpoint: exported as it is and verified against itself in float64 "
                             "(the training form is not in the file)")
