@@ -4,6 +4,7 @@ the published schema, and bad input refused with exit 2, a clear message, no tra
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -187,3 +188,14 @@ def test_bare_bench_command(capsys):
     assert r.last_line == "FAILED"
     assert "Give at least one artifact" in r.message
     assert "Traceback" not in r.text
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp64"])
+def test_bench_times_checkpoints_of_any_float_dtype_in_their_own_precision(capsys, tmp_path, dtype):
+    from xvol_export.checkpoint import load_model
+
+    model, _ = load_model(Path(__file__).resolve().parent.parent / "samples" / "digits_xvol_resnet_tiny.pth")
+    path = save_checkpoint(model, tmp_path / f"digits.{dtype}.pth", dtype=dtype)
+    r = run_cli(capsys, "bench", path, "--iterations", "2", "--warmup", "1", "--json", tmp_path / "b.json")
+    assert r.code == 0, r.text
+    assert json.loads((tmp_path / "b.json").read_text())["cases"][0]["throughput_items_per_s"] > 0

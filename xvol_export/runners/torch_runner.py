@@ -22,13 +22,14 @@ class TorchRunner(Runner):
     """
 
     def __init__(self, model: nn.Module, name: str = "torch", device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, cuda_graph: bool = False, data_transfers: bool = True):
+                 dtype: torch.dtype | None = None, cuda_graph: bool = False, data_transfers: bool = True):
         if model.training:
             raise ValueError("TorchRunner needs an eval-mode model (call .eval() on a copy first)")
         self.model = model
         self.name = name
         self.device = torch.device(device)
-        self.dtype = dtype
+        # inputs go in at the model's own precision (an fp16 or bf16 checkpoint runs in it)
+        self.dtype = dtype or next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
         self.cuda = self.device.type == "cuda"
         if cuda_graph and not self.cuda:
             raise ValueError("CUDA graphs need a CUDA device")
@@ -53,7 +54,8 @@ class TorchRunner(Runner):
         x = torch.from_numpy(np.asarray(feed["input"])).to(self.device, self.dtype)
         with torch.inference_mode():
             y = self.model(x)
-        return {"output": y.detach().cpu().numpy()}
+        y = y.detach().cpu()
+        return {"output": (y.float() if y.dtype == torch.bfloat16 else y).numpy()}  # numpy has no bfloat16
 
     def bind(self, feed: dict[str, np.ndarray]) -> None:
         self.activate()

@@ -68,19 +68,19 @@ DEFAULT_GATES: dict[str, Gate] = {
         reason="an exact fold or fp32 graph only reorders fp32 roundings: within 4x the fp32 training form's own "
                "error against float64, whatever the scale of the activations (measured: 0.77x to 1.31x for folds "
                "and graphs; 12x to 270x for one kernel perturbed by a relative 1e-4)",
-        fallback=_fixed("fp32", "no float64 reference: fixed bounds 100x fp32 rounding", max_rel_l2=1e-5,
+        fallback=_fixed("fp32", "fixed bounds, 100x fp32 rounding", max_rel_l2=1e-5,
                         max_error_rms=1e-4),
     ),
     "fp16": Gate(
         "fp16", baseline="fp16", factor=4.0, floor=UNIT_ROUNDOFF["fp16"],
         reason="fp16 rounding dominates: within 4x the error of the training form run in fp16 on the same inputs "
                "(measured: 0.66x to 0.93x for fp16 graphs)",
-        fallback=_fixed("fp16", "no usable fp16 baseline: fixed bounds", max_rel_l2=0.1, min_cosine=0.995),
+        fallback=_fixed("fp16", "fixed bounds", max_rel_l2=0.1, min_cosine=0.995),
     ),
     "bf16": Gate(
         "bf16", baseline="bf16", factor=4.0, floor=UNIT_ROUNDOFF["bf16"],
         reason="bf16 rounding dominates: within 4x the error of the training form run in bf16 on the same inputs",
-        fallback=_fixed("bf16", "no usable bf16 baseline: fixed bounds", max_rel_l2=0.2, min_cosine=0.98),
+        fallback=_fixed("bf16", "fixed bounds", max_rel_l2=0.2, min_cosine=0.98),
     ),
     "int8": Gate(
         "int8", baseline="fp32", min_cosine=0.99, min_top1=0.95, max_accuracy_drop=0.01, needs_data=True,
@@ -149,7 +149,8 @@ def gate_conditions(gate: Gate, candidate: ErrorStats, baseline: ErrorStats | No
                                             note=f"{gate.factor:g}x the {gate.baseline} baseline's {_fmt(base)}"))
         else:
             active = gate.fallback or replace(gate, factor=None)
-            notes.append(f"{active.reason}" if baseline is not None else "no float64 reference: " + active.reason)
+            why = "no float64 reference" if baseline is None else f"the {gate.baseline} baseline is not finite"
+            notes.append(f"{why}: judged on {active.reason}")
     for figure, bound, value, at_least in (
         ("rel L2", active.max_rel_l2, candidate.rel_l2, False),
         ("max error / RMS", active.max_error_rms, candidate.max_error_rms, False),
