@@ -199,3 +199,36 @@ def test_checkpoints_of_every_float_dtype_fold_and_export(tmp_path, dtype):
     exported = api.export_checkpoint(source, tmp_path / "digits.onnx", data=data)
     assert exported.passed and exported.written, exported.failure_summary()
     assert exported.verification.precision == "fp32" and exported.verification.accuracy["candidate"] >= 0.97
+
+
+# ---------------------------------------------------------------------------------- every output
+
+class TwoHeads(torch.nn.Module):
+    """A backbone with two heads: outputs are compared by name, every one of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.classes, self.boxes = torch.nn.Linear(8, 5), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        features = self.body(x)
+        return {"classes": self.classes(features), "boxes": self.boxes(features)}
+
+
+def test_every_output_is_judged_by_name_and_a_broken_second_head_fails():
+    model = TwoHeads()
+    realistic_batchnorm(model, torch.from_numpy(photo_crops("calib")))
+    model.eval()
+    reference = Reference(model, photo_data(), "two heads")
+    deploy, _ = fold(model)
+    report = verify(reference, deploy)
+    assert report.passed and [c.name for c in report.checks] == ["classes", "boxes"]
+    broken = copy.deepcopy(deploy)
+    with torch.no_grad():
+        broken.boxes.weight.mul_(1 + 1e-3)
+    report = verify(reference, broken)
+    assert not report.passed
+    assert [c.name for c in report.checks if not c.passed] == ["boxes"]
+    assert report.failure_summary().startswith("output 'boxes'")

@@ -7,7 +7,6 @@ compared with those stored outputs, output by output and block by block.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass, field
 
@@ -195,8 +194,7 @@ class Reference:
                                    block_inputs={b: self.block_inputs[b] for b in blocks},
                                    batch_size=self.batch_size)
             return outputs
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(candidate)
+        with candidate:
             return Outputs(run_batches(candidate, self.data.inputs, self.batch_size))
 
 
