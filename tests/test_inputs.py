@@ -263,3 +263,19 @@ def test_load_npz_given_a_npy_file(tmp_path):
     path = tmp_path / "array.npz"
     npy.rename(path)
     _expect_error(path)
+
+
+def test_load_npz_with_no_inputs_is_a_user_error(tmp_path):
+    path = tmp_path / "empty.npz"
+    np.savez(path, input=np.zeros((0, 3, 8, 8), np.float32))
+    with pytest.raises(XvolError, match=r"empty\.npz.*no inputs.*\(0, 3, 8, 8\)"):
+        load_npz(path)
+
+
+def test_load_npz_with_non_finite_inputs_is_a_user_error(tmp_path):
+    path = tmp_path / "nan.npz"
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    x[1, 0, 0, 0] = np.nan
+    np.savez(path, input=x)
+    with pytest.raises(XvolError, match=r"nan\.npz.*NaN or Inf.*1 of 96"):
+        load_npz(path)

@@ -95,6 +95,12 @@ def load_npz(path: str | os.PathLike) -> InputData:
     if inputs.dtype.kind != "f" or inputs.ndim < 2:
         raise XvolError(f"{path}: the input array must be floating point with a batch axis, got {inputs.dtype} "
                         f"of shape {inputs.shape}.")
+    if len(inputs) == 0:
+        raise XvolError(f"{path}: the input array holds no inputs (shape {inputs.shape}); give at least one, "
+                        "ideally a few hundred held-out examples.")
+    if not np.isfinite(inputs).all():
+        raise XvolError(f"{path}: the input array holds NaN or Inf values ({int((~np.isfinite(inputs)).sum())} of "
+                        f"{inputs.size}); verification needs finite inputs, preprocessed like the model's.")
     if labels is not None and (labels.ndim != 1 or len(labels) != len(inputs) or labels.dtype.kind not in "iu"):
         raise XvolError(f"{path}: 'labels' must be integers, one per input ({len(inputs)}), got shape {labels.shape}.")
     return InputData(
