@@ -2,6 +2,7 @@
 
 from xvol_export.runners.base import Runner, Timing
 from xvol_export.runners.onnxruntime_runner import OnnxRuntimeRunner
+from xvol_export.runners.openvino_runner import OpenVinoRunner
 from xvol_export.runners.torch_runner import TorchRunner
 
-__all__ = ["OnnxRuntimeRunner", "Runner", "Timing", "TorchRunner"]
+__all__ = ["OnnxRuntimeRunner", "OpenVinoRunner", "Runner", "Timing", "TorchRunner"]

@@ -1,0 +1,136 @@
+"""OpenVINO runner: an ONNX graph or an OpenVINO IR (``.xml`` with its ``.bin``) compiled for a device."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xvol_export.errors import XvolError
+from xvol_export.runners.base import Runner
+
+# OpenVINO's CPU plugin computes in bf16 by default where the processor has bf16 instructions: an fp32
+# graph would silently run at lower precision. xvol asks for the graph's own precision unless told otherwise.
+INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
+
+
+def openvino_missing() -> str | None:
+    """Why OpenVINO cannot run here (None when it can)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as err:
+        return f"OpenVINO is not installed ({err}): pip install 'xvol[openvino]'"
+    return None
+
+
+class OpenVinoRunner(Runner):
+    """Runs an ONNX graph (a path or serialized bytes) or an OpenVINO IR ``.xml`` with OpenVINO.
+
+    ``device`` is an OpenVINO device name (``CPU``, ``GPU``, ``NPU``, ``AUTO``); ``inference_precision``
+    is the precision OpenVINO computes in (default ``f32``, the graph's own for fp32 graphs; an fp16
+    or int8 graph keeps its float16 weights or Q/DQ nodes either way). ``threads`` sets
+    ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default).
+    """
+
+    def __init__(self, model: str | os.PathLike | bytes, name: str = "openvino", device: str = "CPU",
+                 inference_precision: str = "f32", threads: int | None = None):
+        if inference_precision not in INFERENCE_PRECISIONS:
+            raise XvolError(f"Unknown OpenVINO inference precision '{inference_precision}'. Choose one of: "
+                            f"{', '.join(INFERENCE_PRECISIONS)}.")
+        self.model = model if isinstance(model, bytes) else os.fspath(model)
+        self.name = name
+        self.device = device
+        self.inference_precision = inference_precision
+        self.threads = threads
+        self.compiled = None
+        self._request = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.compiled is not None
+
+    @property
+    def precision(self) -> str:
+        """fp32, fp16 or int8 for an ONNX graph (its weights and Q/DQ nodes); fp32 for an IR."""
+        if not isinstance(self.model, bytes) and Path(self.model).suffix.lower() == ".xml":
+            return "fp32"
+        import onnx
+
+        from xvol_export.export.onnx_graph import graph_precision
+
+        if isinstance(self.model, bytes):
+            return graph_precision(onnx.load_from_string(self.model))
+        return graph_precision(onnx.load(self.model, load_external_data=False))
+
+    def activate(self) -> None:
+        if self.compiled is not None:
+            return
+        missing = openvino_missing()
+        if missing:
+            raise XvolError(f"{self.name}: {missing}.")
+        import openvino as ov
+
+        core = ov.Core()
+        available = core.available_devices  # CPU, GPU.0, ...; "GPU" names the first GPU
+        virtual = self.device.split(":")[0] in ("AUTO", "MULTI", "HETERO")
+        if not virtual and not any(self.device in (d, d.split(".")[0]) for d in available):
+            raise XvolError(f"OpenVINO has no device '{self.device}' here (available: "
+                            f"{', '.join(available)}). Choose one of those.")
+        try:
+            model = core.read_model(self.model)
+        except RuntimeError as err:
+            raise XvolError(f"{self.name}: OpenVINO cannot read the model ({str(err).splitlines()[0]}).") from None
+        config = {"INFERENCE_PRECISION_HINT": self.inference_precision}
+        if self.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        self.compiled = core.compile_model(model, self.device, config)
+        self._request = self.compiled.create_infer_request()
+        # An output tensor can carry several names (e.g. a Cast's and the graph's): report the graph's own.
+        declared = set(self._onnx_output_names())
+        self._output_names = [min(port.get_names(), key=lambda n: (n not in declared, n))
+                              for port in self.compiled.outputs]
+
+    def _onnx_output_names(self) -> list[str]:
+        if not isinstance(self.model, bytes) and Path(self.model).suffix.lower() == ".xml":
+            return []
+        import onnx
+
+        graph = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
+                 else onnx.load(self.model, load_external_data=False))
+        return [output.name for output in graph.graph.output]
+
+    def deactivate(self) -> None:
+        self.compiled = None
+        self._request = None
+
+    def input_names(self) -> list[str]:
+        self.activate()
+        return [port.get_any_name() for port in self.compiled.inputs]
+
+    def input_metadata(self) -> dict[str, tuple[int | None, ...]]:
+        """Each input's shape by name, dynamic dimensions as None."""
+        self.activate()
+        return {port.get_any_name(): tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+                for port in self.compiled.inputs}
+
+    def fixed_batch(self) -> int | None:
+        shape = next(iter(self.input_metadata().values()))
+        return shape[0] if shape else None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.activate()
+        expected = self.input_metadata()
+        for name, array in feed.items():
+            wanted = expected.get(name)
+            if wanted is None:
+                raise XvolError(f"{self.name}: has no input '{name}' (its inputs: {', '.join(expected)}).")
+            given = np.shape(array)
+            if len(wanted) != len(given) or any(w is not None and w != g for w, g in zip(wanted, given, strict=True)):
+                shape = "x".join("?" if w is None else str(w) for w in wanted)
+                raise XvolError(f"{self.name}: input '{name}' has the shape {shape}, but the inputs are "
+                                f"{'x'.join(map(str, given))}. Use inputs of that shape, or export "
+                                "the graph with --dynamic.")
+        results = self._request.infer({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed.items()})
+        return {name: np.array(results[port]) for name, port in zip(self._output_names, self.compiled.outputs,
+                                                                      strict=True)}
