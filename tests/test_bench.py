@@ -20,7 +20,7 @@ from xvol_export.bench import job as bench_job
 from xvol_export.checkpoint import save_checkpoint
 from xvol_export.errors import XvolError
 from xvol_export.layers import PhaseConv2d
-from xvol_export.runners import OnnxRuntimeRunner, Runner, Timing, TorchRunner
+from xvol_export.runners import InputSpec, OnnxRuntimeRunner, Runner, Timing, TorchRunner
 
 from helpers import randomize_bn
 
@@ -305,8 +305,8 @@ class ScriptedRunner(Runner):
         self.log = log
         self.bound = None
 
-    def input_names(self):
-        return ["input"]
+    def input_metadata(self):
+        return {"input": InputSpec(np.dtype(np.float32), (None, 3, 8, 8))}
 
     def infer(self, feed):
         return {"output": np.zeros(1)}

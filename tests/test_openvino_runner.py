@@ -13,7 +13,7 @@ from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
 from xvol_export.export.precision import to_fp16, to_int8_qdq
 from xvol_export.inputs import load_npz
-from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
+from xvol_export.runners import InputSpec, OnnxRuntimeRunner, OpenVinoRunner
 from xvol_export.verify import Reference, verify
 
 pytest.importorskip("openvino", reason="needs OpenVINO (pip install 'xvol[openvino]')")
@@ -72,7 +72,8 @@ def test_runner_contract_shapes_and_devices(digits, tmp_path):
     assert not runner.is_active
     with runner:
         assert runner.is_active and runner.input_names() == ["input"]
-        assert runner.input_metadata() == {"input": (None, 1, None, None)} and runner.fixed_batch() is None
+        assert runner.input_metadata() == {"input": InputSpec(np.dtype(np.float32), (None, 1, None, None))}
+        assert runner.fixed_batch() is None
         out = runner.infer({"input": np.zeros((2, 1, 40, 24), np.float32)})
         assert list(out) == ["output"] and out["output"].shape == (2, 10)
     assert not runner.is_active
@@ -84,3 +85,21 @@ def test_runner_contract_shapes_and_devices(digits, tmp_path):
         OpenVinoRunner(path, device="NOPE").activate()
     with pytest.raises(XvolError, match="inference precision"):
         OpenVinoRunner(path, inference_precision="int4")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_every_runner_keeps_the_contract(digits, backend):
+    """activate/deactivate with is_active, input metadata with dynamic dimensions as None, outputs by name."""
+    from xvol_export.runners import TorchRunner
+
+    model, _, _, path = digits
+    runner = {"torch": lambda: TorchRunner(model), "onnxruntime": lambda: OnnxRuntimeRunner(path),
+              "openvino": lambda: OpenVinoRunner(path)}[backend]()
+    assert not runner.is_active
+    with runner:
+        assert runner.is_active
+        (name, spec), = runner.input_metadata().items()
+        assert name == "input" and spec.dtype == np.float32 and spec.shape[:2] == (None, 1)
+        out = runner.infer({"input": np.zeros((3, 1, 32, 32), np.float32)})
+        assert list(out) == ["output"] and out["output"].shape == (3, 10)
+    assert not runner.is_active

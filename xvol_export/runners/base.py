@@ -10,6 +10,14 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One input of an artifact: its numpy dtype and shape, dynamic dimensions as None."""
+
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
 class Timing:
     """One timed call: ``host_ms`` as the caller waits for it; ``device_ms`` from device events, where known."""
 
@@ -25,19 +33,30 @@ class Runner(abc.ABC):
 
     name: str = "runner"
 
-    def activate(self) -> None:  # noqa: B027 - optional hook
+    def activate(self) -> None:
         """Acquire what inference needs (sessions, devices). Idempotent."""
+        self._active = True
 
-    def deactivate(self) -> None:  # noqa: B027 - optional hook
+    def deactivate(self) -> None:
         """Release it."""
+        self._active = False
+
+    @property
+    def is_active(self) -> bool:
+        """Whether :meth:`activate` has acquired what inference needs (and :meth:`deactivate` not yet released it)."""
+        return getattr(self, "_active", False)
 
     @abc.abstractmethod
+    def input_metadata(self) -> dict[str, InputSpec]:
+        """Every input by name, in order: dtype and shape (dynamic dimensions as None)."""
+
     def input_names(self) -> list[str]:
-        ...
+        return list(self.input_metadata())
 
     def fixed_batch(self) -> int | None:
         """The only batch size the artifact accepts, or ``None`` when any batch size works."""
-        return None
+        shape = next(iter(self.input_metadata().values())).shape
+        return shape[0] if shape else None
 
     @abc.abstractmethod
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -8,9 +8,11 @@ import time
 import numpy as np
 
 from xvol_export.errors import XvolError
-from xvol_export.runners.base import Runner, Timing
+from xvol_export.runners.base import InputSpec, Runner, Timing
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+           "tensor(double)": np.dtype(np.float64)}
 
 
 class OnnxRuntimeRunner(Runner):
@@ -121,20 +123,19 @@ class OnnxRuntimeRunner(Runner):
         self.activate()
         return list(self.session.get_providers())
 
-    def input_names(self) -> list[str]:
+    @property
+    def is_active(self) -> bool:
+        return self.session is not None
+
+    def input_metadata(self) -> dict[str, InputSpec]:
         self.activate()
-        return [i.name for i in self.session.get_inputs()]
+        return {i.name: InputSpec(_DTYPES.get(i.type, np.dtype(np.float32)),
+                                  tuple(d if isinstance(d, int) and d > 0 else None for d in i.shape))
+                for i in self.session.get_inputs()}
 
     def input_dtype(self) -> np.dtype:
         """The numpy dtype of the first input (float32, or float16 for a graph with fp16 inputs)."""
-        self.activate()
-        kind = self.session.get_inputs()[0].type
-        return np.dtype(np.float16) if kind == "tensor(float16)" else np.dtype(np.float32)
-
-    def fixed_batch(self) -> int | None:
-        self.activate()
-        batch = self.session.get_inputs()[0].shape[0]
-        return batch if isinstance(batch, int) and batch > 0 else None
+        return next(iter(self.input_metadata().values())).dtype
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.activate()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from xvol_export.errors import XvolError
-from xvol_export.runners.base import Runner
+from xvol_export.runners.base import InputSpec, Runner
 
 # OpenVINO's CPU plugin computes in bf16 by default where the processor has bf16 instructions: an fp32
 # graph would silently run at lower precision. xvol asks for the graph's own precision unless told otherwise.
@@ -104,28 +104,21 @@ class OpenVinoRunner(Runner):
         self.compiled = None
         self._request = None
 
-    def input_names(self) -> list[str]:
+    def input_metadata(self) -> dict[str, InputSpec]:
         self.activate()
-        return [port.get_any_name() for port in self.compiled.inputs]
-
-    def input_metadata(self) -> dict[str, tuple[int | None, ...]]:
-        """Each input's shape by name, dynamic dimensions as None."""
-        self.activate()
-        return {port.get_any_name(): tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+        return {port.get_any_name(): InputSpec(np.dtype(port.get_element_type().to_dtype()),
+                                               tuple(d.get_length() if d.is_static else None
+                                                     for d in port.get_partial_shape()))
                 for port in self.compiled.inputs}
-
-    def fixed_batch(self) -> int | None:
-        shape = next(iter(self.input_metadata().values()))
-        return shape[0] if shape else None
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.activate()
         expected = self.input_metadata()
         for name, array in feed.items():
-            wanted = expected.get(name)
-            if wanted is None:
+            spec = expected.get(name)
+            if spec is None:
                 raise XvolError(f"{self.name}: has no input '{name}' (its inputs: {', '.join(expected)}).")
-            given = np.shape(array)
+            wanted, given = spec.shape, np.shape(array)
             if len(wanted) != len(given) or any(w is not None and w != g for w, g in zip(wanted, given, strict=True)):
                 shape = "x".join("?" if w is None else str(w) for w in wanted)
                 raise XvolError(f"{self.name}: input '{name}' has the shape {shape}, but the inputs are "

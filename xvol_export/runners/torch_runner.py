@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xvol_export.runners.base import Runner, Timing
+from xvol_export.runners.base import InputSpec, Runner, Timing
 
 
 class TorchRunner(Runner):
@@ -44,11 +44,18 @@ class TorchRunner(Runner):
         graph = ", CUDA graph replay" if self.cuda_graph else ""
         return f"device compute (CUDA events) and host latency ({transfers}{graph})"
 
-    def input_names(self) -> list[str]:
-        return ["input"]
+    def input_metadata(self) -> dict[str, InputSpec]:
+        """One input ``input``: any batch; channels, height and width as the model declares (else None)."""
+        size = tuple(getattr(self.model, "input_size", None) or (None, None, None))
+        dtype = {torch.float16: np.float16, torch.float64: np.float64}.get(self.dtype, np.float32)  # bf16: fed fp32
+        return {"input": InputSpec(np.dtype(dtype), (None, *size))}
+
+    def fixed_batch(self) -> int | None:
+        return None
 
     def activate(self) -> None:
         self.model.to(self.device)
+        super().activate()
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.asarray(feed["input"])).to(self.device, self.dtype)
