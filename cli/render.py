@@ -254,6 +254,10 @@ def render_doctor(console: Console, report: dict) -> None:
     ort = report["onnxruntime"]
     console.print(f"ONNX Runtime: {ort.get('version')} providers {ort.get('providers')}" if ort["available"]
                   else f"ONNX Runtime: not available ({ort['reason']})")
+    ov = report["openvino"]
+    console.print(f"OpenVINO: {ov['version']} devices {ov['devices']} (CPU default inference precision "
+                  f"{ov['cpu_default_inference_precision']}; xvol runs fp32 graphs in f32)" if ov["available"]
+                  else f"OpenVINO: not available ({escape(ov['reason'])})")
     trt = report["tensorrt"]
     console.print(f"TensorRT: {trt['version']}" if trt["available"] else f"TensorRT: {escape(trt['reason'])}")
     console.print(f"architectures: {', '.join(report['architectures'])}")

@@ -241,6 +241,10 @@ def test_doctor_json(capsys, work):
     assert report["packages"]["torch"] == importlib.metadata.version("torch")
     assert report["packages"]["numpy"] == importlib.metadata.version("numpy")
     assert ARCH in report["architectures"]
+    openvino = report["openvino"]
+    assert openvino["available"] is (importlib.util.find_spec("openvino") is not None)
+    if openvino["available"]:  # what OpenVINO's CPU plugin would compute fp32 graphs in, said plainly
+        assert openvino["cpu_default_inference_precision"] in ("f32", "bf16", "f16") and "OpenVINO:" in r.out
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     assert report["tensorrt"]["available"] is False

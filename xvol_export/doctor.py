@@ -10,7 +10,8 @@ import platform
 import xvol_export
 from xvol_export.models import list_models
 
-_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxslim", "safetensors", "typer", "rich")
+_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxslim", "openvino", "safetensors", "typer",
+             "rich")
 
 
 def cpu_name() -> str:
@@ -57,6 +58,23 @@ def _onnxruntime() -> dict:
             "providers": onnxruntime.get_available_providers()}
 
 
+def _openvino() -> dict:
+    from xvol_export.runners.openvino_runner import openvino_missing
+
+    missing = openvino_missing()
+    if missing:
+        return {"available": False, "reason": missing}
+    import openvino as ov
+
+    core = ov.Core()
+    # What the CPU plugin would compute an fp32 graph in by default (bf16 on bf16-capable processors);
+    # xvol's OpenVINO runner asks for f32 instead.
+    cpu_default = (core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+                   if "CPU" in core.available_devices else None)
+    return {"available": True, "version": ov.__version__, "devices": list(core.available_devices),
+            "cpu_default_inference_precision": cpu_default}
+
+
 def _tensorrt() -> dict:
     try:
         trt = importlib.import_module("tensorrt")
@@ -78,6 +96,7 @@ def machine_report() -> dict:
         "packages": package_versions(),
         "cuda": _cuda(),
         "onnxruntime": _onnxruntime(),
+        "openvino": _openvino(),
         "tensorrt": _tensorrt(),
         "architectures": list_models(),
     }
