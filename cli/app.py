@@ -207,7 +207,8 @@ def bench(
         help="Checkpoints, .onnx graphs or TensorRT engines; several are timed interleaved.",
         show_default=False)] = None,
     backend: Annotated[str | None, typer.Option(
-        "--backend", help="torch, onnxruntime or tensorrt (default: by file type).")] = None,
+        "--backend", help="torch, onnxruntime, openvino or tensorrt, or several (onnxruntime,openvino: the same "
+        "graph on each, interleaved); default: by file type.")] = None,
     engine: Annotated[list[Path] | None, typer.Option("--engine", help="A TensorRT engine to time.")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,8,32.")] = "1",

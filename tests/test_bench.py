@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+import xvol_export.runners as runners_module
 from xvol_export import create_model
 from xvol_export.api import export_checkpoint
-from xvol_export.artifacts import open_artifact
 from xvol_export.bench import BenchSettings, bench_artifacts
 from xvol_export.bench import job as bench_job
 from xvol_export.checkpoint import save_checkpoint
@@ -105,14 +105,14 @@ def test_duration_extends_the_run(art):
 def ort_runners(monkeypatch):
     """Every OnnxRuntimeRunner the job makes, as made."""
     made = []
-    real = bench_job.OnnxRuntimeRunner
+    real = runners_module.OnnxRuntimeRunner
 
     def recording(*args, **kwargs):
         runner = real(*args, **kwargs)
         made.append(runner)
         return runner
 
-    monkeypatch.setattr(bench_job, "OnnxRuntimeRunner", recording)
+    monkeypatch.setattr(runners_module, "OnnxRuntimeRunner", recording)
     return made
 
 
@@ -184,7 +184,7 @@ def test_threads_applied_during_run_and_restored(art, monkeypatch):
     def spy(runners, batch, settings):
         seen["torch_threads"] = torch.get_num_threads()
         seen["ort_threads"] = [r.session.get_session_options().intra_op_num_threads
-                               for _, r, _ in runners if isinstance(r, OnnxRuntimeRunner)]
+                               for _, r, _, _ in runners if isinstance(r, OnnxRuntimeRunner)]
         return real(runners, batch, settings)
 
     monkeypatch.setattr(bench_job, "_time_round_robin", spy)
@@ -224,7 +224,7 @@ def test_checkpoint_on_onnxruntime_backend_refused(art):
 
 
 def test_onnx_on_torch_backend_refused(art):
-    with pytest.raises(XvolError, match="onnxruntime backend, not torch"):
+    with pytest.raises(XvolError, match="an ONNX graph runs on the onnxruntime or openvino backend, not torch"):
         bench_artifacts([art["onnx"]], BenchSettings(**FAST), backend="torch")
 
 
@@ -234,7 +234,7 @@ def test_matching_backend_accepted(art):
 
 
 def test_unknown_backend_refused(art):
-    with pytest.raises(XvolError, match=r"Unknown backend 'tvm'.*onnxruntime, tensorrt, torch"):
+    with pytest.raises(XvolError, match=r"Unknown backend 'tvm'.*onnxruntime, openvino, tensorrt, torch"):
         bench_artifacts([art["ckpt"]], BenchSettings(**FAST), backend="tvm")
 
 
@@ -326,7 +326,7 @@ def scripted(monkeypatch):
     runners: dict[str, ScriptedRunner] = {}
     script: dict[str, tuple[list[float], list[float] | None]] = {}
 
-    def runner_for(artifact, settings, allow_spinning):
+    def runner_for(artifact, backend, options):
         host, device = script[artifact.path.name]
         runners[artifact.path.name] = ScriptedRunner(artifact.path.name, host, log, device)
         return runners[artifact.path.name]
@@ -424,7 +424,7 @@ def fake_two_gpus(monkeypatch):
         requests.append(kwargs)
         raise _Stop
 
-    monkeypatch.setattr(bench_job, "OnnxRuntimeRunner", recording)
+    monkeypatch.setattr(runners_module, "OnnxRuntimeRunner", recording)
     return requests
 
 
@@ -518,10 +518,17 @@ class TestCuda:
 
 
 @pytest.mark.parametrize("dilated_conv", ["direct", "phases"])
-def test_deploy_checkpoint_runs_its_dilated_convs_as_asked(tmp_path, dilated_conv):
+def test_deploy_checkpoint_runs_its_dilated_convs_as_asked(tmp_path, monkeypatch, dilated_conv):
     model = create_model("xvol_resnet_tiny", blocks_per_stage=1, deploy=True, xvol_layout="split").eval()
     path = save_checkpoint(model, tmp_path / "deploy.pth")
-    artifact = open_artifact(path)
-    runner = bench_job._runner_for(artifact, BenchSettings(dilated_conv=dilated_conv), allow_spinning=True)
-    phase_convs = [m for m in runner.model.modules() if isinstance(m, PhaseConv2d)]
+    timed = []
+    real = bench_job._time_round_robin
+
+    def spy(runners, batch, settings):
+        timed.extend(runner for _, runner, _, _ in runners)
+        return real(runners, batch, settings)
+
+    monkeypatch.setattr(bench_job, "_time_round_robin", spy)
+    bench_artifacts([path], BenchSettings(dilated_conv=dilated_conv, **FAST))
+    phase_convs = [m for m in timed[0].model.modules() if isinstance(m, PhaseConv2d)]
     assert len(phase_convs) == (1 if dilated_conv == "phases" else 0)

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from torch import nn
 
+from xvol_export.backends import RunnerOptions, backends_for
 from xvol_export.checkpoint import SUFFIXES, Checkpoint, LoadOptions
 from xvol_export.errors import XvolError
-from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from xvol_export.runners import Runner
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+OPENVINO_SUFFIXES = (".xml",)  # an OpenVINO IR: NAME.xml with its weights in NAME.bin
 # metadata_props key holding the shape an ONNX graph was exported at (NxCxHxW)
 INPUT_SHAPE_KEY = "xvol.input_shape"
 
@@ -33,31 +35,36 @@ def artifact_kind(path: str | os.PathLike) -> str:
         return "onnx"
     if suffix in ENGINE_SUFFIXES:
         return "engine"
+    if suffix in OPENVINO_SUFFIXES:
+        return "openvino"
     if suffix in SUFFIXES:
         return "checkpoint"
     raise XvolError(
         f"{path}: unknown artifact type '{suffix}'. xvol reads checkpoints ({', '.join(SUFFIXES)}), ONNX graphs "
-        f"(.onnx) and TensorRT engines ({', '.join(ENGINE_SUFFIXES)})."
+        f"(.onnx), OpenVINO IR (.xml) and TensorRT engines ({', '.join(ENGINE_SUFFIXES)})."
     )
 
 
-def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), name: str | None = None) -> Artifact:
-    """The artifact at ``path`` with a default CPU runner for it (named ``name``, default the file name)."""
+def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), name: str | None = None,
+                  backend: str | None = None, options: RunnerOptions = RunnerOptions()) -> Artifact:
+    """The artifact at ``path`` with a runner on ``backend`` (default: its kind's), named ``name`` (default:
+    the file name). :class:`XvolError` when the file is missing, or the backend cannot open it or run here."""
     path = Path(path)
     kind = artifact_kind(path)
     if not path.is_file():
         raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
+    chosen = backends_for(path, kind, (backend,) if backend else None)[0]
     label = name or path.name
+    model, ckpt = load.load(path) if kind == "checkpoint" else (None, None)
+    runner = chosen.make(path, model, label, options)
     if kind == "checkpoint":
-        model, ckpt = load.load(path)
-        return Artifact(path, kind, TorchRunner(model, label), getattr(model, "input_size", None), model, ckpt)
-    if kind == "onnx":
-        return Artifact(path, kind, OnnxRuntimeRunner(path, label), _onnx_input_size(path))
-    raise XvolError(
-        f"{path}: is a TensorRT engine, and TensorRT is not installed here. Engines need an NVIDIA GPU and "
-        "NVIDIA's TensorRT libraries (pip install 'xvol[tensorrt]' on such a machine); 'xvol doctor' shows what "
-        "this machine has."
-    )
+        return Artifact(path, kind, runner, getattr(model, "input_size", None), model, ckpt)
+    return Artifact(path, kind, runner, _onnx_input_size(path) if kind == "onnx" else _ir_input_size(runner))
+
+
+def _ir_input_size(runner: Runner) -> tuple[int, ...] | None:
+    shape = next(iter(runner.input_metadata().values())).shape
+    return tuple(shape[1:]) if len(shape) == 4 and all(shape[1:]) else None
 
 
 def _onnx_input_size(path: Path) -> tuple[int, ...] | None:

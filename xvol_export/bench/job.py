@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from xvol_export.artifacts import Artifact, artifact_kind, open_artifact
+from xvol_export.backends import BACKENDS, Backend, RunnerOptions, backends_for, get_backend
 from xvol_export.bench.stats import LatencyStats, latency_stats
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.doctor import cpu_name, package_versions
 from xvol_export.errors import XvolError
 from xvol_export.fold import set_runtime_options
 from xvol_export.layers import DILATED_CONVS
-from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from xvol_export.runners import Runner
 
-BACKENDS = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("schema.json")  # JSON Schema of BenchReport.to_dict() (+ command, status)
 
@@ -104,25 +104,31 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
         raise XvolError("Give at least one artifact to benchmark.")
     _check_settings(settings)
     _check_device(settings.device)
-    for path in paths:
-        _check_backend(path, backend)
+    plan = _plan(paths, backend)  # (path, backend) pairs, every one checked before anything is loaded
     report = BenchReport(settings, machine=_machine(settings.device))
-    artifacts = [open_artifact(p, load, _label(p, paths)) for p in paths]
     # Spinning idle threads of one runtime steal the cores from whatever runs in between (measured:
     # PyTorch 10x slower beside ONNX Runtime, and two ONNX graphs 1.6x slower beside each other).
-    shared = len(artifacts) > 1
-    if shared and any(a.kind == "onnx" for a in artifacts):
+    shared = len(plan) > 1
+    options = RunnerOptions(device=settings.device, threads=settings.threads, allow_spinning=not shared,
+                            cuda_graph=settings.cuda_graph, data_transfers=settings.data_transfers)
+    artifacts = [(open_artifact(p, load, _label(p, b, plan), b.name, options), b) for p, b in plan]
+    if shared and any(b.name == "onnxruntime" for _, b in artifacts):
         report.notes.append("several artifacts share this process: ONNX Runtime's idle threads sleep instead of "
                             "spinning, which would steal the cores from the calls in between")
+    for artifact, chosen in artifacts:
+        if settings.cuda_graph and chosen.name != "torch":
+            raise XvolError(f"{artifact.path}: --cuda-graph applies to the torch backend (checkpoints) only.")
+        if artifact.model is not None:  # our own copy: split blocks run their dilated conv as asked
+            set_runtime_options(artifact.model, dilated_conv=settings.dilated_conv, inplace=True)
     with _torch_threads(settings.threads):
         for batch in settings.batches:
             runners = []
-            for artifact in artifacts:
-                runner = _runner_for(artifact, settings, allow_spinning=not shared)
+            for artifact, chosen in artifacts:
+                runner = _runner_for(artifact, chosen, options)
                 shape = _input_shape(artifact, batch, settings.imgsz)
                 feed = np.random.default_rng(settings.seed).standard_normal(shape, dtype=np.float32)
                 runner.bind({runner.input_names()[0]: feed})
-                runners.append((artifact, runner, shape))
+                runners.append((artifact, runner, chosen.name, shape))
             report.cases += _time_round_robin(runners, batch, settings)
     for case in report.cases:
         if case.latency.unstable:
@@ -135,26 +141,26 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
     return report
 
 
-def _time_round_robin(runners: list[tuple[Artifact, Runner, tuple]], batch: int,
+def _time_round_robin(runners: list[tuple[Artifact, Runner, str, tuple]], batch: int,
                       settings: BenchSettings) -> list[BenchCase]:
     for _ in range(settings.warmup):
-        for _, runner, _ in runners:
+        for _, runner, _, _ in runners:
             runner.timed_call()
     host: list[list[float]] = [[] for _ in runners]
     device: list[list[float]] = [[] for _ in runners]
     elapsed = [0.0] * len(runners)
     while min(len(h) for h in host) < settings.iterations or min(elapsed) < settings.duration:
-        for index, (_, runner, _) in enumerate(runners):
+        for index, (_, runner, _, _) in enumerate(runners):
             timing = runner.timed_call()
             host[index].append(timing.host_ms)
             elapsed[index] += timing.host_ms / 1e3
             if timing.device_ms is not None:
                 device[index].append(timing.device_ms)
     cases = []
-    for index, (artifact, runner, shape) in enumerate(runners):
+    for index, (artifact, runner, backend, shape) in enumerate(runners):
         cases.append(BenchCase(
             artifact=artifact.runner.name,
-            backend=BACKENDS[artifact.kind],
+            backend=backend,
             batch=batch,
             input_shape=shape,
             timed=runner.timed_what,
@@ -167,18 +173,9 @@ def _time_round_robin(runners: list[tuple[Artifact, Runner, tuple]], batch: int,
     return cases
 
 
-def _runner_for(artifact: Artifact, settings: BenchSettings, allow_spinning: bool) -> Runner:
-    if artifact.kind == "checkpoint":
-        model = set_runtime_options(artifact.model, dilated_conv=settings.dilated_conv, inplace=True)  # ours
-        return TorchRunner(model, artifact.runner.name, device=settings.device,
-                           cuda_graph=settings.cuda_graph, data_transfers=settings.data_transfers)
-    if settings.cuda_graph:
-        raise XvolError(f"{artifact.path}: --cuda-graph applies to the torch backend (checkpoints) only.")
-    providers = ("CPUExecutionProvider",)
-    if settings.device.startswith("cuda"):
-        providers = (("CUDAExecutionProvider", {"device_id": _cuda_index(settings.device)}),)
-    return OnnxRuntimeRunner(artifact.path, artifact.runner.name, providers=providers, threads=settings.threads,
-                             allow_spinning=allow_spinning)
+def _runner_for(artifact: Artifact, backend: Backend, options: RunnerOptions) -> Runner:
+    """The runner that times ``artifact``: the one the backend made when it was opened (a seam for tests)."""
+    return artifact.runner
 
 
 def _input_shape(artifact: Artifact, batch: int, imgsz: tuple[int, int] | None) -> tuple[int, ...]:
@@ -218,19 +215,25 @@ def _check_device(device: str) -> None:
         raise XvolError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
 
 
-def _check_backend(path: str | os.PathLike, backend: str | None) -> None:
-    kind = artifact_kind(path)
-    if backend is None or backend == BACKENDS[kind]:
-        return
-    if backend not in BACKENDS.values():
-        raise XvolError(f"Unknown backend '{backend}'. Choose one of: {', '.join(sorted(set(BACKENDS.values())))}.")
-    raise XvolError(f"{path}: a {kind} runs on the {BACKENDS[kind]} backend, not {backend}. Export it first "
-                    "(xvol export) to run it on another backend.")
+def _plan(paths: list[str | os.PathLike], backend: str | None) -> list[tuple[str | os.PathLike, Backend]]:
+    """Each artifact on each named backend that opens it (``onnxruntime,openvino``), or on its kind's default."""
+    names = tuple(n.strip() for n in backend.split(",") if n.strip()) if backend else None
+    if backend is not None and not names:
+        raise XvolError(f"--backend '{backend}' names no backend. Choose from: {', '.join(sorted(BACKENDS))}.")
+    plan = []
+    for path in paths:
+        kind = artifact_kind(path)
+        opening = [n for n in names if kind in get_backend(n).kinds] if names else None
+        plan += [(path, b) for b in backends_for(path, kind, tuple(opening) if opening else names)]
+    return plan
 
 
-def _label(path, paths) -> str:
-    names = [Path(p).name for p in paths]
-    return Path(path).name if names.count(Path(path).name) == 1 else str(path)
+def _label(path, backend: Backend, plan) -> str:
+    """The file name (the path if two files share it), with the backend when one file runs on several."""
+    same_name = {str(p) for p, _ in plan if Path(p).name == Path(path).name}
+    label = Path(path).name if len(same_name) == 1 else str(path)
+    several = sum(str(p) == str(path) for p, _ in plan) > 1
+    return f"{label} [{backend.name}]" if several else label
 
 
 def _machine(device: str) -> dict:

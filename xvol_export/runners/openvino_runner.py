@@ -52,9 +52,17 @@ class OpenVinoRunner(Runner):
 
     @property
     def precision(self) -> str:
-        """fp32, fp16 or int8 for an ONNX graph (its weights and Q/DQ nodes); fp32 for an IR."""
+        """fp32, fp16 or int8: an ONNX graph's (its weights and Q/DQ nodes), or an IR's (its FakeQuantize
+        nodes and constants: OpenVINO's ``save_model`` compresses weights to fp16 by default)."""
         if not isinstance(self.model, bytes) and Path(self.model).suffix.lower() == ".xml":
-            return "fp32"
+            import openvino as ov
+
+            ops = ov.Core().read_model(self.model).get_ops()
+            if any(op.get_type_name() == "FakeQuantize" for op in ops):
+                return "int8"
+            constants = {op.get_output_element_type(0).get_type_name() for op in ops
+                         if op.get_type_name() == "Constant"}
+            return "fp16" if "f16" in constants else "fp32"
         import onnx
 
         from xvol_export.export.onnx_graph import graph_precision
