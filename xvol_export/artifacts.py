@@ -1,4 +1,4 @@
-"""Open any artifact (checkpoint, ONNX graph, TensorRT engine) as a runner, for verify and bench alike."""
+"""Open any artifact (checkpoint, ONNX graph, OpenVINO IR, TensorRT engine) as a runner on a backend."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ INPUT_SHAPE_KEY = "xvol.input_shape"
 @dataclass
 class Artifact:
     path: Path
-    kind: str  # "checkpoint", "onnx" or "engine"
+    kind: str  # "checkpoint", "onnx", "openvino" or "engine" (xvol_export.backends.KIND_NAMES)
     runner: Runner
     input_size: tuple[int, ...] | None  # (C, H, W) where known
     model: nn.Module | None = None  # checkpoints only
