@@ -147,9 +147,11 @@ def verify(
 @app.command()
 def export(
     checkpoint: Checkpoint,
-    format: Annotated[str, typer.Option("--format", help="onnx, or engine (TensorRT).")] = "onnx",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (default: NAME.onnx beside "
-                                                "the input; NAME.fp16.onnx, NAME.int8.onnx).")] = None,
+    format: Annotated[str, typer.Option("--format", help="onnx, openvino (IR: NAME.xml and NAME.bin, checked on "
+                                        "OpenVINO), or engine (TensorRT).")] = "onnx",
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="File to write (default: NAME.onnx beside the input; NAME.fp16.onnx, NAME.int8.onnx; "
+        "NAME.xml for openvino).")] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8 (Q/DQ), in the graph.")] = "fp32",
     calib: Annotated[Path | None, typer.Option(
         "--calib", help="Calibration images for int8: .npz with an 'input' array.")] = None,

@@ -169,6 +169,13 @@ def render_export(console: Console, result: ExportResult) -> None:
                       f"{_verdict(other.passed)}")
         if not other.passed:
             console.print(f"[red]{escape(other.failure_summary())}[/]")
+    if result.ir_verification is not None:
+        ir = result.ir_verification
+        console.print(f"OpenVINO IR ({ir.precision}) on OpenVINO: rel L2 {_err(ir.output.rel_l2)} "
+                      f"({_ratio(ir.checks[0].ratio)} the baseline's), top-1 agreement "
+                      f"{_pct(ir.output.top1_agreement)} {_verdict(ir.passed)}")
+        if not ir.passed:
+            console.print(f"[red]{escape(ir.failure_summary())}[/]")
     if result.int8:
         _render_int8(console, result.int8)
     for failure in result.failures:

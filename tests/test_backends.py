@@ -121,3 +121,34 @@ def test_an_ir_with_fp16_weights_is_judged_as_fp16(graphs, tmp_path):
     assert verify(reference, runner).passed
     as_fp32 = verify(reference, open_artifact(folder / "digits.f16.xml").runner, precision="fp32")
     assert not as_fp32.passed and "x over" in as_fp32.failure_summary()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_export_to_openvino_ir_is_judged_on_openvino_before_it_is_written(tmp_path, precision):
+    pytest.importorskip("openvino", reason="needs OpenVINO (pip install 'xvol[openvino]')")
+    import openvino as ov
+
+    from xvol_export.runners import OpenVinoRunner
+
+    held = SAMPLE.parent / "digits_holdout.npz"
+    out = tmp_path / f"digits.{precision}.xml"
+    result = export_checkpoint(SAMPLE, out, format="openvino", precision=precision, data=held,
+                               calib=SAMPLE.parent / "digits_calib.npz" if precision == "int8" else None)
+    assert result.passed and result.written, result.failure_summary()
+    assert result.files == [str(out), str(out.with_suffix(".bin"))]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.with_suffix(".bin").name, out.name]  # nothing else
+    ir = result.ir_verification
+    assert ir.precision == precision and ir.accuracy["count"] == 360 and ir.passed
+    assert OpenVinoRunner(out).precision == precision  # fp32 weights stay fp32 (OpenVINO's default is fp16)
+    model = ov.Core().read_model(str(out))
+    assert model.get_rt_info(["xvol", "precision"]).astype(str) == precision
+
+
+def test_export_to_openvino_writes_nothing_when_a_check_fails(tmp_path):
+    pytest.importorskip("openvino", reason="needs OpenVINO (pip install 'xvol[openvino]')")
+    from xvol_export.compare import Tolerance
+
+    out = tmp_path / "digits.xml"
+    result = export_checkpoint(SAMPLE, out, format="openvino", seed=0, tolerance=Tolerance(0.0, 0.0))
+    assert not result.passed and not result.written
+    assert list(tmp_path.iterdir()) == []  # no IR, no staging folder

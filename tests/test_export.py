@@ -404,7 +404,7 @@ def test_default_output_path_beside_the_checkpoint(tiny_copy):
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"format": "tflite"}, ["tflite", "onnx, engine"]),
+    ({"format": "tflite"}, ["tflite", "onnx, openvino, engine"]),
     ({"format": "engine"}, ["TensorRT is not installed", "--format onnx"]),
     ({"precision": "fp8"}, ["fp8", "fp32, fp16, int8"]),
     ({"simplifier": "polygraphy"}, ["polygraphy", "onnxslim"]),

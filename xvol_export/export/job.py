@@ -13,19 +13,20 @@ from torch import nn
 
 import xvol_export
 from xvol_export.artifacts import INPUT_SHAPE_KEY
+from xvol_export.backends import BACKENDS
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
-from xvol_export.export import onnx_graph
+from xvol_export.export import onnx_graph, openvino_ir
 from xvol_export.fold import FoldReport, fold, set_runtime_options
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path
 from xvol_export.layers import XVolutionDeploy, onnx_options
-from xvol_export.runners import OnnxRuntimeRunner
+from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
 from xvol_export.utils import StepClock
 from xvol_export.verify import Reference, VerifyReport, verify
 
-FORMATS = ("onnx", "engine")
+FORMATS = ("onnx", "openvino", "engine")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -57,6 +58,7 @@ class ExportResult:
     fold_verification: VerifyReport | None = None
     verification: VerifyReport | None = None
     dynamic_check: VerifyReport | None = None
+    ir_verification: VerifyReport | None = None  # --format openvino: the IR on OpenVINO
     graph: dict = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
@@ -68,7 +70,8 @@ class ExportResult:
 
     @property
     def reports(self) -> list[VerifyReport]:
-        return [r for r in (self.fold_verification, self.verification, self.dynamic_check) if r is not None]
+        return [r for r in (self.fold_verification, self.verification, self.dynamic_check, self.ir_verification)
+                if r is not None]
 
     @property
     def passed(self) -> bool:
@@ -76,7 +79,8 @@ class ExportResult:
 
     def failure_summary(self) -> str:
         parts = list(self.failures)
-        labels = ((self.fold_verification, "fold"), (self.verification, "ONNX"), (self.dynamic_check, "other shape"))
+        labels = ((self.fold_verification, "fold"), (self.verification, "ONNX"), (self.dynamic_check, "other shape"),
+                  (self.ir_verification, "OpenVINO IR"))
         parts += [f"{label}: {r.failure_summary()}" for r, label in labels if r is not None and not r.passed]
         return "; ".join(parts)
 
@@ -100,6 +104,7 @@ class ExportResult:
             "fold_verification": self.fold_verification.to_dict() if self.fold_verification else None,
             "verification": self.verification.to_dict() if self.verification else None,
             "dynamic_check": self.dynamic_check.to_dict() if self.dynamic_check else None,
+            "ir_verification": self.ir_verification.to_dict() if self.ir_verification else None,
             "graph": self.graph,
             "metadata": self.metadata,
             "failures": self.failures,
@@ -109,11 +114,11 @@ class ExportResult:
         }
 
 
-def default_export_output(path: str | os.PathLike, precision: str) -> Path:
-    """``model.pth`` -> ``model.onnx`` (``model.fp16.onnx``, ``model.int8.onnx``) beside it."""
+def default_export_output(path: str | os.PathLike, precision: str, format: str = "onnx") -> Path:
+    """``model.pth`` -> ``model.onnx`` (``model.fp16.onnx``, ``model.int8.onnx``; ``.xml`` for OpenVINO) beside it."""
     path = Path(path)
     tag = "" if precision == "fp32" else f".{precision}"
-    return path.with_name(f"{path.stem}{tag}.onnx")
+    return path.with_name(f"{path.stem}{tag}{'.xml' if format == 'openvino' else '.onnx'}")
 
 
 def export_checkpoint(
@@ -157,8 +162,9 @@ def export_checkpoint(
     if precision == "int8" and calib is None:
         raise XvolError("--precision int8 needs calibration data: pass --calib FILE.npz with an 'input' array of "
                         "representative images (a few hundred, preprocessed like the model's inputs).")
-    output = Path(output) if output is not None else default_export_output(path, precision)
-    check_output_path(output, force)
+    output = Path(output) if output is not None else default_export_output(path, precision, format)
+    for target in (openvino_ir.ir_files(output) if format == "openvino" else (output,)):
+        check_output_path(target, force)
     timings: dict[str, float] = {}
     clock = StepClock(timings)
 
@@ -237,10 +243,33 @@ def export_checkpoint(
 
     result.metadata = _metadata(ckpt, result)
     onnx_graph.set_metadata(graph, result.metadata)
+    if format == "openvino":
+        return _save_openvino(graph, output, reference, tolerance, used_seed, force, result, clock)
     with clock("save"):
         result.files = [str(p) for p in onnx_graph.save_onnx(graph, output, force)]
     result.written = True
     return result
+
+
+def _save_openvino(graph: onnx.ModelProto, output: Path, reference: Reference, tolerance: Tolerance | None,
+                   seed: int | None, force: bool, result: ExportResult, clock: StepClock) -> ExportResult:
+    """Convert the verified graph to IR beside ``output``, judge the IR on OpenVINO, then move it into place."""
+    staging = openvino_ir.staging_folder(output)
+    try:
+        with clock("openvino"):
+            staged = staging / output.name
+            openvino_ir.save_ir(graph, staged, result.metadata)
+            result.ir_verification = verify(reference, OpenVinoRunner(staged, f"OpenVINO IR {result.precision}"),
+                                            tolerance=tolerance, precision=result.precision, seed=seed)
+        if not result.ir_verification.passed:
+            result.notes.append("the OpenVINO IR failed verification: nothing written")
+            return result
+        with clock("save"):
+            result.files = [str(p) for p in openvino_ir.move_into_place(staged, output, force)]
+        result.written = True
+        return result
+    finally:
+        openvino_ir.remove(staging)
 
 
 def _check_choices(format: str, precision: str, simplifier: str, batch: int, imgsz) -> None:
@@ -252,6 +281,9 @@ def _check_choices(format: str, precision: str, simplifier: str, batch: int, img
         )
     if format not in FORMATS:
         raise XvolError(f"Unknown format '{format}'. Choose one of: {', '.join(FORMATS)}.")
+    missing = BACKENDS["openvino"].unavailable() if format == "openvino" else None
+    if missing:
+        raise XvolError(f"--format openvino: {missing}.")
     if precision not in PRECISIONS:
         raise XvolError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}.")
     if simplifier not in onnx_graph.SIMPLIFIERS:

@@ -94,9 +94,10 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         self.compiled = core.compile_model(model, self.device, config)
         self._request = self.compiled.create_infer_request()
-        # An output tensor can carry several names (e.g. a Cast's and the graph's): report the graph's own.
+        # An output tensor can carry several names (e.g. a Cast's and the graph's): report the graph's own;
+        # an IR does not say which that was, so the plainest (not an exporter's "/node/path" name) stands.
         declared = set(self._onnx_output_names())
-        self._output_names = [min(port.get_names(), key=lambda n: (n not in declared, n))
+        self._output_names = [min(port.get_names(), key=lambda n: (n not in declared, "/" in n, len(n), n))
                               for port in self.compiled.outputs]
 
     def _onnx_output_names(self) -> list[str]:
