@@ -119,7 +119,8 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
         if settings.cuda_graph and chosen.name != "torch":
             raise XvolError(f"{artifact.path}: --cuda-graph applies to the torch backend (checkpoints) only.")
         if artifact.model is not None:  # our own copy: split blocks run their dilated conv as asked
-            set_runtime_options(artifact.model, dilated_conv=settings.dilated_conv, inplace=True)
+            artifact.model = artifact.runner.model = set_runtime_options(
+                artifact.model, dilated_conv=settings.dilated_conv, inplace=True)
     with _torch_threads(settings.threads):
         for batch in settings.batches:
             runners = []
