@@ -163,19 +163,10 @@ def render_export(console: Console, result: ExportResult) -> None:
     if result.verification is not None:
         render_verify(console, result.verification)
     if result.dynamic_check is not None:
-        other = result.dynamic_check
-        console.print(f"other shape ({escape(other.input_source)}): rel L2 {_err(other.output.rel_l2)} "
-                      f"({_ratio(other.checks[0].ratio)} the baseline's), max abs {_err(other.output.max_abs)} "
-                      f"{_verdict(other.passed)}")
-        if not other.passed:
-            console.print(f"[red]{escape(other.failure_summary())}[/]")
+        _render_check_line(console, f"other shape ({escape(result.dynamic_check.input_source)})", result.dynamic_check)
     if result.ir_verification is not None:
-        ir = result.ir_verification
-        console.print(f"OpenVINO IR ({ir.precision}) on OpenVINO: rel L2 {_err(ir.output.rel_l2)} "
-                      f"({_ratio(ir.checks[0].ratio)} the baseline's), top-1 agreement "
-                      f"{_pct(ir.output.top1_agreement)} {_verdict(ir.passed)}")
-        if not ir.passed:
-            console.print(f"[red]{escape(ir.failure_summary())}[/]")
+        _render_check_line(console, f"OpenVINO IR ({result.ir_verification.precision}) on OpenVINO",
+                           result.ir_verification)
     if result.int8:
         _render_int8(console, result.int8)
     for failure in result.failures:
@@ -185,6 +176,15 @@ def render_export(console: Console, result: ExportResult) -> None:
         console.print(f"note: {escape(note)}")
     if result.written:
         console.print(f"wrote {escape(', '.join(result.files))} (metadata: {escape(', '.join(result.metadata))})")
+
+
+def _render_check_line(console: Console, label: str, report: VerifyReport) -> None:
+    """A further check of the same export in one line (and what failed, if it did)."""
+    out = report.output
+    console.print(f"{label}: rel L2 {_err(out.rel_l2)} ({_ratio(report.checks[0].ratio)} the baseline's), max abs "
+                  f"{_err(out.max_abs)}, top-1 agreement {_pct(out.top1_agreement)} {_verdict(report.passed)}")
+    if not report.passed:
+        console.print(f"[red]{escape(report.failure_summary())}[/]")
 
 
 def _render_int8(console: Console, int8: dict) -> None:

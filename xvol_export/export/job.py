@@ -17,7 +17,10 @@ from xvol_export.backends import BACKENDS
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
+from xvol_export.export import int8 as int8_step
 from xvol_export.export import onnx_graph, openvino_ir
+from xvol_export.export import precision as precision_step
+from xvol_export.export.int8 import CALIBRATION_KEY, AccuracyBudget
 from xvol_export.fold import FoldReport, fold, set_runtime_options
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path
@@ -38,7 +41,7 @@ class Int8Options:
 
     method: str = "minmax"
     sensitivity: bool = False
-    budget: object | None = None  # xvol_export.export.int8.AccuracyBudget
+    budget: AccuracyBudget | None = None
 
 
 @dataclass
@@ -306,9 +309,6 @@ def _load_calibration(calib: str | os.PathLike, channels: int) -> np.ndarray:
 
 def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.ndarray | None, int8: Int8Options,
                      reference: Reference, result: ExportResult) -> onnx.ModelProto:
-    from xvol_export.export import int8 as int8_step
-    from xvol_export.export import precision as precision_step
-
     if precision == "fp16":
         return onnx_graph.check_graph(precision_step.to_fp16(graph))
     result.int8 = {"method": int8.method, "calibration_images": len(calibration)}
@@ -326,8 +326,7 @@ def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.nda
                                                 input_name=onnx_graph.INPUT_NAME, sensitivity=sensitivity)
     result.int8["fallback"] = fallback.to_dict()
     if not fallback.met:
-        result.failures.append(f"--accuracy-budget {int8.budget} cannot be met even with every layer in float: "
-                               f"{fallback.summary()}")
+        result.failures.append(f"--accuracy-budget: {fallback.summary()}")
     return onnx_graph.check_graph(fallback.graph)
 
 
@@ -375,8 +374,6 @@ def _structural_failures(summary: dict) -> list[str]:
 
 
 def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
-    from xvol_export.export import int8 as int8_step
-
     layouts = result.fold.layouts if result.fold else ckpt.layouts
     return {
         "xvol.version": xvol_export.__version__,
@@ -391,7 +388,7 @@ def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
         INPUT_SHAPE_KEY: "x".join(map(str, result.input_shape)),
         "xvol.dynamic": json.dumps(result.dynamic),
         "xvol.verified": json.dumps(result.verification.summary()),
-    } | ({int8_step.CALIBRATION_KEY: json.dumps({"method": result.int8["method"],
+    } | ({CALIBRATION_KEY: json.dumps({"method": result.int8["method"],
                                                "images": result.int8["calibration_images"]})}
          if result.int8 else {})
 
