@@ -151,8 +151,10 @@ def export(
                                         "OpenVINO), or engine (TensorRT).")] = "onnx",
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="File to write (default: NAME.onnx beside the input; NAME.fp16.onnx, NAME.int8.onnx; "
-        "NAME.xml for openvino).")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8 (Q/DQ), in the graph.")] = "fp32",
+        "NAME.xml for openvino, NAME.bf16.xml for bf16).")] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32, fp16 or int8 (Q/DQ), in the graph; bf16 with --format openvino: an fp32 IR that "
+        "records bf16 as OpenVINO's inference precision, verified so on OpenVINO against the bf16 gate.")] = "fp32",
     calib: Annotated[Path | None, typer.Option(
         "--calib", help="Calibration images for int8: .npz with an 'input' array.")] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (torchscript: 17-20, dynamo: 18-23).")] = 17,
@@ -189,7 +191,8 @@ def export(
 ):
     """Fold if needed, export, check, simplify, re-verify against the training form, write with metadata."""
     opt.json_option(json_path, force)
-    tolerance = opt.tolerance_option(atol, rtol, check_error_stat, precision)
+    # bf16 lives in OpenVINO, not the graph: user tolerances start from the fp32 graph's defaults
+    tolerance = opt.tolerance_option(atol, rtol, check_error_stat, "fp32" if precision == "bf16" else precision)
     int8 = opt.int8_options(calib_method, int8_sensitivity, int8_fallback, accuracy_budget)
     with console.status("Exporting and verifying…"):
         result = api.export_checkpoint(
@@ -224,6 +227,11 @@ def bench(
     no_data_transfers: Annotated[bool, typer.Option(
         "--no-data-transfers", help="Keep inputs and outputs on the device (CUDA).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+    precision: Annotated[str | None, typer.Option(
+        "--precision", help="fp32, bf16 or fp16: what OpenVINO computes in (its INFERENCE_PRECISION_HINT; default "
+        "the artifact's own: f32 for fp32 graphs, or what an IR exported with --precision bf16 records). Beside "
+        "openvino, the other backends are timed in their artifacts' own precision and the precision column says "
+        "what each ran; on torch or onnxruntime alone, a precision other than the artifact's own is refused.")] = None,
     dilated_conv: Annotated[str, typer.Option(
         "--dilated-conv", help="direct or phases: how deploy checkpoints run split blocks' dilated convs "
         "(phases: faster in PyTorch on CPU).")] = "direct",
@@ -237,7 +245,7 @@ def bench(
         device=device, batches=opt.int_list_option(batch, "--batch"), imgsz=opt.imgsz_option(imgsz),
         warmup=warmup, iterations=iterations, duration=duration,
         percentiles=opt.float_list_option(percentile, "--percentile"), threads=threads, cuda_graph=cuda_graph,
-        data_transfers=not no_data_transfers, seed=seed, dilated_conv=dilated_conv,
+        data_transfers=not no_data_transfers, seed=seed, dilated_conv=dilated_conv, precision=precision,
     )
     with console.status("Timing…"):
         report = api.bench_artifacts([*(artifacts or []), *(engine or [])], settings, backend,

@@ -130,6 +130,13 @@ BAD = {
                              "--dilated-conv must be one of direct, phases, got 'winograd'"),
     "unknown file type": (["{dir}/notes.txt"], "unknown artifact type '.txt'"),
     "no artifact": ([], "Give at least one artifact"),
+    "unknown precision": (["{dir}/model.onnx", "--precision", "int4"],
+                          "Unknown --precision 'int4'. Choose one of: fp32, bf16, fp16"),
+    "bf16 on onnxruntime alone": (["{dir}/model.onnx", "--backend", "onnxruntime", "--precision", "bf16"],
+                                  "--precision bf16 applies to the openvino backend; onnxruntime runs the graph's own "
+                                  "precision, fp32 (export --precision fp16 for an fp16 graph)"),
+    "bf16 on torch": (["{dir}/train.pth", "--precision", "bf16"],
+                      "--precision bf16 applies to the openvino backend; torch runs the checkpoint's own precision"),
 }
 
 
@@ -199,3 +206,31 @@ def test_bench_times_checkpoints_of_any_float_dtype_in_their_own_precision(capsy
     r = run_cli(capsys, "bench", path, "--iterations", "2", "--warmup", "1", "--json", tmp_path / "b.json")
     assert r.code == 0, r.text
     assert json.loads((tmp_path / "b.json").read_text())["cases"][0]["throughput_items_per_s"] > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_graph_on_onnxruntime_and_openvino_at_a_precision_in_one_table(shared, tmp_path, capsys, schema,
+                                                                             precision):
+    """--precision is OpenVINO's: ONNX Runtime beside it runs the graph's own fp32, and the table says what each ran."""
+    ov = pytest.importorskip("openvino", reason="needs OpenVINO (pip install 'xvol[openvino]')")
+    if precision == "bf16" and "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this processor has no bf16: OpenVINO computes in f32")
+    report_path = tmp_path / "R.json"
+    r = run_cli(capsys, "bench", shared / "model.onnx", "--backend", "onnxruntime,openvino", "--precision", precision,
+                *FAST, "--batch", "1", "--json", report_path)
+    assert r.code == 0, r.text
+    assert r.last_line == "PASSED"
+    header = next(line for line in r.out.splitlines() if "artifact" in line and "median" in line)
+    assert "prec" in header
+    rows = _table_rows(r.out)
+    assert any(row.startswith("│ model.onnx ") and "│ fp32 " in row and "1.000x" in row for row in rows), r.out
+    assert any(row.startswith("│ model.onnx ") and f"│ {precision} " in row for row in rows[1:]), r.out
+    payload = json.loads(report_path.read_text())
+    jsonschema.validate(payload, schema, cls=jsonschema.Draft202012Validator)
+    assert [(c["artifact"], c["backend"], c["precision"]) for c in payload["cases"]] == [
+        ("model.onnx [onnxruntime]", "onnxruntime", "fp32"), ("model.onnx [openvino]", "openvino", precision)]
+    assert payload["settings"]["precision"] == precision
+    notes = " ".join(payload["notes"])
+    assert f"OpenVINO computed in {precision}" in notes
+    if precision != "fp32":
+        assert "applies to the openvino backend only" in notes and "model.onnx [onnxruntime] in fp32" in notes

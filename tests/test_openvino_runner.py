@@ -103,3 +103,192 @@ def test_every_runner_keeps_the_contract(digits, backend):
         out = runner.infer({"input": np.zeros((3, 1, 32, 32), np.float32)})
         assert list(out) == ["output"] and out["output"].shape == (3, 10)
     assert not runner.is_active
+
+
+# ------------------------------------------------------------------ inference precision: asked, read back, reported
+
+HOLDOUT = SAMPLES / "digits_holdout.npz"
+
+
+def _cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+needs_bf16 = pytest.mark.skipif(not _cpu_has_bf16(), reason="this processor has no bf16: OpenVINO computes in f32")
+
+
+def _cli(*args) -> tuple[int, str]:
+    """``xvol ARGS`` in this process (in a module fixture, where capsys is not available)."""
+    import contextlib
+    import io
+
+    from xvol_cli import app as cli_app
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), pytest.raises(SystemExit) as info:
+        cli_app.main([str(a) for a in args])
+    return info.value.code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def irs(tmp_path_factory):
+    """`xvol export SAMPLE --format openvino` and `... --precision bf16` (default names), judged on the held-out
+    digits: the folder and both JSON reports."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("ov_irs")
+    sample = shutil.copy(SAMPLES / "digits_xvol_resnet_tiny.pth", folder / "digits.pth")
+    reports = {}
+    for precision in ("fp32", "bf16"):
+        code, text = _cli("export", sample, "--format", "openvino", "--precision", precision, "--data", HOLDOUT,
+                          "--json", folder / f"export.{precision}.json")
+        assert code == 0, text
+        reports[precision] = json.loads((folder / f"export.{precision}.json").read_text()), text
+    return folder, reports
+
+
+def test_export_fp32_ir_matches_the_training_form(irs):
+    """The acceptance figures: rel L2 <= 1e-5 and 100 % top-1 agreement on the 360 held-out digits, on OpenVINO."""
+    folder, reports = irs
+    report, text = reports["fp32"]
+    assert report["written"] and report["files"] == [str(folder / "digits.xml"), str(folder / "digits.bin")]
+    assert (report["precision"], report["graph_precision"], report["inference_precision"]) == ("fp32",) * 3
+    ir = report["ir_verification"]
+    assert ir["passed"] and ir["precision"] == "fp32" and ir["inputs"]["real_data"]
+    assert ir["output"]["rel_l2"] <= 1e-5 and ir["output"]["top1_agreement"] == 1.0
+    assert ir["accuracy"]["count"] == 360 and ir["accuracy"]["candidate"] == ir["accuracy"]["reference"] > 0.95
+    assert any("OpenVINO computed in fp32 (INFERENCE_PRECISION_HINT f32" in note for note in ir["notes"])
+    assert "OpenVINO IR on OpenVINO, computed in fp32 (judged as fp32)" in text and "accuracy 99." in text
+
+
+@needs_bf16
+def test_export_bf16_ir_stays_fp32_and_is_judged_in_bf16(irs):
+    import openvino as ov
+
+    folder, reports = irs
+    report, text = reports["bf16"]
+    xml = folder / "digits.bf16.xml"  # the default name
+    assert report["written"] and report["files"] == [str(xml), str(xml.with_suffix(".bin"))]
+    assert (report["precision"], report["graph_precision"], report["inference_precision"]) == ("bf16", "fp32", "bf16")
+    assert report["verification"]["precision"] == "fp32"  # the ONNX graph on ONNX Runtime: fp32
+    ir = report["ir_verification"]
+    assert ir["passed"] and ir["precision"] == "bf16" and ir["gate"]["baseline"] == "bf16"
+    output, baseline = ir["output"], ir["outputs"][0]["baseline"]
+    assert 1e-4 < output["rel_l2"] <= 4 * baseline["rel_l2"]  # really bf16, within the bf16 gate
+    assert output["top1_agreement"] >= 0.99
+    acc = ir["accuracy"]
+    assert acc["count"] == 360 and acc["candidate"] >= acc["reference"] - 0.01 and "baseline" in acc
+    assert "computed in bf16 (judged as bf16)" in text and "bf16 baseline" in text
+    model = ov.Core().read_model(str(xml))
+    assert model.get_rt_info(["xvol", "inference_precision"]).astype(str) == "bf16"
+    assert model.get_rt_info(["xvol", "precision"]).astype(str) == "fp32"
+    runner = OpenVinoRunner(xml)  # no explicit precision: the IR's recorded one
+    assert runner.graph_precision == "fp32" and runner.inference_precision == "bf16" and runner.precision == "bf16"
+
+
+@needs_bf16
+def test_verify_and_bench_on_the_irs_say_what_ran(irs, capsys):
+    import json
+
+    import jsonschema
+
+    from xvol_export.bench.job import SCHEMA_PATH
+
+    from helpers import run_cli
+
+    folder, _ = irs
+    sample = folder / "digits.pth"
+    figures = {}
+    for name in ("digits.xml", "digits.bf16.xml"):
+        r = run_cli(capsys, "verify", sample, folder / name, "--data", HOLDOUT, "--json", folder / f"{name}.v.json")
+        assert r.code == 0, r.text
+        figures[name] = json.loads((folder / f"{name}.v.json").read_text())
+    fp32, bf16 = figures["digits.xml"], figures["digits.bf16.xml"]
+    assert fp32["precision"] == "fp32" and fp32["output"]["rel_l2"] <= 1e-5 and fp32["output"]["top1_agreement"] == 1
+    assert bf16["precision"] == "bf16" and "default bf16 gate" in bf16["judged_by"] and bf16["passed"]
+    assert bf16["output"]["rel_l2"] > 1e-4 and bf16["accuracy"]["count"] == 360
+    assert any("computed in bf16" in n and "as the IR's rt_info records" in n for n in bf16["notes"])
+
+    bench = folder / "bench.json"
+    r = run_cli(capsys, "bench", folder / "digits.xml", folder / "digits.bf16.xml", "--iterations", "3", "--warmup",
+                "1", "--json", bench)
+    assert r.code == 0, r.text
+    payload = json.loads(bench.read_text())
+    jsonschema.validate(payload, json.loads(SCHEMA_PATH.read_text()), cls=jsonschema.Draft202012Validator)
+    assert [(c["artifact"], c["precision"]) for c in payload["cases"]] == [("digits.xml", "fp32"),
+                                                                          ("digits.bf16.xml", "bf16")]
+    assert "prec" in r.out and "bf16" in r.out
+    # an explicit precision rules over the IR's recorded one
+    r = run_cli(capsys, "bench", folder / "digits.bf16.xml", "--precision", "fp32", "--iterations", "2",
+                "--json", folder / "bench32.json", "--force")
+    assert r.code == 0, r.text
+    assert json.loads((folder / "bench32.json").read_text())["cases"][0]["precision"] == "fp32"
+
+
+def test_export_bf16_is_an_openvino_precision_only(tmp_path, capsys):
+    from helpers import run_cli
+
+    r = run_cli(capsys, "export", SAMPLES / "digits_xvol_resnet_tiny.pth", "--precision", "bf16", "-o",
+                tmp_path / "d.onnx")
+    assert r.code == 2 and "--format openvino" in r.message and "--precision fp16" in r.message
+    assert "Traceback" not in r.text and list(tmp_path.iterdir()) == []
+
+
+@needs_bf16
+def test_runner_reports_the_precision_read_back_from_the_compiled_model(digits):
+    _, _, _, path = digits
+    default = OpenVinoRunner(path)
+    assert default.inference_precision == "f32" and default.compiled_precision is None
+    with default:
+        assert default.compiled_precision == "f32" and default.precision == "fp32"
+    bf16 = OpenVinoRunner(path, inference_precision="bf16")
+    assert bf16.precision == "bf16"  # asked for, before compiling
+    with bf16:
+        assert bf16.compiled_precision == "bf16"
+    assert bf16.precision == "bf16" and "computed in bf16" in bf16.precision_note()  # kept after deactivate
+    f16 = OpenVinoRunner(path, inference_precision="f16")
+    with f16:
+        pass
+    # the plugin may not have f16 here (x86 without AMX-FP16 computes bf16): what ran is what is reported
+    assert f16.precision == {"f16": "fp16", "bf16": "bf16", "f32": "fp32"}[f16.compiled_precision]
+    if f16.compiled_precision != "f16":
+        assert f"the CPU plugin runs {f16.compiled_precision}" in f16.precision_note()
+
+
+@needs_bf16
+def test_a_bf16_run_is_judged_and_reported_as_bf16(digits):
+    _, reference, _, path = digits
+    report = verify(reference, OpenVinoRunner(path, inference_precision="bf16"))
+    assert report.passed, report.failure_summary()
+    assert report.precision == "bf16" and report.to_dict()["precision"] == "bf16"
+    assert report.gate.baseline == "bf16" and report.checks[0].candidate.rel_l2 > 1e-4
+    assert any("OpenVINO computed in bf16" in note for note in report.to_dict()["notes"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_the_openvino_backend_maps_precisions_to_hints(digits, precision):
+    from xvol_export.backends import BACKENDS, RunnerOptions
+
+    _, _, _, path = digits
+    runner = BACKENDS["openvino"].make(path, None, "ov", RunnerOptions(precision=precision))
+    assert runner.inference_precision == {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[precision]
+
+
+def test_other_backends_take_only_their_artifacts_own_precision(digits):
+    from xvol_export.backends import BACKENDS, RunnerOptions
+
+    model, _, _, path = digits
+    for precision in (None, "fp32"):
+        assert BACKENDS["onnxruntime"].make(path, None, "ort", RunnerOptions(precision=precision))
+        assert BACKENDS["torch"].make(path, model.eval(), "pt", RunnerOptions(precision=precision))
+    with pytest.raises(XvolError, match=r"--precision bf16 applies to the openvino backend; onnxruntime runs the "
+                                        r"graph's own precision, fp32 \(export --precision fp16 for an fp16 graph\)"):
+        BACKENDS["onnxruntime"].make(path, None, "ort", RunnerOptions(precision="bf16"))
+    with pytest.raises(XvolError, match=r"torch runs the checkpoint's own precision, fp32 \(xvol fold --dtype fp16"):
+        BACKENDS["torch"].make(path, model.eval(), "pt", RunnerOptions(precision="fp16"))
+    for backend in ("openvino", "onnxruntime", "torch"):
+        with pytest.raises(XvolError, match=r"Unknown --precision 'f32'. Choose one of: fp32, bf16, fp16"):
+            BACKENDS[backend].make(path, model.eval(), "x", RunnerOptions(precision="f32"))

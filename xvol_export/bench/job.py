@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from xvol_export.artifacts import Artifact, artifact_kind, open_artifact
-from xvol_export.backends import BACKENDS, Backend, RunnerOptions, backends_for, get_backend
+from xvol_export.backends import BACKENDS, Backend, RunnerOptions, backends_for, check_precision, get_backend
 from xvol_export.bench.stats import LatencyStats, latency_stats
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.doctor import cpu_name, package_versions
@@ -39,6 +40,9 @@ class BenchSettings:
     data_transfers: bool = True
     seed: int = 0
     dilated_conv: str = "direct"  # how deploy checkpoints' split blocks run their dilated conv (torch)
+    # fp32, bf16 or fp16: what OpenVINO computes in (None: each artifact's own); beside openvino, the other
+    # backends run their artifacts' own precision; alone, they refuse a different one
+    precision: str | None = None
 
 
 @dataclass
@@ -51,6 +55,7 @@ class BenchCase:
     host: LatencyStats
     device: LatencyStats | None = None
     ratio_to_first: float | None = None
+    precision: str | None = None  # what ran: fp32, fp16, bf16, int8 (OpenVINO: read back from the compiled model)
 
     @property
     def latency(self) -> LatencyStats:
@@ -62,6 +67,7 @@ class BenchCase:
             "artifact": self.artifact,
             "backend": self.backend,
             "batch": self.batch,
+            "precision": self.precision,
             "input_shape": list(self.input_shape),
             "timed": self.timed,
             "latency_ms": self.host.to_dict(),
@@ -89,6 +95,7 @@ class BenchReport:
                 "warmup": s.warmup, "iterations": s.iterations, "duration_s": s.duration,
                 "percentiles": list(s.percentiles), "threads": s.threads, "cuda_graph": s.cuda_graph,
                 "data_transfers": s.data_transfers, "seed": s.seed, "dilated_conv": s.dilated_conv,
+                "precision": s.precision,
             },
             "machine": self.machine,
             "cases": [c.to_dict() for c in self.cases],
@@ -110,8 +117,10 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
     # PyTorch 10x slower beside ONNX Runtime, and two ONNX graphs 1.6x slower beside each other).
     shared = len(plan) > 1
     options = RunnerOptions(device=settings.device, threads=settings.threads, allow_spinning=not shared,
-                            cuda_graph=settings.cuda_graph, data_transfers=settings.data_transfers)
-    artifacts = [(open_artifact(p, load, _label(p, b, plan), b.name, options), b) for p, b in plan]
+                            cuda_graph=settings.cuda_graph, data_transfers=settings.data_transfers,
+                            precision=settings.precision)
+    artifacts = [(open_artifact(p, load, _label(p, b, plan), b.name, _options_for(b, plan, options)), b)
+                 for p, b in plan]
     if shared and any(b.name == "onnxruntime" for _, b in artifacts):
         report.notes.append("several artifacts share this process: ONNX Runtime's idle threads sleep instead of "
                             "spinning, which would steal the cores from the calls in between")
@@ -125,7 +134,7 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
         for batch in settings.batches:
             runners = []
             for artifact, chosen in artifacts:
-                runner = _runner_for(artifact, chosen, options)
+                runner = _runner_for(artifact, chosen, _options_for(chosen, plan, options))
                 shape = _input_shape(artifact, batch, settings.imgsz)
                 feed = np.random.default_rng(settings.seed).standard_normal(shape, dtype=np.float32)
                 runner.bind({runner.input_names()[0]: feed})
@@ -137,6 +146,7 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
                 f"{case.artifact} at batch {case.batch}: unstable run (coefficient of variation "
                 f"{100 * case.latency.cv:.1f} %); close other programs or raise --iterations/--duration"
             )
+    report.notes += _precision_notes(report, artifacts, settings.precision)
     if not settings.data_transfers and settings.device == "cpu":
         report.notes.append("--no-data-transfers has no effect on the CPU: there are no transfers")
     return report
@@ -167,11 +177,45 @@ def _time_round_robin(runners: list[tuple[Artifact, Runner, str, tuple]], batch:
             timed=runner.timed_what,
             host=latency_stats(host[index], settings.percentiles),
             device=latency_stats(device[index], settings.percentiles) if device[index] else None,
+            precision=_ran_precision(runner),
         ))
     first = cases[0].latency.median
     for case in cases:
         case.ratio_to_first = case.latency.median / first if first > 0 else None
     return cases
+
+
+def _options_for(backend: Backend, plan, options: RunnerOptions) -> RunnerOptions:
+    """--precision is OpenVINO's to apply: beside an openvino run, the other backends run their own precision
+    (the table says which each ran); without one, they get it and refuse any but their artifact's own."""
+    if backend.name != "openvino" and any(b.name == "openvino" for _, b in plan):
+        return replace(options, precision=None)
+    return options
+
+
+def _ran_precision(runner: Runner) -> str:
+    """What a runner computes in: a PyTorch model's dtype, a graph runner's own report (OpenVINO: read back)."""
+    from xvol_export.verify import candidate_precision
+
+    model = getattr(runner, "model", None)
+    return candidate_precision(model if isinstance(model, nn.Module) else runner)
+
+
+def _precision_notes(report: BenchReport, artifacts, precision: str | None) -> list[str]:
+    """What each OpenVINO run computed in (a warning where the processor changed what was asked), and to whom
+    --precision applied."""
+    notes, cases = [], report.cases
+    for artifact, _ in artifacts:
+        runner = artifact.runner
+        if callable(getattr(runner, "precision_note", None)):
+            changed = runner.compiled_precision not in (None, runner.inference_precision)
+            (report.warnings if changed else notes).append(f"{runner.name}: {runner.precision_note()}")
+    others = {c.artifact: c.precision for c in cases if c.backend != "openvino"}
+    if precision is not None and others and any(c.backend == "openvino" for c in cases):
+        ran = ", ".join(f"{name} in {ran}" for name, ran in others.items())
+        notes.append(f"--precision {precision} applies to the openvino backend only; the other backends ran their "
+                     f"artifacts' own precision ({ran}; the prec column says what each ran)")
+    return notes
 
 
 def _runner_for(artifact: Artifact, backend: Backend, options: RunnerOptions) -> Runner:
@@ -196,6 +240,7 @@ def _check_settings(s: BenchSettings) -> None:
         raise XvolError(f"--threads must be at least 1, got {s.threads}.")
     if s.cuda_graph and not s.device.startswith("cuda"):
         raise XvolError("--cuda-graph needs --device cuda: CUDA graphs exist only on NVIDIA GPUs.")
+    check_precision(s.precision)
     if s.dilated_conv not in DILATED_CONVS:
         raise XvolError(f"--dilated-conv must be one of {', '.join(DILATED_CONVS)}, got '{s.dilated_conv}'.")
 

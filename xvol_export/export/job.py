@@ -26,11 +26,14 @@ from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path
 from xvol_export.layers import XVolutionDeploy, onnx_options
 from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
+from xvol_export.runners.openvino_runner import PRECISION_OF_HINT
 from xvol_export.utils import StepClock
 from xvol_export.verify import Reference, VerifyReport, verify
 
 FORMATS = ("onnx", "openvino", "engine")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # in the graph
+# --format openvino only: the graph and IR stay fp32, the IR records that OpenVINO computes it in bf16
+INFERENCE_ONLY_PRECISIONS = ("bf16",)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,12 @@ class ExportResult:
     int8: dict | None = None  # calibration method, sensitivity report, fallback (kept-float layers and why)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    inference_precision: str | None = None  # --format openvino: what OpenVINO computed the IR in (read back)
+
+    @property
+    def graph_precision(self) -> str:
+        """The precision in the graph: bf16 is OpenVINO's inference precision on an fp32 graph."""
+        return "fp32" if self.precision in INFERENCE_ONLY_PRECISIONS else self.precision
 
     @property
     def reports(self) -> list[VerifyReport]:
@@ -97,6 +106,8 @@ class ExportResult:
             "passed": self.passed,
             "format": self.format,
             "precision": self.precision,
+            "graph_precision": self.graph_precision,
+            "inference_precision": self.inference_precision,
             "exporter": self.exporter,
             "opset": self.opset,
             "dynamic": self.dynamic,
@@ -118,7 +129,8 @@ class ExportResult:
 
 
 def default_export_output(path: str | os.PathLike, precision: str, format: str = "onnx") -> Path:
-    """``model.pth`` -> ``model.onnx`` (``model.fp16.onnx``, ``model.int8.onnx``; ``.xml`` for OpenVINO) beside it."""
+    """``model.pth`` -> ``model.onnx`` (``model.fp16.onnx``, ``model.int8.onnx``; ``.xml`` for OpenVINO,
+    ``model.bf16.xml`` for an IR computed in bf16) beside it."""
     path = Path(path)
     tag = "" if precision == "fp32" else f".{precision}"
     return path.with_name(f"{path.stem}{tag}{'.xml' if format == 'openvino' else '.onnx'}")
@@ -221,13 +233,14 @@ def export_checkpoint(
             except Exception as err:  # noqa: BLE001 - any simplifier failure: keep the plain graph
                 result.notes.append(f"{simplifier} failed ({type(err).__name__}: {err}); kept the unsimplified graph")
 
+    in_graph = result.graph_precision
     for label, graph in candidates:
-        if precision != "fp32":
-            with clock(f"{precision} conversion"):
-                graph = _apply_precision(graph, precision, calibration, int8, reference, result)
+        if in_graph != "fp32":
+            with clock(f"{in_graph} conversion"):
+                graph = _apply_precision(graph, in_graph, calibration, int8, reference, result)
         with clock("verify"), onnx_graph.runnable(graph) as source:
-            report = verify(reference, OnnxRuntimeRunner(source, f"ONNX {precision}"), tolerance=tolerance,
-                            precision=precision, seed=used_seed)
+            report = verify(reference, OnnxRuntimeRunner(source, f"ONNX {in_graph}"), tolerance=tolerance,
+                            precision=in_graph, seed=used_seed)
         if report.passed or label == "unsimplified":
             break
         result.notes.append(f"the {label}-simplified graph failed verification "
@@ -236,7 +249,7 @@ def export_checkpoint(
     result.simplifier = label if label != "unsimplified" else None
     if dynamic:
         with clock("verify other shape"):
-            result.dynamic_check = _check_other_shape(model, graph, shape, precision, tolerance, used_seed)
+            result.dynamic_check = _check_other_shape(model, graph, shape, in_graph, tolerance, used_seed)
 
     result.graph = _graph_summary(graph, deploy)
     result.failures += _structural_failures(result.graph)
@@ -256,14 +269,26 @@ def export_checkpoint(
 
 def _save_openvino(graph: onnx.ModelProto, output: Path, reference: Reference, tolerance: Tolerance | None,
                    seed: int | None, force: bool, result: ExportResult, clock: StepClock) -> ExportResult:
-    """Convert the verified graph to IR beside ``output``, judge the IR on OpenVINO, then move it into place."""
+    """Convert the verified graph to IR beside ``output``, judge the IR on OpenVINO, then move it into place.
+
+    The IR records the precision OpenVINO is to compute it in (``xvol/inference_precision``: bf16 for
+    ``--precision bf16``, else fp32); it is run as any runner opening it will run it (that recorded
+    precision) and judged by the gate of what OpenVINO really computed in (bf16: the training form's
+    bf16 baseline).
+    """
+    inference = "bf16" if result.precision == "bf16" else "fp32"
+    result.metadata[openvino_ir.INFERENCE_PRECISION_KEY] = inference
     staging = openvino_ir.staging_folder(output)
     try:
         with clock("openvino"):
             staged = staging / output.name
             openvino_ir.save_ir(graph, staged, result.metadata)
-            result.ir_verification = verify(reference, OpenVinoRunner(staged, f"OpenVINO IR {result.precision}"),
-                                            tolerance=tolerance, precision=result.precision, seed=seed)
+            runner = OpenVinoRunner(staged, f"OpenVINO IR {result.precision}")  # the IR's recorded precision
+            result.ir_verification = verify(reference, runner, tolerance=tolerance, seed=seed)
+            result.inference_precision = PRECISION_OF_HINT.get(runner.compiled_precision, runner.compiled_precision)
+        if result.inference_precision != inference:
+            result.notes.append(f"the IR records {inference} for OpenVINO, but its CPU plugin computes "
+                                f"{result.inference_precision} on this processor: verified as it ran here")
         if not result.ir_verification.passed:
             result.notes.append("the OpenVINO IR failed verification: nothing written")
             return result
@@ -287,8 +312,14 @@ def _check_choices(format: str, precision: str, simplifier: str, batch: int, img
     missing = BACKENDS["openvino"].unavailable() if format == "openvino" else None
     if missing:
         raise XvolError(f"--format openvino: {missing}.")
-    if precision not in PRECISIONS:
-        raise XvolError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}.")
+    if precision in INFERENCE_ONLY_PRECISIONS and format != "openvino":
+        raise XvolError(f"--precision {precision} is a precision OpenVINO computes in, not one of a graph: use it with "
+                        f"--format openvino (an fp32 IR that OpenVINO runs in {precision}). For a half-precision ONNX "
+                        "graph, export --precision fp16.")
+    if precision not in PRECISIONS + INFERENCE_ONLY_PRECISIONS:
+        raise XvolError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)} (in the graph), or "
+                        f"{', '.join(INFERENCE_ONLY_PRECISIONS)} with --format openvino (OpenVINO computes an fp32 IR "
+                        "in it).")
     if simplifier not in onnx_graph.SIMPLIFIERS:
         raise XvolError(f"Unknown simplifier '{simplifier}'. Choose one of: {', '.join(onnx_graph.SIMPLIFIERS)}.")
     if batch < 1:
@@ -382,7 +413,7 @@ def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
         "xvol.config": json.dumps(ckpt.config),
         "xvol.fold_layout": json.dumps(layouts),
         "xvol.deploy_options": json.dumps(result.deploy_options),
-        "xvol.precision": result.precision,
+        "xvol.precision": result.graph_precision,
         "xvol.exporter": f"{result.exporter} (opset {result.opset})",
         "xvol.simplifier": result.simplifier or "none",
         INPUT_SHAPE_KEY: "x".join(map(str, result.input_shape)),

@@ -11,6 +11,9 @@ import onnx
 
 from xvol_export.io import check_output_path
 
+# metadata key (rt_info xvol/inference_precision) of the precision OpenVINO is to compute the IR in
+INFERENCE_PRECISION_KEY = "xvol.inference_precision"
+
 
 def ir_files(path: str | os.PathLike) -> tuple[Path, Path]:
     """``model.xml`` -> (``model.xml``, ``model.bin``)."""

@@ -13,6 +13,11 @@ from xvol_export.runners.base import InputSpec, Runner
 # OpenVINO's CPU plugin computes in bf16 by default where the processor has bf16 instructions: an fp32
 # graph would silently run at lower precision. xvol asks for the graph's own precision unless told otherwise.
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
+# xvol's precision names (--precision) and OpenVINO's INFERENCE_PRECISION_HINT values
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+PRECISION_OF_HINT = {hint: name for name, hint in HINTS.items()}
+# Where an IR records the precision OpenVINO should compute it in (xvol export --format openvino --precision bf16)
+IR_PRECISION_KEY = ["xvol", "inference_precision"]
 
 
 def openvino_missing() -> str | None:
@@ -28,36 +33,82 @@ class OpenVinoRunner(Runner):
     """Runs an ONNX graph (a path or serialized bytes) or an OpenVINO IR ``.xml`` with OpenVINO.
 
     ``device`` is an OpenVINO device name (``CPU``, ``GPU``, ``NPU``, ``AUTO``); ``inference_precision``
-    is the precision OpenVINO computes in (default ``f32``, the graph's own for fp32 graphs; an fp16
+    is the precision OpenVINO computes in (``f32``, ``bf16``, ``f16``; default: what an IR records under
+    ``xvol/inference_precision`` in its rt_info, else ``f32``, the graph's own for fp32 graphs; an fp16
     or int8 graph keeps its float16 weights or Q/DQ nodes either way). ``threads`` sets
-    ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default).
+    ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default). Once compiled, :attr:`compiled_precision` is
+    the hint the compiled model reports back (a processor may not have what was asked), and
+    :attr:`precision` says what actually ran.
     """
 
     def __init__(self, model: str | os.PathLike | bytes, name: str = "openvino", device: str = "CPU",
-                 inference_precision: str = "f32", threads: int | None = None):
-        if inference_precision not in INFERENCE_PRECISIONS:
+                 inference_precision: str | None = None, threads: int | None = None):
+        if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
             raise XvolError(f"Unknown OpenVINO inference precision '{inference_precision}'. Choose one of: "
                             f"{', '.join(INFERENCE_PRECISIONS)}.")
         self.model = model if isinstance(model, bytes) else os.fspath(model)
         self.name = name
         self.device = device
-        self.inference_precision = inference_precision
+        self.requested_precision = inference_precision  # None: the IR's recorded one, else f32
         self.threads = threads
         self.compiled = None
+        self.compiled_precision: str | None = None  # read back from the last compiled model (kept after deactivate)
         self._request = None
+        self._ir = None
+        self._graph_precision: str | None = None
+
+    @property
+    def _is_ir(self) -> bool:
+        return not isinstance(self.model, bytes) and Path(self.model).suffix.lower() == ".xml"
+
+    def _read(self):
+        """The IR as an ``ov.Model`` (read once); ONNX graphs are read by ``compile``."""
+        import openvino as ov
+
+        if self._ir is None:
+            try:
+                self._ir = ov.Core().read_model(self.model)
+            except RuntimeError as err:
+                raise XvolError(f"{self.name}: OpenVINO cannot read the model ({str(err).splitlines()[0]}).") from None
+        return self._ir
+
+    @property
+    def recorded_precision(self) -> str | None:
+        """The inference precision an IR records (``xvol/inference_precision``: fp32, bf16 or fp16), else None."""
+        if not self._is_ir or openvino_missing():
+            return None
+        model = self._read()
+        if not model.has_rt_info(IR_PRECISION_KEY):
+            return None
+        value = model.get_rt_info(IR_PRECISION_KEY).astype(str)
+        if value not in HINTS:
+            raise XvolError(f"{self.model}: its rt_info records the inference precision '{value}', which xvol does "
+                            f"not know (one of {', '.join(HINTS)}). Export it again, or name the precision.")
+        return value
+
+    @property
+    def inference_precision(self) -> str:
+        """The INFERENCE_PRECISION_HINT asked for: the explicit one, else the IR's recorded one, else f32."""
+        if self.requested_precision is not None:
+            return self.requested_precision
+        recorded = self.recorded_precision
+        return HINTS[recorded] if recorded else "f32"
 
     @property
     def is_active(self) -> bool:
         return self.compiled is not None
 
     @property
-    def precision(self) -> str:
+    def graph_precision(self) -> str:
         """fp32, fp16 or int8: an ONNX graph's (its weights and Q/DQ nodes), or an IR's (its FakeQuantize
         nodes and constants: OpenVINO's ``save_model`` compresses weights to fp16 by default)."""
-        if not isinstance(self.model, bytes) and Path(self.model).suffix.lower() == ".xml":
-            import openvino as ov
+        if self._graph_precision is None:
+            self._graph_precision = self._read_graph_precision()
+        return self._graph_precision
 
-            ops = ov.Core().read_model(self.model).get_ops()
+    def _read_graph_precision(self) -> str:
+        if self._is_ir:
+            ops = self._read().get_ops()
             if any(op.get_type_name() == "FakeQuantize" for op in ops):
                 return "int8"
             constants = {op.get_output_element_type(0).get_type_name() for op in ops
@@ -70,6 +121,31 @@ class OpenVinoRunner(Runner):
         if isinstance(self.model, bytes):
             return graph_precision(onnx.load_from_string(self.model))
         return graph_precision(onnx.load(self.model, load_external_data=False))
+
+    @property
+    def precision(self) -> str:
+        """What runs: bf16 or fp16 when OpenVINO computes an fp32 graph in it, else the graph's own. After
+        compiling, the hint the compiled model reports back decides; before, the one asked for."""
+        own = self.graph_precision
+        hint = self.compiled_precision or self.inference_precision
+        return PRECISION_OF_HINT.get(hint, own) if own == "fp32" else own
+
+    def precision_note(self) -> str:
+        """What OpenVINO computed in, and why, for reports (read back from the compiled model once compiled)."""
+        asked = self.inference_precision
+        why = (f"asked for {asked} explicitly" if self.requested_precision is not None
+               else f"asked for {asked}, as the IR's rt_info records (xvol/inference_precision)"
+               if self.recorded_precision
+               else f"asked for {asked}, xvol's default for fp32 graphs (OpenVINO's CPU default would be bf16 where "
+                    "the processor has it)")
+        if self.compiled_precision is None:
+            return f"OpenVINO: not compiled yet; {why}"
+        ran = self.compiled_precision
+        text = (f"OpenVINO computed in {PRECISION_OF_HINT.get(ran, ran)} (INFERENCE_PRECISION_HINT {ran}, read back "
+                f"from the compiled model; {why})")
+        if ran != asked:
+            text += f"; asked for {asked}, the {self.device} plugin runs {ran} on this processor"
+        return text
 
     def activate(self) -> None:
         if self.compiled is not None:
@@ -85,15 +161,22 @@ class OpenVinoRunner(Runner):
         if not virtual and not any(self.device in (d, d.split(".")[0]) for d in available):
             raise XvolError(f"OpenVINO has no device '{self.device}' here (available: "
                             f"{', '.join(available)}). Choose one of those.")
-        try:
-            model = core.read_model(self.model)
-        except RuntimeError as err:
-            raise XvolError(f"{self.name}: OpenVINO cannot read the model ({str(err).splitlines()[0]}).") from None
+        if self._is_ir:
+            model = self._read()
+        else:
+            try:
+                model = core.read_model(self.model)
+            except RuntimeError as err:
+                raise XvolError(f"{self.name}: OpenVINO cannot read the model ({str(err).splitlines()[0]}).") from None
         config = {"INFERENCE_PRECISION_HINT": self.inference_precision}
         if self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         self.compiled = core.compile_model(model, self.device, config)
         self._request = self.compiled.create_infer_request()
+        try:  # what the plugin really computes in: a processor without bf16 (or f16) falls back
+            self.compiled_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        except RuntimeError:  # a device (AUTO, ...) that does not report it: what was asked
+            self.compiled_precision = self.inference_precision
         # An output tensor can carry several names (e.g. a Cast's and the graph's): report the graph's own;
         # an IR does not say which that was, so the plainest (not an exporter's "/node/path" name) stands.
         declared = set(self._onnx_output_names())
@@ -101,7 +184,7 @@ class OpenVinoRunner(Runner):
                               for port in self.compiled.outputs]
 
     def _onnx_output_names(self) -> list[str]:
-        if not isinstance(self.model, bytes) and Path(self.model).suffix.lower() == ".xml":
+        if self._is_ir:
             return []
         import onnx
 

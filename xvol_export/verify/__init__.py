@@ -35,10 +35,14 @@ def verify(reference: Reference, candidate: nn.Module | Runner, name: str | None
            tolerance: Tolerance | None = None, gate: Gate | None = None, precision: str | None = None,
            seed: int | None = None) -> VerifyReport:
     """Run ``candidate`` on the reference's inputs and judge it (``precision``: default the candidate's own)."""
+    outputs = reference.run_candidate(candidate)  # first: a runner knows what it really ran once it has run
     precision = precision or candidate_precision(candidate)
-    outputs = reference.run_candidate(candidate)
     label = name or getattr(candidate, "name", None) or "candidate"
-    return judge(reference, outputs, precision, candidate_name=label, tolerance=tolerance, gate=gate, seed=seed)
+    report = judge(reference, outputs, precision, candidate_name=label, tolerance=tolerance, gate=gate, seed=seed)
+    ran = getattr(candidate, "precision_note", None)  # OpenVINO: the precision it computed in, read back
+    if callable(ran):
+        report.notes.append(ran())
+    return report
 
 
 def verify_models(reference: nn.Module, candidate: nn.Module, data: InputData, tolerance: Tolerance | None = None,
