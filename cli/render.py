@@ -152,7 +152,10 @@ def render_export(console: Console, result: ExportResult) -> None:
                       f"({_ratio(check.ratio)} the fp32 training form's own), max abs {_err(check.candidate.max_abs)} "
                       f"{_verdict(result.fold_verification.passed)}")
     shape = "x".join(map(str, result.input_shape))
-    console.print(f"export: {result.format} {result.precision}, {result.exporter} exporter, opset {result.opset}, "
+    precision = result.precision
+    if result.graph_precision != result.precision:
+        precision = f"{result.graph_precision} graph, OpenVINO inference precision {result.precision}"
+    console.print(f"export: {result.format} {precision}, {result.exporter} exporter, opset {result.opset}, "
                   f"input {shape}{' (dynamic batch, height, width)' if result.dynamic else ''}, "
                   f"simplifier {result.simplifier or 'none'}")
     if result.graph:
@@ -165,8 +168,8 @@ def render_export(console: Console, result: ExportResult) -> None:
     if result.dynamic_check is not None:
         _render_check_line(console, f"other shape ({escape(result.dynamic_check.input_source)})", result.dynamic_check)
     if result.ir_verification is not None:
-        _render_check_line(console, f"OpenVINO IR ({result.ir_verification.precision}) on OpenVINO",
-                           result.ir_verification)
+        _render_check_line(console, f"OpenVINO IR on OpenVINO, computed in {result.inference_precision or '?'} "
+                           f"(judged as {result.ir_verification.precision})", result.ir_verification)
     if result.int8:
         _render_int8(console, result.int8)
     for failure in result.failures:
@@ -181,8 +184,13 @@ def render_export(console: Console, result: ExportResult) -> None:
 def _render_check_line(console: Console, label: str, report: VerifyReport) -> None:
     """A further check of the same export in one line (and what failed, if it did)."""
     out = report.output
+    acc = report.accuracy
+    accuracy = (f", accuracy {_pct(acc['candidate'])} (training form {_pct(acc['reference'])}"
+                + (f", its {report.gate.baseline} baseline {_pct(acc['baseline'])}" if "baseline" in acc and report.gate
+                   else "") + ")") if acc else ""
     console.print(f"{label}: rel L2 {_err(out.rel_l2)} ({_ratio(report.checks[0].ratio)} the baseline's), max abs "
-                  f"{_err(out.max_abs)}, top-1 agreement {_pct(out.top1_agreement)} {_verdict(report.passed)}")
+                  f"{_err(out.max_abs)}, top-1 agreement {_pct(out.top1_agreement)}{accuracy} "
+                  f"{_verdict(report.passed)}")
     if not report.passed:
         console.print(f"[red]{escape(report.failure_summary())}[/]")
 
@@ -221,11 +229,13 @@ def render_bench(console: Console, report: BenchReport) -> None:
                   f"threads {s.threads or 'default'}; {escape(report.machine.get('cpu', ''))}")
     pcts = [f"p{int(q) if float(q).is_integer() else q}" for q in s.percentiles]
     table = Table(title="Latency (ms per call)")
-    for column in ("artifact", "batch", "min", "mean", "median", *pcts, "max", "std", "items/s", "vs first"):
-        table.add_column(column, justify="left" if column == "artifact" else "right")
+    # "prec": what ran (fp32, bf16, fp16, int8; OpenVINO's read back), short to leave the artifact its width
+    for column in ("artifact", "prec", "batch", "min", "mean", "median", *pcts, "max", "std", "items/s", "vs first"):
+        table.add_column(column, justify="left" if column in ("artifact", "prec") else "right")
     for case in report.cases:
         lat = case.latency
-        table.add_row(escape(case.artifact), str(case.batch), f"{lat.min:.3f}", f"{lat.mean:.3f}", f"{lat.median:.3f}",
+        table.add_row(escape(case.artifact), case.precision or "-", str(case.batch), f"{lat.min:.3f}",
+                      f"{lat.mean:.3f}", f"{lat.median:.3f}",
                       *[f"{lat.percentiles[q]:.3f}" for q in s.percentiles], f"{lat.max:.3f}", f"{lat.stdev:.3f}",
                       f"{lat.throughput(case.batch):.1f}",
                       "-" if case.ratio_to_first is None else f"{case.ratio_to_first:.3f}x")
@@ -243,28 +253,46 @@ def render_bench(console: Console, report: BenchReport) -> None:
 
 
 def render_doctor(console: Console, report: dict) -> None:
-    console.print(f"xvol {report['xvol_version']} on Python {report['python']}, {report['platform']}")
-    console.print(f"CPU: {report['cpu']['name']} ({report['cpu']['logical_cores']} logical cores)")
-    table = Table(title="Packages")
-    table.add_column("package")
-    table.add_column("version")
-    for name, version in report["packages"].items():
-        table.add_row(name, version or "[yellow]not installed[/]")
-    console.print(table)
-    cuda = report["cuda"]
-    if cuda["available"]:
-        for d in cuda["devices"]:
-            console.print(f"CUDA device {d['index']}: {d['name']} "
-                          f"(sm {d['compute_capability']}, {d['memory_gib']} GiB)")
+    from rich.text import Text
+
+    out = lambda text: console.print(text, markup=False)  # noqa: E731 - reasons hold brackets: xvol[tensorrt]
+    out(f"xvol {report['xvol_version']} on Python {report['python']}, {report['platform']}")
+    out(f"CPU: {report['cpu']['name']} ({report['cpu']['logical_cores']} logical cores)")
+    out("packages: " + ", ".join(f"{name} {version or '(not installed)'}"
+                                 for name, version in report["packages"].items()))
+    gpu = report["gpu"]
+    build = f"CUDA {gpu['torch_cuda']} build" if gpu["torch_cuda"] else "CPU-only build"
+    driver = (f"NVIDIA driver {gpu['driver_version']}" if gpu["driver_version"]
+              else f"NVIDIA driver: none found ({gpu['driver_reason']})")
+    if gpu["available"]:
+        out(f"GPU: PyTorch {gpu['torch']} ({build}), {driver}")
+        for d in gpu["devices"]:
+            out(f"  cuda:{d['index']} {d['name']}, compute capability {d['compute_capability']}, "
+                f"{d['memory_gib']} GiB")
     else:
-        console.print("CUDA: not available (PyTorch sees no GPU)")
+        out(f"GPU: none usable: {gpu['reason']}")
+        if gpu["driver_version"]:
+            out(f"  {driver}")
     ort = report["onnxruntime"]
-    console.print(f"ONNX Runtime: {ort.get('version')} providers {ort.get('providers')}" if ort["available"]
-                  else f"ONNX Runtime: not available ({ort['reason']})")
+    out(f"ONNX Runtime: {ort['version']}, providers {', '.join(ort['providers'])}" if ort["available"]
+        else f"ONNX Runtime: not available ({ort['reason']})")
     ov = report["openvino"]
-    console.print(f"OpenVINO: {ov['version']} devices {ov['devices']} (CPU default inference precision "
-                  f"{ov['cpu_default_inference_precision']}; xvol runs fp32 graphs in f32)" if ov["available"]
-                  else f"OpenVINO: not available ({escape(ov['reason'])})")
+    out(f"OpenVINO: {ov['version']}, devices {', '.join(ov['devices'])} (CPU default inference precision "
+        f"{ov['cpu_default_inference_precision']}; xvol runs fp32 graphs in f32)" if ov["available"]
+        else f"OpenVINO: not available ({ov['reason']})")
     trt = report["tensorrt"]
-    console.print(f"TensorRT: {trt['version']}" if trt["available"] else f"TensorRT: {escape(trt['reason'])}")
-    console.print(f"architectures: {', '.join(report['architectures'])}")
+    if trt["can_build"]:
+        out(f"TensorRT: {trt['version']}, can build engines here")
+    else:
+        out(f"TensorRT{' ' + trt['version'] if trt['version'] else ''}: {trt['reason'].removeprefix('TensorRT ')}")
+    poly = report["polygraphy"]
+    out(f"Polygraphy: {poly['version']}" if poly["available"] else f"Polygraphy: not available ({poly['reason']})")
+    table = Table(title="What works here")
+    table.add_column("feature", no_wrap=True)
+    table.add_column("works", justify="center")
+    table.add_column("why not, and what to install", overflow="fold")
+    for row in report["features"]:
+        table.add_row(Text(row["feature"]), Text("✓", style="green") if row["works"] else Text("✗", style="red"),
+                      Text(row["reason"] or ""))
+    console.print(table)
+    out(f"architectures: {', '.join(report['architectures'])}")

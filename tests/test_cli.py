@@ -22,6 +22,7 @@ from xvol_export import api, create_model
 from xvol_export.api import fold_checkpoint
 from xvol_export.checkpoint import is_folded, load_checkpoint, load_model, save_checkpoint
 from xvol_export.compare import Tolerance
+from xvol_export.tensorrt.environment import tensorrt_missing
 
 from helpers import ANSI, Result, randomize_bn, run_cli
 
@@ -245,7 +246,7 @@ def test_doctor_json(capsys, work):
     assert openvino["available"] is (importlib.util.find_spec("openvino") is not None)
     if openvino["available"]:  # what OpenVINO's CPU plugin would compute fp32 graphs in, said plainly
         assert openvino["cpu_default_inference_precision"] in ("f32", "bf16", "f16") and "OpenVINO:" in r.out
-    if importlib.util.find_spec("tensorrt") is not None:
+    if tensorrt_missing() is None:
         pytest.skip("TensorRT is installed here")
     assert report["tensorrt"]["available"] is False
     assert "TensorRT" in report["tensorrt"]["reason"]
