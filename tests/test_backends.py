@@ -69,8 +69,9 @@ def test_an_engine_without_tensorrt_says_why(tmp_path):
         pytest.skip("TensorRT is installed here")
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not a plan")
-    with pytest.raises(XvolError, match="TensorRT is not installed here.*NVIDIA GPU"):
+    with pytest.raises(XvolError, match="TensorRT is not installed.*NVIDIA GPU") as err:
         open_artifact(engine)
+    assert "m.engine" in str(err.value) and "xvol[tensorrt]" in str(err.value)
 
 
 def test_one_graph_on_onnxruntime_and_openvino_interleaved_in_one_table(graphs, capsys, tmp_path):

@@ -13,6 +13,7 @@ from xvol_export.api import export_checkpoint
 from xvol_export.export import onnx_graph
 from xvol_export.export.int8 import parse_budget
 from xvol_export.export.job import Int8Options
+from xvol_export.tensorrt.layers import expected_precisions
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CHECKPOINT = SAMPLES / "digits_xvol_resnet_tiny.pth"
@@ -86,6 +87,8 @@ def test_int8_fallback_meets_its_budget_and_records_why(tmp_path):
     assert kept and kept == sensitivity["ranking"][:len(kept)]  # most sensitive first
     stored = json.loads(onnx_graph.read_metadata(onnx.load(out))["xvol.int8_fallback"])
     assert [layer["name"] for layer in stored["kept_float"]] == kept and all(k["reason"] for k in stored["kept_float"])
+    expected = expected_precisions(onnx.load(out))  # what a TensorRT engine's layers are held to
+    assert {expected[name] for name in kept} == {"fp32"} and "int8" in expected.values()
     assert result.verification.accuracy["count"] == 360
 
 
@@ -98,3 +101,21 @@ def test_int8_budget_that_cannot_be_met_fails_with_the_figures(tmp_path):
     assert not result.passed and not result.written
     assert "No INT8 graph meets cosine >= 1.000000" in result.failure_summary()
     assert "with every quantizable layer in float" in result.failure_summary()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_expects_every_compute_node_at_the_graphs_precision(exports, precision):
+    """What the engine's layer check will hold each Conv and Gemm of the sample's graphs to."""
+    graph = onnx.load(exports[precision].output)
+    expected = expected_precisions(graph)
+    compute = [n for n in graph.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert len(expected) == len(compute) > 5
+    if precision != "int8":
+        assert set(expected.values()) == {precision}, expected
+        return
+    # int8: every node with quantized weights in int8; the pixel-shift convs (fixed one-hot kernels) stay float
+    producers = {out: node.op_type for node in graph.graph.node for out in node.output}
+    quantized = {n.name for n in compute if producers.get(n.input[1]) == "DequantizeLinear"}
+    assert {name for name, p in expected.items() if p == "int8"} == quantized
+    assert {p for name, p in expected.items() if name not in quantized} == {"fp32"}
+

@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
 from xvol_export.errors import XvolError
 from xvol_export.runners import Runner
+
+if TYPE_CHECKING:
+    from xvol_export.tensorrt.build import EngineSettings
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,33 @@ class RunnerOptions:
     allow_spinning: bool = True  # ONNX Runtime: False when other runtimes share the cores
     cuda_graph: bool = False
     data_transfers: bool = True
+    # The precision to compute in (fp32, bf16, fp16); None: the artifact's own (OpenVINO: f32 for fp32 graphs, or
+    # what an IR records). Only OpenVINO can change it; the others accept their artifact's own precision only.
+    precision: str | None = None
+    # TensorRT: how to build the engine when the artifact is an ONNX graph (None: one profile at batch 1)
+    engine: EngineSettings | None = None
+
+
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+
+
+def check_precision(precision: str | None) -> None:
+    """:class:`XvolError` naming the choices when ``precision`` is not one of them (None is fine)."""
+    if precision is not None and precision not in PRECISION_CHOICES:
+        raise XvolError(f"Unknown --precision '{precision}'. Choose one of: {', '.join(PRECISION_CHOICES)}.")
+
+
+def _own_precision_only(path: Path, backend: str, own: str, precision: str | None) -> None:
+    """torch and onnxruntime run their artifact's own precision: another one is refused, saying where to get it."""
+    check_precision(precision)
+    if precision is None or precision == own:
+        return
+    if backend == "torch":
+        where = f"the checkpoint's own precision, {own} (xvol fold --dtype {precision} for a {precision} checkpoint)"
+    else:
+        graph = "fp16" if precision == "bf16" else precision
+        where = f"the graph's own precision, {own} (export --precision {graph} for an {graph} graph)"
+    raise XvolError(f"{path}: --precision {precision} applies to the openvino backend; {backend} runs {where}.")
 
 
 @dataclass(frozen=True)
@@ -42,9 +72,13 @@ class Backend:
     install: str
     devices: str
     make: Callable[[Path, nn.Module | None, str, RunnerOptions], Runner]
+    missing: Callable[[], str | None] | None = None  # a finer check than "the module imports", where needed
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, with what to install; None when it can."""
+        if self.missing is not None:
+            reason = self.missing()
+            return f"{reason}. 'xvol doctor' shows what this machine has" if reason else None
         if importlib.util.find_spec(self.module) is None:
             return (f"{self.title} is not installed here ({self.module} cannot be imported): {self.install}. "
                     "'xvol doctor' shows what this machine has")
@@ -52,8 +86,12 @@ class Backend:
 
 
 def _torch(path: Path, model: nn.Module | None, name: str, options: RunnerOptions) -> Runner:
+    from xvol_export.dtypes import dtype_name
     from xvol_export.runners import TorchRunner
 
+    if options.precision is not None and model is not None:
+        weights = next((t for t in model.parameters() if t.is_floating_point()), None)
+        _own_precision_only(path, "torch", "fp32" if weights is None else dtype_name(weights.dtype), options.precision)
     return TorchRunner(model, name, device=options.device, cuda_graph=options.cuda_graph,
                        data_transfers=options.data_transfers)
 
@@ -65,21 +103,49 @@ def _onnxruntime(path: Path, model: nn.Module | None, name: str, options: Runner
     if options.device.startswith("cuda"):
         index = int(options.device[5:]) if ":" in options.device else 0
         providers = (("CUDAExecutionProvider", {"device_id": index}),)
-    return OnnxRuntimeRunner(path, name, providers=providers, threads=options.threads,
-                             allow_spinning=options.allow_spinning)
+    runner = OnnxRuntimeRunner(path, name, providers=providers, threads=options.threads,
+                               allow_spinning=options.allow_spinning)
+    if options.precision is not None:
+        try:
+            own = runner.precision
+        except Exception:  # noqa: BLE001 - a damaged file: opening the artifact says so
+            return runner
+        _own_precision_only(path, "onnxruntime", own, options.precision)
+    return runner
 
 
 def _openvino(path: Path, model: nn.Module | None, name: str, options: RunnerOptions) -> Runner:
     from xvol_export.runners import OpenVinoRunner
+    from xvol_export.runners.openvino_runner import HINTS
 
+    check_precision(options.precision)
     if options.device != "cpu":
         raise XvolError(f"{path}: the openvino backend runs on the CPU here; --device {options.device} is for "
                         "torch, onnxruntime and tensorrt.")
-    return OpenVinoRunner(path, name, threads=options.threads)
+    hint = HINTS[options.precision] if options.precision else None  # None: the IR's recorded one, else f32
+    return OpenVinoRunner(path, name, inference_precision=hint, threads=options.threads)
 
 
 def _tensorrt(path: Path, model: nn.Module | None, name: str, options: RunnerOptions) -> Runner:
-    raise XvolError(f"{path}: the tensorrt backend's runner is not built yet; 'xvol doctor' shows this machine.")
+    from xvol_export.runners.tensorrt_runner import TensorRTRunner
+    from xvol_export.tensorrt.cache import cached_engine
+
+    if options.precision is not None:
+        raise XvolError(f"{path}: --precision {options.precision} applies to the openvino backend; a TensorRT engine "
+                        "runs the precision of the graph it was built from (xvol export --precision).")
+    device = "cuda:0" if options.device == "cpu" else options.device  # TensorRT runs on a GPU only
+    if not device.startswith("cuda"):
+        raise XvolError(f"{path}: the tensorrt backend runs on cuda or cuda:N, not {options.device}.")
+    index = int(device[5:]) if ":" in device else 0
+    engine = cached_engine(path, options.engine, index) if path.suffix.lower() == ".onnx" else path
+    return TensorRTRunner(engine, name, device_index=index, cuda_graph=options.cuda_graph,
+                          data_transfers=options.data_transfers)
+
+
+def _tensorrt_missing() -> str | None:
+    from xvol_export.tensorrt.environment import cuda_missing, tensorrt_missing
+
+    return tensorrt_missing() or cuda_missing()
 
 
 BACKENDS: dict[str, Backend] = {
@@ -90,10 +156,11 @@ BACKENDS: dict[str, Backend] = {
                 "pip install onnxruntime (onnxruntime-gpu for CUDA)", "cpu, cuda, cuda:N", _onnxruntime),
         Backend("openvino", "OpenVINO", ("onnx", "openvino"), "openvino", "pip install 'xvol[openvino]'", "cpu",
                 _openvino),
-        Backend("tensorrt", "TensorRT", ("engine",), "tensorrt",
+        # an ONNX graph on tensorrt: an engine is built first, or reused from the engine cache
+        Backend("tensorrt", "TensorRT", ("engine", "onnx"), "tensorrt",
                 "it needs an NVIDIA GPU and NVIDIA's TensorRT libraries (pip install 'xvol[tensorrt]' on such a "
                 "machine); export --format onnx here and build the engine on the target GPU", "cuda, cuda:N",
-                _tensorrt),
+                _tensorrt, _tensorrt_missing),
     )
 }
 KIND_NAMES = {"checkpoint": "a checkpoint", "onnx": "an ONNX graph", "openvino": "an OpenVINO IR",

@@ -19,10 +19,13 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Timing:
-    """One timed call: ``host_ms`` as the caller waits for it; ``device_ms`` from device events, where known."""
+    """One timed call: ``host_ms`` as the caller waits for it; ``device_ms`` (compute), ``h2d_ms`` and ``d2h_ms``
+    (input and output copies) from device events, where known."""
 
     host_ms: float
     device_ms: float | None = None
+    h2d_ms: float | None = None
+    d2h_ms: float | None = None
 
 
 class Runner(abc.ABC):
@@ -64,7 +67,10 @@ class Runner(abc.ABC):
 
     # Timing: ``bind`` stages a feed once, then every ``timed_call`` runs it. Backends with a device
     # override both to keep staging and transfers where they belong.
-    timed_what = "host wall time per call"
+    @property
+    def timed_what(self) -> str:
+        """What a timing covers, in plain words."""
+        return "host wall time per call"
 
     def bind(self, feed: dict[str, np.ndarray]) -> None:
         """Stage ``feed`` for :meth:`timed_call`."""
