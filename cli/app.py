@@ -30,6 +30,8 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 Checkpoint = Annotated[Path, typer.Argument(help="Checkpoint (.pth, .pt or .safetensors).", show_default=False)]
+ExportSource = Annotated[Path, typer.Argument(
+    help="Checkpoint (.pth, .pt or .safetensors); or an .onnx graph with --format engine.", show_default=False)]
 
 
 @app.callback()
@@ -146,7 +148,7 @@ def verify(
 
 @app.command()
 def export(
-    checkpoint: Checkpoint,
+    checkpoint: ExportSource,
     format: Annotated[str, typer.Option("--format", help="onnx, openvino (IR: NAME.xml and NAME.bin, checked on "
                                         "OpenVINO), or engine (TensorRT).")] = "onnx",
     output: Annotated[Path | None, typer.Option(
@@ -182,6 +184,28 @@ def export(
     accuracy_budget: Annotated[str, typer.Option(
         "--accuracy-budget", help="With --int8-fallback: cosine=0.99 or top1=0.99 against the float64 "
         "training form.")] = "cosine=0.99",
+    workspace: Annotated[float | None, typer.Option(
+        "--workspace", help="engine: TensorRT's workspace memory limit, GiB (default: the GPU's).")] = None,
+    opt_level: Annotated[int | None, typer.Option(
+        "--opt-level", help="engine: builder optimization level 0-5 (TensorRT's default 3).")] = None,
+    min_shapes: Annotated[list[str] | None, typer.Option(
+        "--min-shapes", help="engine: a profile's smallest input shape (input:1x3x224x224; name;name for several "
+        "inputs); repeat for more profiles. Default: from --batch, --imgsz, --dynamic.")] = None,
+    opt_shapes: Annotated[list[str] | None, typer.Option(
+        "--opt-shapes", help="engine: the shape each profile is tuned for (default: its max).")] = None,
+    max_shapes: Annotated[list[str] | None, typer.Option(
+        "--max-shapes", help="engine: a profile's largest input shape.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(
+        "--timing-cache", help="engine: TensorRT timing cache, read if it exists and written after the build.")] = None,
+    version_compatible: Annotated[bool, typer.Option(
+        "--version-compatible", help="engine: runs on later TensorRT versions of the same major version.")] = False,
+    hardware_compat: Annotated[str, typer.Option(
+        "--hardware-compat", help="engine: none (this GPU type), ampere+ (any Ampere or newer GPU), or same-cc "
+        "(any GPU of this compute capability).")] = "none",
+    tf32: Annotated[bool, typer.Option("--tf32", help="engine: let fp32 layers use TF32 math.")] = False,
+    fp16_tactics: Annotated[bool, typer.Option(
+        "--fp16-tactics", help="engine, fp32 graph, TensorRT 10 only: let TensorRT run layers in fp16 where faster "
+        "(prefer --precision fp16).")] = False,
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
     trust_pickle: opt.TrustPickle = False,
@@ -194,12 +218,18 @@ def export(
     # bf16 lives in OpenVINO, not the graph: user tolerances start from the fp32 graph's defaults
     tolerance = opt.tolerance_option(atol, rtol, check_error_stat, "fp32" if precision == "bf16" else precision)
     int8 = opt.int8_options(calib_method, int8_sensitivity, int8_fallback, accuracy_budget)
+    engine = api.EngineSettings(
+        workspace_gib=workspace, opt_level=opt_level, min_shapes=tuple(min_shapes or ()),
+        opt_shapes=tuple(opt_shapes or ()), max_shapes=tuple(max_shapes or ()),
+        timing_cache=str(timing_cache) if timing_cache else None, version_compatible=version_compatible,
+        hardware_compat=hardware_compat, tf32=tf32, fp16_tactics=fp16_tactics,
+    )
     with console.status("Exporting and verifying…"):
         result = api.export_checkpoint(
             checkpoint, output, format=format, precision=precision, opset=opset, exporter=exporter,
             dynamic=dynamic, batch=batch, imgsz=opt.imgsz_option(imgsz), simplify=simplify, simplifier=simplifier,
             layout=opt.layout_option(layout), calib=calib, data=data, seed=seed, tolerance=tolerance, force=force,
-            load=opt.load_options(trust_pickle, arch, arch_config, ema), int8=int8,
+            load=opt.load_options(trust_pickle, arch, arch_config, ema), int8=int8, engine=engine,
         )
     render_export(console, result)
     return _finish(result.passed, json_path, {"command": "export", **result.to_dict()}, force,

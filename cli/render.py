@@ -170,6 +170,21 @@ def render_export(console: Console, result: ExportResult) -> None:
     if result.ir_verification is not None:
         _render_check_line(console, f"OpenVINO IR on OpenVINO, computed in {result.inference_precision or '?'} "
                            f"(judged as {result.ir_verification.precision})", result.ir_verification)
+    if result.engine is not None:
+        e = result.engine
+        check = e["layer_check"]
+        console.print(f"engine: TensorRT {e['tensorrt']} on {escape(e['gpu'])} (compute capability "
+                      f"{e['compute_capability']}), {escape(e['plan']['graph_precision'])} graph, "
+                      f"{'strongly' if e['plan']['strongly_typed'] else 'weakly'} typed, "
+                      f"built in {e['build_s']:.1f} s; "
+                      f"layer precisions: {check['checked']} compute layers checked {_verdict(check['passed'])}")
+    if result.engine_verification is not None:
+        _render_check_line(console, "TensorRT engine on TensorRT", result.engine_verification)
+    compat = result.tensorrt_compatibility
+    if compat is not None:
+        refused = f"[red]refuses {len(compat['problems'])} node(s)[/]: {escape('; '.join(compat['problems'][:3]))}"
+        console.print(f"TensorRT's ONNX parser ({escape(compat['checked_against'])}): "
+                      + ("takes every node" if compat["compatible"] else refused))
     if result.int8:
         _render_int8(console, result.int8)
     for failure in result.failures:

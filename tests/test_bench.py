@@ -224,7 +224,8 @@ def test_checkpoint_on_onnxruntime_backend_refused(art):
 
 
 def test_onnx_on_torch_backend_refused(art):
-    with pytest.raises(XvolError, match="an ONNX graph runs on the onnxruntime or openvino backend, not torch"):
+    with pytest.raises(XvolError, match="an ONNX graph runs on the onnxruntime, openvino or tensorrt backend, not "
+                                        "torch"):
         bench_artifacts([art["onnx"]], BenchSettings(**FAST), backend="torch")
 
 

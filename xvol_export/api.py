@@ -22,6 +22,7 @@ from xvol_export.inputs import InputShape, prepare_inputs, save_npz
 from xvol_export.io import atomic_write, check_output_path
 from xvol_export.layers import XVolutionDeploy
 from xvol_export.profile import count_params, profile_model
+from xvol_export.tensorrt.build import EngineSettings
 from xvol_export.utils import StepClock
 from xvol_export.verify import Reference, VerifyReport, verify
 
@@ -286,6 +287,6 @@ def _json_default(value):
 
 __all__ = [
     "FoldResult", "InspectReport", "LoadOptions", "default_fold_output", "fold_checkpoint", "inspect_checkpoint",
-    "verify_artifacts", "write_json", "ExportResult", "export_checkpoint",
+    "verify_artifacts", "write_json", "ExportResult", "export_checkpoint", "EngineSettings",
     "BenchReport", "BenchSettings", "bench_artifacts",
 ]

@@ -53,13 +53,16 @@ def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), na
     kind = artifact_kind(path)
     if not path.is_file():
         raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
+    if kind == "openvino" and not path.with_suffix(".bin").is_file():
+        raise XvolError(f"{path}: its weights file {path.with_suffix('.bin').name} is missing; an OpenVINO IR is "
+                        "NAME.xml with NAME.bin beside it. Copy both, or export again with --format openvino.")
     chosen = backends_for(path, kind, (backend,) if backend else None)[0]
     label = name or path.name
     model, ckpt = load.load(path) if kind == "checkpoint" else (None, None)
     runner = chosen.make(path, model, label, options)
     if kind == "checkpoint":
         return Artifact(path, kind, runner, getattr(model, "input_size", None), model, ckpt)
-    return Artifact(path, kind, runner, _onnx_input_size(path) if kind == "onnx" else _ir_input_size(runner))
+    return Artifact(path, kind, runner, onnx_input_size(path) if kind == "onnx" else _ir_input_size(runner))
 
 
 def _ir_input_size(runner: Runner) -> tuple[int, ...] | None:
@@ -67,7 +70,7 @@ def _ir_input_size(runner: Runner) -> tuple[int, ...] | None:
     return tuple(shape[1:]) if len(shape) == 4 and all(shape[1:]) else None
 
 
-def _onnx_input_size(path: Path) -> tuple[int, ...] | None:
+def onnx_input_size(path: Path) -> tuple[int, ...] | None:
     """``(C, H, W)`` from the graph's first input, or from xvol's metadata when the dims are symbolic."""
     import onnx
 

@@ -185,7 +185,8 @@ def backends_for(path: str | Path, kind: str, names: tuple[str, ...] | None) -> 
     chosen = [get_backend(name) for name in names] if names else [DEFAULT_BACKEND[kind]]
     for backend in chosen:
         if kind not in backend.kinds:
-            runs_on = " or ".join(b.name for b in BACKENDS.values() if kind in b.kinds)
+            names = [b.name for b in BACKENDS.values() if kind in b.kinds]
+            runs_on = " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
             raise XvolError(f"{path}: {KIND_NAMES[kind]} runs on the {runs_on} backend, not {backend.name}. Export "
                             "it first (xvol export) to run it on another backend.")
         missing = backend.unavailable()

@@ -19,6 +19,7 @@ from xvol_export.errors import XvolError
 from xvol_export.fold import set_runtime_options
 from xvol_export.layers import DILATED_CONVS
 from xvol_export.runners import Runner
+from xvol_export.tensorrt.build import EngineSettings
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("schema.json")  # JSON Schema of BenchReport.to_dict() (+ command, status)
@@ -55,6 +56,7 @@ class BenchCase:
     host: LatencyStats
     device: LatencyStats | None = None
     ratio_to_first: float | None = None
+    transfers: dict[str, LatencyStats] = field(default_factory=dict)  # "h2d", "d2h": copies timed apart (TensorRT)
     precision: str | None = None  # what ran: fp32, fp16, bf16, int8 (OpenVINO: read back from the compiled model)
 
     @property
@@ -72,6 +74,7 @@ class BenchCase:
             "timed": self.timed,
             "latency_ms": self.host.to_dict(),
             "device_latency_ms": self.device.to_dict() if self.device else None,
+            "transfer_ms": {kind: stats.to_dict() for kind, stats in self.transfers.items()},
             "throughput_items_per_s": self.latency.throughput(self.batch),
             "ratio_to_first": self.ratio_to_first,
             "unstable": self.latency.unstable,
@@ -118,15 +121,17 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
     shared = len(plan) > 1
     options = RunnerOptions(device=settings.device, threads=settings.threads, allow_spinning=not shared,
                             cuda_graph=settings.cuda_graph, data_transfers=settings.data_transfers,
-                            precision=settings.precision)
+                            precision=settings.precision,
+                            # an .onnx on tensorrt: the engine built for it takes every batch of this run
+                            engine=EngineSettings(batch=max(settings.batches), imgsz=settings.imgsz))
     artifacts = [(open_artifact(p, load, _label(p, b, plan), b.name, _options_for(b, plan, options)), b)
                  for p, b in plan]
     if shared and any(b.name == "onnxruntime" for _, b in artifacts):
         report.notes.append("several artifacts share this process: ONNX Runtime's idle threads sleep instead of "
                             "spinning, which would steal the cores from the calls in between")
     for artifact, chosen in artifacts:
-        if settings.cuda_graph and chosen.name != "torch":
-            raise XvolError(f"{artifact.path}: --cuda-graph applies to the torch backend (checkpoints) only.")
+        if settings.cuda_graph and chosen.name not in ("torch", "tensorrt"):
+            raise XvolError(f"{artifact.path}: --cuda-graph applies to the torch and tensorrt backends only.")
         if artifact.model is not None:  # our own copy: split blocks run their dilated conv as asked
             artifact.model = artifact.runner.model = set_runtime_options(
                 artifact.model, dilated_conv=settings.dilated_conv, inplace=True)
@@ -159,6 +164,7 @@ def _time_round_robin(runners: list[tuple[Artifact, Runner, str, tuple]], batch:
             runner.timed_call()
     host: list[list[float]] = [[] for _ in runners]
     device: list[list[float]] = [[] for _ in runners]
+    transfers: list[dict[str, list[float]]] = [{"h2d": [], "d2h": []} for _ in runners]
     elapsed = [0.0] * len(runners)
     while min(len(h) for h in host) < settings.iterations or min(elapsed) < settings.duration:
         for index, (_, runner, _, _) in enumerate(runners):
@@ -167,6 +173,9 @@ def _time_round_robin(runners: list[tuple[Artifact, Runner, str, tuple]], batch:
             elapsed[index] += timing.host_ms / 1e3
             if timing.device_ms is not None:
                 device[index].append(timing.device_ms)
+            for kind, ms in (("h2d", timing.h2d_ms), ("d2h", timing.d2h_ms)):
+                if ms is not None:
+                    transfers[index][kind].append(ms)
     cases = []
     for index, (artifact, runner, backend, shape) in enumerate(runners):
         cases.append(BenchCase(
@@ -177,6 +186,7 @@ def _time_round_robin(runners: list[tuple[Artifact, Runner, str, tuple]], batch:
             timed=runner.timed_what,
             host=latency_stats(host[index], settings.percentiles),
             device=latency_stats(device[index], settings.percentiles) if device[index] else None,
+            transfers={kind: latency_stats(ms, settings.percentiles) for kind, ms in transfers[index].items() if ms},
             precision=_ran_precision(runner),
         ))
     first = cases[0].latency.median

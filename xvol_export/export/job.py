@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -12,21 +13,24 @@ import onnx
 from torch import nn
 
 import xvol_export
-from xvol_export.artifacts import INPUT_SHAPE_KEY
+from xvol_export.artifacts import INPUT_SHAPE_KEY, artifact_kind, onnx_input_size
 from xvol_export.backends import BACKENDS
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
+from xvol_export.export import engine as engine_step
 from xvol_export.export import int8 as int8_step
 from xvol_export.export import onnx_graph, openvino_ir
 from xvol_export.export import precision as precision_step
 from xvol_export.export.int8 import CALIBRATION_KEY, AccuracyBudget
+from xvol_export.export.tensorrt_ops import TENSORRT_OPS_SOURCE, tensorrt_incompatibilities
 from xvol_export.fold import FoldReport, fold, set_runtime_options
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
-from xvol_export.io import check_output_path
+from xvol_export.io import check_output_path, sha256_file
 from xvol_export.layers import XVolutionDeploy, onnx_options
 from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
 from xvol_export.runners.openvino_runner import PRECISION_OF_HINT
+from xvol_export.tensorrt.build import EngineSettings
 from xvol_export.utils import StepClock
 from xvol_export.verify import Reference, VerifyReport, verify
 
@@ -74,6 +78,9 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     inference_precision: str | None = None  # --format openvino: what OpenVINO computed the IR in (read back)
+    engine: dict | None = None  # --format engine: precision plan, profiles, layer precision check, build time
+    engine_verification: VerifyReport | None = None  # --format engine: the engine on TensorRT
+    tensorrt_compatibility: dict | None = None  # would TensorRT's ONNX parser take the graph (checked on the CPU)
 
     @property
     def graph_precision(self) -> str:
@@ -82,8 +89,8 @@ class ExportResult:
 
     @property
     def reports(self) -> list[VerifyReport]:
-        return [r for r in (self.fold_verification, self.verification, self.dynamic_check, self.ir_verification)
-                if r is not None]
+        return [r for r in (self.fold_verification, self.verification, self.dynamic_check, self.ir_verification,
+                            self.engine_verification) if r is not None]
 
     @property
     def passed(self) -> bool:
@@ -92,7 +99,7 @@ class ExportResult:
     def failure_summary(self) -> str:
         parts = list(self.failures)
         labels = ((self.fold_verification, "fold"), (self.verification, "ONNX"), (self.dynamic_check, "other shape"),
-                  (self.ir_verification, "OpenVINO IR"))
+                  (self.ir_verification, "OpenVINO IR"), (self.engine_verification, "TensorRT engine"))
         parts += [f"{label}: {r.failure_summary()}" for r, label in labels if r is not None and not r.passed]
         return "; ".join(parts)
 
@@ -119,6 +126,9 @@ class ExportResult:
             "verification": self.verification.to_dict() if self.verification else None,
             "dynamic_check": self.dynamic_check.to_dict() if self.dynamic_check else None,
             "ir_verification": self.ir_verification.to_dict() if self.ir_verification else None,
+            "engine": self.engine,
+            "engine_verification": self.engine_verification.to_dict() if self.engine_verification else None,
+            "tensorrt_compatibility": self.tensorrt_compatibility,
             "graph": self.graph,
             "metadata": self.metadata,
             "failures": self.failures,
@@ -133,7 +143,8 @@ def default_export_output(path: str | os.PathLike, precision: str, format: str =
     ``model.bf16.xml`` for an IR computed in bf16) beside it."""
     path = Path(path)
     tag = "" if precision == "fp32" else f".{precision}"
-    return path.with_name(f"{path.stem}{tag}{'.xml' if format == 'openvino' else '.onnx'}")
+    suffix = {"openvino": ".xml", "engine": ".engine"}.get(format, ".onnx")
+    return path.with_name(f"{path.stem}{tag}{suffix}")
 
 
 def export_checkpoint(
@@ -157,8 +168,13 @@ def export_checkpoint(
     force: bool = False,
     load: LoadOptions = LoadOptions(),
     int8: Int8Options = Int8Options(),
+    engine: EngineSettings | None = None,
 ) -> ExportResult:
     """Export a checkpoint to a verified ONNX graph; nothing is written unless every check passes.
+
+    ``format="engine"`` also builds a TensorRT engine from the written graph with ``engine``'s settings
+    (its profiles default to ``batch`` and ``imgsz``), checks its layers' precisions and judges it
+    against the same reference; ``path`` may then be an ``.onnx`` graph, judged against itself.
 
     A training-form checkpoint is folded first (and the fold verified); a deploy checkpoint is
     exported as it is. The fold and the graph are judged against the training form (the deploy
@@ -168,6 +184,14 @@ def export_checkpoint(
     precision; ``int8`` chooses the calibration method, a sensitivity report and a fallback budget.
     """
     _check_choices(format, precision, simplifier, batch, imgsz)
+    if format == "engine":
+        engine = dataclasses.replace(engine or EngineSettings(), batch=batch, imgsz=imgsz or (engine and engine.imgsz))
+        engine_step.check_engine_request(engine, str(path))
+        if artifact_kind(path) == "onnx":
+            return _export_graph_engine(Path(path), output, engine, data, seed, tolerance, force)
+    elif artifact_kind(path) == "onnx":
+        raise XvolError(f"{path}: is an ONNX graph already; xvol export makes graphs from checkpoints, and engines "
+                        "from graphs (--format engine).")
     onnx_graph.check_opset(opset, exporter)
     if precision == "int8" and (int8.sensitivity or int8.budget is not None) and data is None:
         raise XvolError("--int8-sensitivity and --int8-fallback measure the int8 graph on real images: pass --data "
@@ -178,7 +202,9 @@ def export_checkpoint(
         raise XvolError("--precision int8 needs calibration data: pass --calib FILE.npz with an 'input' array of "
                         "representative images (a few hundred, preprocessed like the model's inputs).")
     output = Path(output) if output is not None else default_export_output(path, precision, format)
-    for target in (openvino_ir.ir_files(output) if format == "openvino" else (output,)):
+    targets = {"openvino": openvino_ir.ir_files(output),
+               "engine": [*engine_step.engine_files(output), output.with_suffix(".onnx")]}.get(format, [output])
+    for target in targets:
         check_output_path(target, force)
     timings: dict[str, float] = {}
     clock = StepClock(timings)
@@ -253,6 +279,12 @@ def export_checkpoint(
 
     result.graph = _graph_summary(graph, deploy)
     result.failures += _structural_failures(result.graph)
+    result.tensorrt_compatibility = _tensorrt_compatibility(graph)
+    if result.tensorrt_compatibility["problems"]:
+        result.notes.append(f"TensorRT would refuse this graph ({result.tensorrt_compatibility['problems'][0]}"
+                            f"{', ...' if len(result.tensorrt_compatibility['problems']) > 1 else ''})")
+        if format == "engine":
+            result.failures.append("the graph uses what TensorRT's ONNX parser refuses: no engine can be built")
     if not result.passed:
         result.notes.append("verification failed: nothing written")
         return result
@@ -261,10 +293,56 @@ def export_checkpoint(
     onnx_graph.set_metadata(graph, result.metadata)
     if format == "openvino":
         return _save_openvino(graph, output, reference, tolerance, used_seed, force, result, clock)
+    onnx_output = output.with_suffix(".onnx") if format == "engine" else output
     with clock("save"):
-        result.files = [str(p) for p in onnx_graph.save_onnx(graph, output, force)]
+        result.files = [str(p) for p in onnx_graph.save_onnx(graph, onnx_output, force)]
     result.written = True
+    if format == "engine":
+        assert engine is not None
+        with clock("engine"):
+            _add_engine(result, onnx_output, output, engine, reference, tolerance, used_seed, force)
     return result
+
+
+def _add_engine(result: ExportResult, onnx_path: Path, output: Path, engine: EngineSettings, reference: Reference,
+                tolerance: Tolerance | None, seed: int | None, force: bool) -> None:
+    report, result.engine, failures, files = engine_step.build_verified_engine(
+        onnx_path, output, engine, reference, tolerance, seed, force)
+    result.engine_verification = report
+    result.failures += failures
+    result.files += [str(f) for f in files]
+    if not files:
+        result.notes.append("the engine failed its checks: no engine written")
+
+
+def _export_graph_engine(path: Path, output: str | os.PathLike | None, engine: EngineSettings,
+                         data: str | os.PathLike | None, seed: int | None, tolerance: Tolerance | None,
+                         force: bool) -> ExportResult:
+    """An engine from an existing ONNX graph, judged against the graph run on ONNX Runtime."""
+    if not path.is_file():
+        raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
+    graph = onnx.load(str(path), load_external_data=False)
+    precision = onnx_graph.graph_precision(graph)
+    output = Path(output) if output is not None else path.with_suffix(".engine")
+    for target in engine_step.engine_files(output):
+        check_output_path(target, force)
+    size = onnx_input_size(path)
+    batch = engine.batch
+    data_in, used_seed = prepare_inputs(size, str(path), data, InputShape((batch, *size)) if size else None, seed)
+    result = ExportResult(str(path), sha256_file(path), str(output), "engine", precision, "", 0, False,
+                          tuple(data_in.inputs.shape))
+    result.tensorrt_compatibility = _tensorrt_compatibility(graph)
+    reference = Reference(OnnxRuntimeRunner(path, "ONNX graph"), data_in, "ONNX graph")
+    result.notes.append("judged against the ONNX graph on ONNX Runtime (the training form is not in an ONNX file)")
+    _add_engine(result, path, output, engine, reference, tolerance, used_seed, force)
+    result.written = bool(result.files)
+    return result
+
+
+def _tensorrt_compatibility(graph: onnx.ModelProto) -> dict:
+    problems = tensorrt_incompatibilities(graph)
+    return {"checked_against": TENSORRT_OPS_SOURCE, "compatible": not problems,
+            "problems": [f"{p.node} ({p.op_type}): {p.reason}" for p in problems]}
 
 
 def _save_openvino(graph: onnx.ModelProto, output: Path, reference: Reference, tolerance: Tolerance | None,
@@ -301,12 +379,6 @@ def _save_openvino(graph: onnx.ModelProto, output: Path, reference: Reference, t
 
 
 def _check_choices(format: str, precision: str, simplifier: str, batch: int, imgsz) -> None:
-    if format == "engine":
-        raise XvolError(
-            "--format engine builds a TensorRT engine, and TensorRT is not installed here: it needs an NVIDIA GPU and "
-            "NVIDIA's TensorRT libraries (pip install 'xvol[tensorrt]' on such a machine). Export --format onnx here "
-            "and build the engine on the target GPU."
-        )
     if format not in FORMATS:
         raise XvolError(f"Unknown format '{format}'. Choose one of: {', '.join(FORMATS)}.")
     missing = BACKENDS["openvino"].unavailable() if format == "openvino" else None

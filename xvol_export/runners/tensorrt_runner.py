@@ -107,6 +107,11 @@ class TensorRTRunner(Runner):
                              tuple(d if d >= 0 else None for d in _dims(self._engine.get_tensor_shape(n))))
                 for n in self._inputs}
 
+    def fixed_batch(self) -> int | None:
+        """The largest batch the engine's profiles take (verification runs in chunks of it, the last one padded)."""
+        self.activate()
+        return max(r.max[0] for p in self._profiles for r in p.ranges[:1] if r.max)
+
     def _stage(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Select the profile that takes ``feed``, set its shapes and return device inputs and outputs."""
         assert self._context is not None
