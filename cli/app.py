@@ -12,7 +12,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from xvol_cli import options as opt
-from xvol_cli.render import render_bench, render_doctor, render_export, render_fold, render_inspect, render_verify
+from xvol_cli.render import (
+    render_bench,
+    render_doctor,
+    render_export,
+    render_fold,
+    render_graph,
+    render_inspect,
+    render_verify,
+)
 from xvol_export import api
 from xvol_export.doctor import machine_report
 from xvol_export.errors import CheckFailed, XvolError
@@ -50,7 +58,9 @@ def _finish(passed: bool, json_path: Path | None, payload: dict, force: bool, fa
 
 @app.command()
 def inspect(
-    checkpoint: Checkpoint,
+    checkpoint: Annotated[Path, typer.Argument(
+        help="Checkpoint (.pth, .pt or .safetensors), or an .onnx graph (what it holds, and whether TensorRT "
+        "would take it).", show_default=False)],
     layout: opt.Layout = "auto",
     input_shape: opt.InputShapeOpt = None,
     json_path: opt.JsonPath = None,
@@ -60,8 +70,15 @@ def inspect(
     arch_config: opt.ArchConfig = None,
     ema: opt.Ema = False,
 ):
-    """Architecture, parameters, MACs, and what folding will do to every block."""
+    """Architecture, parameters, MACs, and what folding will do to every block; or an ONNX graph's contents."""
     opt.json_option(json_path, force)
+    if checkpoint.suffix.lower() == ".onnx":
+        graph = api.inspect_graph(checkpoint)
+        render_graph(console, graph)
+        passed = graph["tensorrt_compatibility"]["compatible"]
+        return _finish(passed, json_path, {"command": "inspect", **graph}, force,
+                       f"{checkpoint}: TensorRT's ONNX parser would refuse "
+                       f"{len(graph['tensorrt_compatibility']['problems'])} node(s)")
     with console.status("Inspecting…"):
         report = api.inspect_checkpoint(
             checkpoint, opt.layout_option(layout), opt.shape_option(input_shape),

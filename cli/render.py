@@ -27,6 +27,24 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f} %"
 
 
+def render_graph(console: Console, graph: dict) -> None:
+    """``xvol inspect model.onnx``."""
+    console.print(f"[bold]{escape(graph['path'])}[/]  sha256 {graph['sha256'][:16]}…  opset {graph['opset']}, "
+                  f"{graph['precision']} graph, {graph['nodes']} nodes")
+    for kind in ("inputs", "outputs"):
+        shapes = ", ".join(f"{name} {'x'.join(map(str, dims))}" for name, dims in graph[kind].items())
+        console.print(f"{kind}: {escape(shapes)}")
+    console.print("ops: " + escape(", ".join(f"{op} {n}" for op, n in graph["ops"].items())))
+    compat = graph["tensorrt_compatibility"]
+    if compat["compatible"]:
+        console.print(f"TensorRT's ONNX parser ({escape(compat['checked_against'])}): takes every node")
+        return
+    console.print(f"TensorRT's ONNX parser ({escape(compat['checked_against'])}): [red]would refuse "
+                  f"{len(compat['problems'])} node(s)[/]")
+    for problem in compat["problems"][:10]:
+        console.print(f"  {escape(problem)}")
+
+
 def render_inspect(console: Console, report: InspectReport) -> None:
     console.print(f"[bold]{escape(report.path)}[/]  sha256 {report.sha256[:16]}…")
     console.print(

@@ -27,6 +27,8 @@ from xvol_export.export.tensorrt_ops import (
     tensorrt_incompatibilities,
 )
 
+from helpers import run_cli
+
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CHECKPOINT = SAMPLES / "digits_xvol_resnet_tiny.pth"
 CALIB = SAMPLES / "digits_calib.npz"
@@ -170,6 +172,21 @@ def test_unsupported_and_custom_operators_are_named():
     assert "2 nodes" in message
     for word in ("node 'dedupe' (Unique)", "node 'fancy' (FancyActivation)", TENSORRT_OPS_SOURCE):
         assert word in message, word
+
+
+def test_inspect_says_which_graph_tensorrt_would_refuse(tmp_path, capsys):
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Unique", ["r"], ["u"], name="dedupe", sorted=1)]
+    refused = tmp_path / "unique.onnx"
+    onnx.save(model_of(nodes, [tensor("x")], [tensor("u", shape=(None,))]), refused)
+    r = run_cli(capsys, "inspect", refused, "--json", tmp_path / "r.json")
+    assert r.code == 1 and "would refuse 1 node(s)" in r.out and "dedupe (Unique)" in r.out, r.text
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "FAILED" and not report["tensorrt_compatibility"]["compatible"]
+    taken = tmp_path / "relu.onnx"
+    onnx.save(model_of(nodes[:1], [tensor("x")], [tensor("r")]), taken)
+    r = run_cli(capsys, "inspect", taken)
+    assert r.code == 0 and "takes every node" in r.out and "inputs: x" in r.out, r.text
 
 
 def test_operator_missing_from_the_table_is_refused():

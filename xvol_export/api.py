@@ -68,6 +68,15 @@ class InspectReport:
         return out
 
 
+def inspect_graph(path: str | os.PathLike) -> dict:
+    """An ONNX graph's inputs, outputs, opset, precision and ops, and whether TensorRT would take every node."""
+    from xvol_export.export.onnx_graph import describe_graph
+
+    if not Path(path).is_file():
+        raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
+    return describe_graph(path)
+
+
 def inspect_checkpoint(path: str | os.PathLike, layout: str = "auto", input_shape: InputShape | None = None,
                        load: LoadOptions = LoadOptions()) -> InspectReport:
     """Architecture, parameters and MACs, and what folding will do to every block (nothing is written)."""
@@ -287,6 +296,7 @@ def _json_default(value):
 
 __all__ = [
     "FoldResult", "InspectReport", "LoadOptions", "default_fold_output", "fold_checkpoint", "inspect_checkpoint",
+    "inspect_graph",
     "verify_artifacts", "write_json", "ExportResult", "export_checkpoint", "EngineSettings",
     "BenchReport", "BenchSettings", "bench_artifacts",
 ]

@@ -204,3 +204,32 @@ def _quiet():
             yield
     finally:
         logger.setLevel(level)
+
+
+def describe_graph(path: str | os.PathLike) -> dict:
+    """What ``xvol inspect`` says of an ONNX file: inputs, outputs, opset, precision, op counts, and whether
+    TensorRT's ONNX parser would take every node (checked on the CPU)."""
+    from xvol_export.errors import XvolError
+    from xvol_export.export.tensorrt_ops import TENSORRT_OPS_SOURCE, tensorrt_incompatibilities
+    from xvol_export.io import sha256_file
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises several types for damaged files
+        raise XvolError(f"{path}: is not a readable ONNX file ({type(err).__name__}). Export it again.") from None
+
+    def tensors(values) -> dict:
+        return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+    initializers = {init.name for init in model.graph.initializer}
+    problems = tensorrt_incompatibilities(model)
+    return {
+        "path": os.fspath(path), "sha256": sha256_file(path),
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "precision": graph_precision(model),
+        "inputs": tensors(v for v in model.graph.input if v.name not in initializers),
+        "outputs": tensors(model.graph.output), "nodes": len(model.graph.node), "ops": op_counts(model),
+        "metadata": {k: v for k, v in read_metadata(model).items() if k != "xvol.verified"},
+        "tensorrt_compatibility": {"checked_against": TENSORRT_OPS_SOURCE, "compatible": not problems,
+                                   "problems": [f"{p.node} ({p.op_type}): {p.reason}" for p in problems]},
+    }
