@@ -69,6 +69,32 @@ def paired_ratio(values: list[float], baseline: list[float]) -> tuple[float, tup
     return statistics.median(ratios), bootstrap_median_ci(ratios)
 
 
+def time_runners(runners: dict, feed: np.ndarray, warmup: int, rounds: int, ratio_key: str,
+                 batch: int = 1) -> dict[str, dict]:
+    """Round-robin timed calls of xvol runners on ``feed``: per runner its median, min, coefficient of
+    variation and items/s, and the paired ratio to the first runner as ``ratio_key`` (and ``ratio_key``_ci95)."""
+    from xvol_export.bench import latency_stats
+
+    for runner in runners.values():
+        runner.activate()
+        runner.bind({runner.input_names()[0]: feed})
+    for _ in range(warmup):
+        for runner in runners.values():
+            runner.timed_call()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            samples[name].append(runner.timed_call().host_ms)
+    baseline = next(iter(samples.values()))
+    out = {}
+    for name, values in samples.items():
+        stats = latency_stats(values)
+        ratio, interval = paired_ratio(values, baseline)
+        out[name] = {"median_ms": stats.median, "min_ms": stats.min, "cv": stats.cv, "rounds": len(values),
+                     "items_per_s": stats.throughput(batch), ratio_key: ratio, f"{ratio_key}_ci95": list(interval)}
+    return out
+
+
 def write_json(name: str, payload: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -38,7 +38,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from xvol_export import fold  # noqa: E402
-from xvol_export.bench import latency_stats  # noqa: E402
 from xvol_export.compare import compare_arrays  # noqa: E402
 from xvol_export.export import onnx_graph  # noqa: E402
 from xvol_export.export.precision import to_int8_qdq  # noqa: E402
@@ -48,7 +47,7 @@ from xvol_export.layers import onnx_options  # noqa: E402
 from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner, Runner  # noqa: E402
 from xvol_export.verify import Reference, run_batches  # noqa: E402
 
-from _common import RESULTS, machine, paired_ratio, photo_crops, realistic_model, write_json  # noqa: E402
+from _common import RESULTS, machine, photo_crops, realistic_model, time_runners, write_json  # noqa: E402
 
 MODELS = {
     "xvol": ("XVol-ResNet-50", "xvol_resnet50", {}),
@@ -71,27 +70,6 @@ def variants(fp32: Path, int8: Path) -> dict[str, Runner]:
         "OV bf16": OpenVinoRunner(fp32, "OV bf16", inference_precision="bf16"),
         "OV int8": OpenVinoRunner(int8, "OV int8", inference_precision="f32"),
     }
-
-
-def time_round_robin(runners: dict[str, Runner], batch: int, warmup: int, rounds: int) -> dict[str, dict]:
-    feed = np.random.default_rng(0).standard_normal((batch, 3, SIZE, SIZE), dtype=np.float32)
-    for runner in runners.values():
-        runner.activate()
-        runner.bind({runner.input_names()[0]: feed})
-    for _ in range(warmup):
-        for runner in runners.values():
-            runner.timed_call()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            samples[name].append(runner.timed_call().host_ms)
-    out = {}
-    for name, values in samples.items():
-        stats = latency_stats(values)
-        ratio, interval = paired_ratio(values, samples[BASELINE])
-        out[name] = {"median_ms": stats.median, "min_ms": stats.min, "cv": stats.cv, "rounds": len(values),
-                     "items_per_s": stats.throughput(batch), "vs_ort_fp32": ratio, "vs_ort_fp32_ci95": list(interval)}
-    return out
 
 
 def errors(runner: Runner, holdout: np.ndarray, truth: np.ndarray) -> dict:
@@ -129,7 +107,8 @@ def bench_model(key: str, args, calib: np.ndarray, holdout: np.ndarray, folder: 
         log(start, f"{label} batch {batch}: exported ({len(graph.graph.node)} nodes), int8 calibrated, errors "
                    f"measured; timing {args.iterations if batch == 1 else args.iterations_b8} rounds")
         rounds = args.iterations if batch == 1 else args.iterations_b8
-        timing = time_round_robin(runners, batch, args.warmup, rounds)
+        feed = np.random.default_rng(0).standard_normal((batch, 3, SIZE, SIZE), dtype=np.float32)
+        timing = time_runners(runners, feed, args.warmup, rounds, "vs_ort_fp32", batch)  # ORT fp32 first
         ran = {name: getattr(runner, "precision", None) for name, runner in runners.items()}
         hints = {name: runner.compiled_precision for name, runner in runners.items()
                  if isinstance(runner, OpenVinoRunner)}

@@ -32,37 +32,14 @@ import torch
 from torch import nn
 
 from xvol_export import XVolution, create_model, fold
-from xvol_export.bench import latency_stats
 from xvol_export.export import onnx_graph
 from xvol_export.fold import fold_xvolution, set_runtime_options
 from xvol_export.layers import TORCH_CPU_OPTIONS, onnx_options
-from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from xvol_export.runners import OnnxRuntimeRunner, TorchRunner
 from xvol_export.utils import randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, paired_ratio, write_json  # noqa: E402
-
-
-def time_runners(runners: dict[str, Runner], feed: np.ndarray, warmup: int, iterations: int) -> dict[str, dict]:
-    """Median and spread per runner, and the paired ratio to the first, timed round-robin with the
-    runners' own timed calls."""
-    for runner in runners.values():
-        runner.bind({runner.input_names()[0]: feed})
-    for _ in range(warmup):
-        for runner in runners.values():
-            runner.timed_call()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(iterations):
-        for name, runner in runners.items():
-            samples[name].append(runner.timed_call().host_ms)
-    baseline = next(iter(samples.values()))
-    out = {}
-    for name, values in samples.items():
-        stats = latency_stats(values)
-        ratio, interval = paired_ratio(values, baseline)
-        out[name] = {"median_ms": stats.median, "min_ms": stats.min, "cv": stats.cv, "rounds": len(values),
-                     "vs_training": ratio, "vs_training_ci95": list(interval)}
-    return out
+from _common import RESULTS, machine, time_runners, write_json  # noqa: E402
 
 
 def onnx_runner(model: nn.Module, shape: tuple[int, ...], name: str) -> OnnxRuntimeRunner:
@@ -110,8 +87,8 @@ def measure(variants: dict[str, nn.Module], shape: tuple[int, ...], warmup: int,
     ort_options = onnx_options(shape[0])
     ort_runners = {name: onnx_runner(tuned(name, m, ort_options), shape, name) for name, m in variants.items()}
     return {
-        "pytorch eager": time_runners(torch_runners, feed, warmup, iterations),
-        "onnxruntime": time_runners(ort_runners, feed, warmup, iterations),
+        "pytorch eager": time_runners(torch_runners, feed, warmup, iterations, "vs_training"),
+        "onnxruntime": time_runners(ort_runners, feed, warmup, iterations, "vs_training"),
     }
 
 

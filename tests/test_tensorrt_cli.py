@@ -4,6 +4,8 @@ exits 2 and leaves nothing behind. (On a GPU machine with TensorRT, test_tensorr
 from __future__ import annotations
 
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,20 @@ def test_engine_paths_without_tensorrt_exit_2_and_write_nothing(case, folder, ca
         assert "xvol[tensorrt]" in r.message and "https://pypi.nvidia.com" in r.message
     assert sorted(p.name for p in folder.iterdir()) == before
     assert list((folder.parent / "tmp").iterdir()) == []
+
+
+def test_tensorrt_without_a_gpu_says_so(folder, capsys, monkeypatch):
+    """TensorRT importable (a stand-in with its API's names) but no CUDA GPU: exit 2 naming the GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    stand_in = types.ModuleType("tensorrt")
+    stand_in.__version__, stand_in.Builder = "10.13.0.35", type("Builder", (), {})
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in)  # restored after the test
+    before = sorted(p.name for p in folder.iterdir())
+    r = run_cli(capsys, "export", folder / "digits.onnx", "--format", "engine")
+    assert r.code == 2 and "no CUDA GPU PyTorch can use here" in r.message, r.text
+    r = run_cli(capsys, "bench", "--engine", folder / "corrupt.engine")
+    assert r.code == 2 and "no CUDA GPU PyTorch can use here" in r.message, r.text
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -4,6 +4,7 @@ layer precision check. What needs TensorRT and a GPU lives in test_tensorrt_gpu.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from hypothesis import given
@@ -302,3 +303,34 @@ def test_profiles_serialize_as_the_sidecar_stores_them():
     profile = default_profiles(ONE_INPUT, 4, None)[0]
     assert ShapeProfile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
     check_shape_options(["1x3x28x28"], ["2x3x28x28"], ["4x3x28x28"])
+
+
+def test_an_engine_is_saved_after_its_sidecar_and_layer_information(tmp_path):
+    from xvol_export.tensorrt.build import BuiltEngine, save_engine
+    from xvol_export.tensorrt.layers import LayerPrecisionCheck
+    from xvol_export.tensorrt.sidecar import layers_path
+
+    built = BuiltEngine(b"plan bytes", _sidecar(), {"Layers": [_layer("/conv1/Conv", "FP16")]},
+                        LayerPrecisionCheck(1, 1, ()), precision_plan("fp16", BUILT.tensorrt), 1.5)
+    engine = tmp_path / "model.engine"
+    written = save_engine(built, engine)
+    assert written == [engine, sidecar_path(engine), layers_path(engine)]
+    assert engine.read_bytes() == b"plan bytes" and read_sidecar(engine) == _sidecar()
+    assert json.loads(layers_path(engine).read_text()) == built.layer_info
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)  # no temporary file left
+    with pytest.raises(XvolError, match="already exists"):
+        save_engine(built, engine)
+
+
+def test_what_is_missing_for_engines_is_named_with_what_to_install(monkeypatch):
+    import torch
+
+    from xvol_export.tensorrt.environment import INSTALL, cuda_missing, engine_build_missing, polygraphy_missing
+
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in cuda_missing() and "CUDA build" in cuda_missing()
+    monkeypatch.setitem(sys.modules, "polygraphy", None)  # import polygraphy now raises ImportError
+    assert polygraphy_missing().startswith("Polygraphy is not installed") and "pip install polygraphy" in \
+        polygraphy_missing()
+    reason = engine_build_missing()
+    assert reason is not None and (INSTALL in reason or "Polygraphy" in reason)

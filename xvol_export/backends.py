@@ -16,6 +16,7 @@ from torch import nn
 
 from xvol_export.errors import XvolError
 from xvol_export.runners import Runner
+from xvol_export.tensorrt.environment import INSTALL as TENSORRT_INSTALL
 
 if TYPE_CHECKING:
     from xvol_export.tensorrt.build import EngineSettings
@@ -38,6 +39,11 @@ class RunnerOptions:
 
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+
+
+def cuda_index(device: str) -> int:
+    """``cuda`` -> 0, ``cuda:N`` -> N."""
+    return int(device[5:]) if ":" in device else 0
 
 
 def check_precision(precision: str | None) -> None:
@@ -101,8 +107,7 @@ def _onnxruntime(path: Path, model: nn.Module | None, name: str, options: Runner
 
     providers = ("CPUExecutionProvider",)
     if options.device.startswith("cuda"):
-        index = int(options.device[5:]) if ":" in options.device else 0
-        providers = (("CUDAExecutionProvider", {"device_id": index}),)
+        providers = (("CUDAExecutionProvider", {"device_id": cuda_index(options.device)}),)
     runner = OnnxRuntimeRunner(path, name, providers=providers, threads=options.threads,
                                allow_spinning=options.allow_spinning)
     if options.precision is not None:
@@ -136,7 +141,7 @@ def _tensorrt(path: Path, model: nn.Module | None, name: str, options: RunnerOpt
     device = "cuda:0" if options.device == "cpu" else options.device  # TensorRT runs on a GPU only
     if not device.startswith("cuda"):
         raise XvolError(f"{path}: the tensorrt backend runs on cuda or cuda:N, not {options.device}.")
-    index = int(device[5:]) if ":" in device else 0
+    index = cuda_index(device)
     engine = cached_engine(path, options.engine, index) if path.suffix.lower() == ".onnx" else path
     return TensorRTRunner(engine, name, device_index=index, cuda_graph=options.cuda_graph,
                           data_transfers=options.data_transfers)
@@ -158,8 +163,7 @@ BACKENDS: dict[str, Backend] = {
                 _openvino),
         # an ONNX graph on tensorrt: an engine is built first, or reused from the engine cache
         Backend("tensorrt", "TensorRT", ("engine", "onnx"), "tensorrt",
-                "it needs an NVIDIA GPU and NVIDIA's TensorRT libraries (pip install 'xvol[tensorrt]' on such a "
-                "machine); export --format onnx here and build the engine on the target GPU", "cuda, cuda:N",
+                TENSORRT_INSTALL, "cuda, cuda:N",
                 _tensorrt, _tensorrt_missing),
     )
 }
@@ -185,8 +189,8 @@ def backends_for(path: str | Path, kind: str, names: tuple[str, ...] | None) -> 
     chosen = [get_backend(name) for name in names] if names else [DEFAULT_BACKEND[kind]]
     for backend in chosen:
         if kind not in backend.kinds:
-            names = [b.name for b in BACKENDS.values() if kind in b.kinds]
-            runs_on = " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
+            openers = [b.name for b in BACKENDS.values() if kind in b.kinds]
+            runs_on = " or ".join(openers) if len(openers) < 3 else f"{', '.join(openers[:-1])} or {openers[-1]}"
             raise XvolError(f"{path}: {KIND_NAMES[kind]} runs on the {runs_on} backend, not {backend.name}. Export "
                             "it first (xvol export) to run it on another backend.")
         missing = backend.unavailable()

@@ -11,7 +11,15 @@ import numpy as np
 from torch import nn
 
 from xvol_export.artifacts import Artifact, artifact_kind, open_artifact
-from xvol_export.backends import BACKENDS, Backend, RunnerOptions, backends_for, check_precision, get_backend
+from xvol_export.backends import (
+    BACKENDS,
+    Backend,
+    RunnerOptions,
+    backends_for,
+    check_precision,
+    cuda_index,
+    get_backend,
+)
 from xvol_export.bench.stats import LatencyStats, latency_stats
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.doctor import cpu_name, package_versions
@@ -152,6 +160,8 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
                 f"{100 * case.latency.cv:.1f} %); close other programs or raise --iterations/--duration"
             )
     report.notes += _precision_notes(report, artifacts, settings.precision)
+    for artifact, _ in artifacts:  # TensorRT: an engine without its sidecar, or built on another GPU model
+        report.warnings += list(getattr(artifact.runner, "warnings", ()))
     if not settings.data_transfers and settings.device == "cpu":
         report.notes.append("--no-data-transfers has no effect on the CPU: there are no transfers")
     return report
@@ -266,7 +276,7 @@ def _check_device(device: str) -> None:
         raise XvolError(f"--device {device}: this machine has no CUDA device PyTorch can use (torch "
                         f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Use --device cpu, or run "
                         "on a machine with an NVIDIA GPU and a CUDA build of PyTorch.")
-    index = _cuda_index(device)
+    index = cuda_index(device)
     if index >= torch.cuda.device_count():
         raise XvolError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
 
@@ -298,13 +308,10 @@ def _machine(device: str) -> dict:
     if device.startswith("cuda"):
         import torch
 
-        props = torch.cuda.get_device_properties(_cuda_index(device))
+        props = torch.cuda.get_device_properties(cuda_index(device))
         info["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}"}
     return info
 
-
-def _cuda_index(device: str) -> int:
-    return int(device[5:]) if ":" in device else 0
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ def verify(reference: Reference, candidate: nn.Module | Runner, name: str | None
     ran = getattr(candidate, "precision_note", None)  # OpenVINO: the precision it computed in, read back
     if callable(ran):
         report.notes.append(ran())
+    report.notes += list(getattr(candidate, "warnings", ()))  # TensorRT: an engine without its sidecar, ...
     return report
 
 
