@@ -71,7 +71,7 @@ def inspect(
     ema: opt.Ema = False,
 ):
     """Architecture, parameters, MACs, and what folding will do to every block; or an ONNX graph's contents."""
-    opt.json_option(json_path, force)
+    opt.check_outputs(force, [checkpoint], json=json_path)
     if checkpoint.suffix.lower() == ".onnx":
         graph = api.inspect_graph(checkpoint)
         render_graph(console, graph)
@@ -111,7 +111,7 @@ def fold(
     ema: opt.Ema = False,
 ):
     """Fold into the deploy form, verify per block and end to end, and write it (only if verified)."""
-    opt.json_option(json_path, force)
+    opt.check_outputs(force, [checkpoint, data], output=output or api.default_fold_output(checkpoint), json=json_path)
     tolerance = opt.tolerance_option(atol, rtol, check_error_stat)
     with console.status("Folding and verifying…"):
         result = api.fold_checkpoint(
@@ -148,7 +148,8 @@ def verify(
     ema: opt.Ema = False,
 ):
     """Run two artifacts on the same inputs and compare them (two checkpoints: per block too)."""
-    opt.json_option(json_path, force)
+    opt.check_outputs(force, [reference, candidate, data, load_inputs], save_inputs=save_inputs,
+                      save_outputs=save_outputs, json=json_path)
     if data is not None and load_inputs is not None:
         raise XvolError("Give the inputs once: --data and --load-inputs are the same option.")
     tolerance = opt.tolerance_option(atol, rtol, check_error_stat)
@@ -231,7 +232,8 @@ def export(
     ema: opt.Ema = False,
 ):
     """Fold if needed, export, check, simplify, re-verify against the training form, write with metadata."""
-    opt.json_option(json_path, force)
+    opt.check_outputs(force, [checkpoint, calib, data, timing_cache],
+                      output=output, json=json_path)
     # bf16 lives in OpenVINO, not the graph: user tolerances start from the fp32 graph's defaults
     tolerance = opt.tolerance_option(atol, rtol, check_error_stat, "fp32" if precision == "bf16" else precision)
     int8 = opt.int8_options(calib_method, int8_sensitivity, int8_fallback, accuracy_budget)
@@ -287,7 +289,7 @@ def bench(
     trust_pickle: opt.TrustPickle = False,
 ):
     """Latency and throughput statistics on the chosen backend and device."""
-    opt.json_option(json_path, force)
+    opt.check_outputs(force, [*(artifacts or []), *(engine or [])], json=json_path)
     settings = api.BenchSettings(
         device=device, batches=opt.int_list_option(batch, "--batch"), imgsz=opt.imgsz_option(imgsz),
         warmup=warmup, iterations=iterations, duration=duration,
@@ -304,7 +306,7 @@ def bench(
 @app.command()
 def doctor(json_path: opt.JsonPath = None, force: opt.Force = False):
     """What this machine can do: versions, devices, runtimes and providers, TensorRT availability."""
-    opt.json_option(json_path, force)
+    opt.check_outputs(force, [], json=json_path)
     report = machine_report()
     render_doctor(console, report)
     return _finish(True, json_path, {"command": "doctor", **report}, force)

@@ -13,7 +13,7 @@ from xvol_export.compare import ERROR_STATS, Tolerance, parse_tolerance
 from xvol_export.errors import XvolError
 from xvol_export.fold import LAYOUT_CHOICES
 from xvol_export.inputs import InputShape, parse_shape
-from xvol_export.io import check_output_path
+from xvol_export.io import check_outputs as io_check_outputs
 
 JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
@@ -39,11 +39,11 @@ ArchConfig = Annotated[Optional[str], typer.Option(
 Ema = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of a training checkpoint.")]
 
 
-def json_option(path: Path | None, force: bool) -> Path | None:
-    """Refuse a bad --json path before any work is done, so a failed run writes nothing."""
-    if path is not None:
-        check_output_path(path, force)
-    return path
+def check_outputs(force: bool, inputs: list[Path | None], **outputs: Path | None) -> None:
+    """Refuse bad output paths before any work is done, so a failed run writes nothing: each keyword is an
+    option's name (``json=`` for --json, ``save_inputs=`` for --save-inputs)."""
+    named = {f"--{name.replace('_', '-')}": path for name, path in outputs.items()}
+    io_check_outputs(named, list(inputs), force)
 
 
 def shape_option(text: str | None) -> InputShape | None:

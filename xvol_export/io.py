@@ -26,6 +26,45 @@ def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     return path
 
 
+def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: list[str | os.PathLike | None],
+                  force: bool = False) -> None:
+    """Before any work: every output (``{option: path}``) can be written, none is one of ``inputs``
+    (not even with ``force``: the output would replace what it is made from), and no two name one file.
+    :class:`XvolError` names the option and the file."""
+    given = {option: Path(path) for option, path in outputs.items() if path is not None}
+    sources = [Path(p) for p in inputs if p is not None]
+    seen: dict[Path, str] = {}
+    for option, path in given.items():
+        resolved = path.resolve()
+        if any(resolved == source.resolve() or _same_file(path, source) for source in sources):
+            raise XvolError(f"{path}: {option} names a file this command reads. Choose another output path "
+                            "(--force never replaces an input).")
+        if resolved in seen:
+            raise XvolError(f"{path}: {seen[resolved]} and {option} name the same file. Give each output its own "
+                            "path.")
+        seen[resolved] = option
+        check_output_path(path, force)
+        _check_writable(path)
+
+
+def _check_writable(path: Path) -> None:
+    """Create and remove a file beside ``path``: permissions alone do not say (root, read-only mounts, /proc)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as err:
+        raise XvolError(f"{path}: cannot write in the folder '{path.parent}' ({err.strerror or err}). Choose another "
+                        "output path.") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it."""

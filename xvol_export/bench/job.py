@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,9 @@ from xvol_export.runners import Runner
 from xvol_export.tensorrt.build import EngineSettings
 
 SCHEMA_VERSION = 1
+MAX_DURATION_S = 86_400.0  # a day
+MAX_CALLS = 10_000_000
+MAX_THREADS_PER_CORE = 4
 SCHEMA_PATH = Path(__file__).with_name("schema.json")  # JSON Schema of BenchReport.to_dict() (+ command, status)
 
 
@@ -256,8 +260,16 @@ def _check_settings(s: BenchSettings) -> None:
         raise XvolError(f"Batch sizes must be positive integers, got {list(s.batches)}.")
     if s.warmup < 0 or s.iterations < 1 or s.duration < 0:
         raise XvolError("--warmup must be >= 0, --iterations >= 1 and --duration >= 0.")
-    if s.threads is not None and s.threads < 1:
-        raise XvolError(f"--threads must be at least 1, got {s.threads}.")
+    # Bounds that keep a typo from running for days or starting a thread per core of a data centre.
+    if not math.isfinite(s.duration) or s.duration > MAX_DURATION_S:
+        raise XvolError(f"--duration must be a number of seconds from 0 to {MAX_DURATION_S:g}, got {s.duration}.")
+    for option, value, most in (("--iterations", s.iterations, MAX_CALLS), ("--warmup", s.warmup, MAX_CALLS)):
+        if value > most:
+            raise XvolError(f"{option} must be at most {most:,}, got {value:,}; use --duration for long runs.")
+    cores = os.cpu_count() or 1
+    if s.threads is not None and not 1 <= s.threads <= MAX_THREADS_PER_CORE * cores:
+        raise XvolError(f"--threads must be from 1 to {MAX_THREADS_PER_CORE * cores} ({MAX_THREADS_PER_CORE} per "
+                        f"logical core; this machine has {cores}), got {s.threads}.")
     if s.cuda_graph and not s.device.startswith("cuda"):
         raise XvolError("--cuda-graph needs --device cuda: CUDA graphs exist only on NVIDIA GPUs.")
     check_precision(s.precision)
