@@ -1,14 +1,14 @@
-"""Atomic file writes and file hashes."""
+"""Atomic file writes and file hashes (temporary files are named and cleaned up by :mod:`xvol_export.cleanup`)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from xvol_export import cleanup
 from xvol_export.errors import XvolError
 
 
@@ -45,17 +45,18 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: list[str
         seen[resolved] = option
         check_output_path(path, force)
         _check_writable(path)
+    for path in given.values():  # temporary files that killed runs left beside these outputs
+        cleanup.sweep(path.parent)
 
 
 def _check_writable(path: Path) -> None:
     """Create and remove a file beside ``path``: permissions alone do not say (root, read-only mounts, /proc)."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        probe = cleanup.new_file(path.parent, f".{path.name}.", ".probe")
     except OSError as err:
         raise XvolError(f"{path}: cannot write in the folder '{path.parent}' ({err.strerror or err}). Choose another "
                         "output path.") from None
-    os.close(fd)
-    os.unlink(probe)
+    cleanup.discard(probe)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -67,24 +68,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it."""
+    """Yield a temporary path beside ``path`` (``.NAME.xvol-PID-….XXXX.tmp``, with the usual permissions);
+    on success rename it over ``path``, else remove it. Stale ones of killed runs in that folder go first."""
     path = check_output_path(path, force)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs get the usual permissions
-    try:
+    cleanup.sweep(path.parent)
+    with cleanup.temporary_file(path) as tmp:
         yield tmp
         os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -10,9 +10,9 @@ renamed into place with its sidecar and layer information.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
+from xvol_export import cleanup
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
 from xvol_export.io import check_output_path
@@ -55,8 +55,7 @@ def build_verified_engine(onnx_path: Path, output: Path, settings: EngineSetting
                "compute_capability": built.sidecar.compute_capability}
     if not built.layer_check.passed:
         return None, summary, [f"engine: {built.layer_check.failure()}"], []
-    staging = Path(output.parent) / f".{output.name}.staging"
-    staging.mkdir(exist_ok=True)
+    staging = cleanup.staging_folder(output)  # named for this process: swept by the next run if it is killed
     try:
         staged = staging / output.name
         save_engine(built, staged, force=True)
@@ -69,4 +68,4 @@ def build_verified_engine(onnx_path: Path, output: Path, settings: EngineSetting
             os.replace(source, target)  # the engine last: it never appears without its sidecar
         return report, summary, [], engine_files(output)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        cleanup.discard(staging)

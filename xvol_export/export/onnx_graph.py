@@ -8,8 +8,6 @@ import importlib.util
 import io
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +16,7 @@ import onnx
 import torch
 from torch import nn
 
+from xvol_export.cleanup import discard, staging_folder, sweep, temporary_folder
 from xvol_export.errors import XvolError
 from xvol_export.io import atomic_write, check_output_path
 
@@ -57,7 +56,7 @@ def export_onnx(
     """
     check_opset(opset, exporter)
     example = torch.zeros(input_shape, dtype=next(model.parameters()).dtype)
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
+    with temporary_folder() as tmp, _quiet():
         path = os.path.join(tmp, "model.onnx")
         if exporter == "torchscript":
             axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
@@ -82,7 +81,7 @@ def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
             onnx.checker.check_model(model, full_check=True)
             return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        with tempfile.TemporaryDirectory() as tmp:  # the checker reads large models from a path
+        with temporary_folder() as tmp:  # the checker reads large models from a path
             path = os.path.join(tmp, "model.onnx")
             onnx.save_model(_copy(model), path, save_as_external_data=True, location="model.onnx.data")
             onnx.checker.check_model(path, full_check=True)
@@ -156,14 +155,17 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, force: bool = Fal
     data_path = path.with_name(path.name + ".data")
     check_output_path(path, force)
     check_output_path(data_path, force)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    sweep(path.parent)
+    staging = None
     try:  # both files are written aside, then renamed into place
+        staging = staging_folder(path)
         onnx.save_model(_copy(model), staging / path.name, save_as_external_data=True,
                         all_tensors_to_one_file=True, location=data_path.name)
         os.replace(staging / data_path.name, data_path)
         os.replace(staging / path.name, path)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            discard(staging)
     return [path, data_path]
 
 
@@ -173,7 +175,7 @@ def runnable(model: onnx.ModelProto) -> Iterator[bytes | str]:
     if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
         yield model.SerializeToString()
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with temporary_folder() as tmp:
         path = os.path.join(tmp, "model.onnx")
         onnx.save_model(_copy(model), path, save_as_external_data=True, location="model.onnx.data")
         yield path
