@@ -11,6 +11,7 @@ from torch import nn
 from xvol_export.backends import RunnerOptions, backends_for
 from xvol_export.checkpoint import SUFFIXES, Checkpoint, LoadOptions
 from xvol_export.errors import XvolError
+from xvol_export.limits import check_input_file
 from xvol_export.runners import Runner
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -49,7 +50,7 @@ def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), na
                   backend: str | None = None, options: RunnerOptions = RunnerOptions()) -> Artifact:
     """The artifact at ``path`` with a runner on ``backend`` (default: its kind's), named ``name`` (default:
     the file name). :class:`XvolError` when the file is missing, or the backend cannot open it or run here."""
-    path = Path(path)
+    path = check_input_file(path, "artifact")  # a named pipe would block for ever
     kind = artifact_kind(path)
     if not path.is_file():
         raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")

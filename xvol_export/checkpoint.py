@@ -30,6 +30,7 @@ from xvol_export.dtypes import DTYPES, describe_dtype, dtype_kind, dtype_name, r
 from xvol_export.errors import XvolError
 from xvol_export.io import atomic_write, sha256_file
 from xvol_export.layers import LAYOUTS, XVolution, XVolutionDeploy
+from xvol_export.limits import check_fits, check_input_file, format_bytes
 from xvol_export.models import create_model, get_model_entry
 
 FORMAT = "xvol.checkpoint"
@@ -109,6 +110,14 @@ def checkpoint_from_model(model: nn.Module, metadata: dict | None = None) -> Che
     )
 
 
+def _created() -> str:
+    """Now, or ``$SOURCE_DATE_EPOCH`` where set (reproducible builds: two runs write the same bytes)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    moment = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch.isdigit()
+              else _dt.datetime.now(_dt.timezone.utc))
+    return moment.isoformat(timespec="seconds")
+
+
 def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLike, *,
                     metadata: dict | None = None, force: bool = False, dtype: str | torch.dtype | None = None) -> Path:
     """Write a checkpoint atomically (``.safetensors`` by suffix, else ``.pth``); return its path.
@@ -123,7 +132,7 @@ def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLi
         state_dict = {k: v.to(target) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                       for k, v in state_dict.items()}
     meta = {"xvol_version": xvol_export.__version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _created(),
             **ckpt.metadata, **(metadata or {})}
     # Plain JSON types only, so the file stays loadable with weights_only=True.
     meta = json.loads(json.dumps(meta, default=str))
@@ -138,13 +147,16 @@ def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLi
     }
     path = Path(path)
     with atomic_write(path, force) as tmp:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             from safetensors.torch import save_file
 
             tensors = {k: v.contiguous().clone() for k, v in state_dict.items()}
             save_file(tensors, str(tmp), metadata={"xvol": json.dumps(header)})
         else:
-            torch.save({**header, "state_dict": state_dict}, tmp)
+            # Through a file object: given a path, torch.save names the archive's root folder after the file,
+            # here the temporary one, and two saves of the same weights would differ.
+            with open(tmp, "wb") as handle:
+                torch.save({**header, "state_dict": state_dict}, handle)
     return path
 
 
@@ -155,12 +167,12 @@ def load_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, arch
     ``arch``/``config`` name the architecture of a bare state dict. ``trust_pickle`` allows
     files that need full unpickling (it runs code from the file: only for files you trust).
     """
-    path = Path(path)
+    path = check_input_file(path, "checkpoint")  # a named pipe would block for ever
     if not path.exists():
         raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
     if path.is_dir():
         raise XvolError(f"{path}: is a folder, not a checkpoint file. Give the path of a .pth or .safetensors file.")
-    if path.suffix == ".safetensors":
+    if _is_safetensors(path):
         ckpt = _read_safetensors(path)
     else:
         ckpt = _read_pth(path, trust_pickle, arch, config, use_ema)
@@ -178,6 +190,7 @@ def build_model(ckpt: Checkpoint) -> nn.Module:
     """
     try:
         get_model_entry(ckpt.architecture)  # unknown architecture: a clear error first
+        _check_size(ckpt)  # absurd configs: refused from arithmetic, before any module is built
         # Built on the meta device: no time spent initializing weights that the file replaces.
         with torch.device("meta"):
             model = _construct(ckpt)
@@ -198,6 +211,35 @@ def build_model(ckpt: Checkpoint) -> nn.Module:
         load_state_dict_strict(model, ckpt.state_dict, ckpt.label)
     check_weights(model, ckpt.label)
     return model.eval()
+
+
+def _check_size(ckpt: Checkpoint) -> None:
+    """Refuse a config whose model cannot be this file's or cannot fit in memory, from arithmetic alone.
+
+    The architecture's size rule checks every config value (types and ranges, :class:`ValueError`) and
+    counts the state-dict values the config describes (a lower bound for a deploy checkpoint, whose
+    blocks may be dense or split). Far more values than the file holds means the config is not the file's
+    (a few keys more or less are left to :func:`check_state_dict`, which names them); more bytes than this
+    machine has means no model of it can be built here.
+    """
+    from xvol_export.models import model_size
+
+    size = model_size(ckpt.architecture, ckpt.config, deploy=ckpt.folded)
+    if size is None:  # an architecture without a size rule: its constructor checks what it can
+        return
+    tensors = [t for t in ckpt.state_dict.values() if isinstance(t, torch.Tensor)]
+    held = sum(t.numel() for t in tensors)
+    itemsize = max((t.element_size() for t in tensors if t.is_floating_point()), default=4)
+    if size.values > 2 * held + 1_000_000:  # far more than the file: before building (a few keys: named later)
+        raise XvolError(
+            f"its config describes a model of at least {size.values:,} values ({size.summary}), but the file holds "
+            f"{held:,}. The config is not the one these weights were trained with (or was edited); use the original "
+            "checkpoint, or pass --arch-config with the training config."
+        )
+    check_fits(size.values * itemsize + size.activation_bytes,
+               f"the model its config describes ({size.values:,} values of {itemsize} bytes, and "
+               f"{format_bytes(size.activation_bytes)} of activations for one input of its size)",
+               "Use a checkpoint of a smaller model, or a machine with more memory.")
 
 
 def _construct(ckpt: Checkpoint) -> nn.Module:
@@ -264,6 +306,7 @@ def check_refold(ckpt: Checkpoint, layout: str) -> None:
 def _single_form_blocks(ckpt: Checkpoint) -> set[str]:
     """Deploy blocks without a dilated branch: one 3x3 conv whatever layout was asked for."""
     try:
+        _check_size(ckpt)
         with torch.device("meta"):
             model = _construct(ckpt)
     except (XvolError, TypeError, ValueError):
@@ -365,6 +408,8 @@ def _read_pth(path: Path, trust_pickle: bool, arch: str | None, config: dict | N
         raise XvolError(f"{path}: is empty (0 bytes). The save was interrupted or the copy failed; copy it again.")
     with open(path, "rb") as handle:
         is_zip = handle.read(4) == b"PK\x03\x04"  # torch.save's archive format since PyTorch 1.6
+    if is_zip:
+        _check_archive_size(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
@@ -392,6 +437,42 @@ def _read_pth(path: Path, trust_pickle: bool, arch: str | None, config: dict | N
     return _from_foreign_dict(path, obj, arch, config, use_ema)
 
 
+def _check_archive_size(path: Path) -> None:
+    """Refuse, before ``torch.load`` unpacks it, an archive whose members inflate far beyond the file (torch.save
+    stores them uncompressed, so a real checkpoint unpacks to its own size) or beyond this machine's memory."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports the damage; nothing is unpacked before it does
+    unpacked = sum(m.file_size for m in members)
+    size = path.stat().st_size
+    compressed = any(m.compress_type != zipfile.ZIP_STORED for m in members)
+    if compressed and unpacked > 4 * size + (16 << 20):
+        raise XvolError(
+            f"{path}: its archive would unpack to {format_bytes(unpacked)} from a {format_bytes(size)} file. "
+            "torch.save stores its members uncompressed, so this is not a checkpoint it wrote (it may be a zip "
+            "bomb); nothing was unpacked. Use the original checkpoint."
+        )
+    check_fits(unpacked, f"{path}: unpacking its archive",
+               "Load it on a machine with more memory, or save the weights in a smaller dtype.")
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By content where it says (a zip archive is torch.save's, a JSON header after its 8-byte length is
+    safetensors'), else by suffix, in any case (``.SAFETENSORS`` too)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        head = b""
+    if head[:4] == b"PK\x03\x04":
+        return False
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return True
+    return path.suffix.lower() == ".safetensors"
+
+
 def _read_safetensors(path: Path) -> Checkpoint:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
@@ -399,6 +480,8 @@ def _read_safetensors(path: Path) -> Checkpoint:
     try:
         with safe_open(str(path), "pt") as handle:
             meta = handle.metadata() or {}
+            sizes = [_safetensors_bytes(handle, key) for key in handle.keys()]  # noqa: SIM118 - not a dict
+        check_fits(sum(sizes), f"{path}: its tensors", "Load it on a machine with more memory.")
         state_dict = load_file(str(path))
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as err:
         raise XvolError(
@@ -413,12 +496,42 @@ def _read_safetensors(path: Path) -> Checkpoint:
         header = json.loads(meta["xvol"])
     except json.JSONDecodeError:
         raise XvolError(f"{path}: its xvol header is not valid JSON. The file is damaged; save it again.") from None
+    if not isinstance(header, dict):
+        raise XvolError(f"{path}: its xvol header is a JSON {_json_kind(header)}, not an object with the "
+                        "architecture, config and format_version. The file was not written by xvol or was edited; "
+                        "save it again with xvol_export.save_checkpoint.")
     return _from_header(path, header, state_dict)
+
+
+def _safetensors_bytes(handle, key: str) -> int:
+    view = handle.get_slice(key)
+    dtype = view.get_dtype()
+    itemsize = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+                "I16": 2, "U16": 2}.get(dtype, 1)
+    count = 1
+    for dim in view.get_shape():
+        count *= dim
+    return count * itemsize
+
+
+def _json_kind(value) -> str:
+    return {list: "list", str: "string", type(None): "null", bool: "boolean", int: "number",
+            float: "number"}.get(type(value), type(value).__name__)
 
 
 def _from_header(path: Path, header: dict, state_dict) -> Checkpoint:
     version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if "format_version" not in header:
+        raise XvolError(
+            f"{path}: its header has no format_version, so xvol cannot tell how to read it. The file was not "
+            "written by xvol_export.save_checkpoint or was edited; save it again from the model."
+        )
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise XvolError(
+            f"{path}: its header's format_version is {version!r}, not a version number (xvol writes "
+            f"{FORMAT_VERSION}). The file is damaged or was edited; save it again from the model."
+        )
+    if version > FORMAT_VERSION:
         raise XvolError(
             f"{path}: checkpoint format version {version!r} is newer than this xvol understands "
             f"({FORMAT_VERSION}). Upgrade xvol."

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from xvol_export.errors import XvolError
+from xvol_export.limits import check_fits, check_input_file, check_seed, format_bytes, tensor_bytes
 
 _SHAPE = re.compile(
     r"^\s*(?:(?P<name>[A-Za-z_][\w./-]*)\s*:)?\s*(?:\[(?P<bracketed>[^\[\]]*)\]|(?P<plain>[^\[\]]*))\s*$"
@@ -47,12 +48,22 @@ def parse_shape(text: str) -> InputShape:
     return InputShape(tuple(int(p) for p in parts), match.group("name"))
 
 
+# Input values beyond this (2**64, about the square root of float32's largest value) overflow float32 as soon
+# as the model multiplies two activations (the attention's q.k); real, preprocessed inputs are of order 1.
+MAX_INPUT_MAGNITUDE = 2.0**64
+
+
 def fresh_seed() -> int:
     return secrets.randbelow(2**31)
 
 
 def random_inputs(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard-normal inputs from a seeded generator (reproducible across runs and machines)."""
+    """Standard-normal inputs from a seeded generator (reproducible across runs and machines).
+
+    :class:`XvolError` for a seed outside 0..2**32-1 and for a shape whose inputs cannot fit in memory."""
+    check_seed(seed)
+    check_fits(tensor_bytes(shape, 8 + torch.empty(0, dtype=dtype).element_size()),
+               f"random inputs of shape {'x'.join(map(str, shape))}", "Give a smaller --input-shape or batch.")
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
 
@@ -69,10 +80,11 @@ class InputData:
 
 def load_npz(path: str | os.PathLike) -> InputData:
     """Read inputs from ``.npz``: the array ``input`` (or the only non-label array) and optional ``labels``."""
-    path = Path(path)
+    path = check_input_file(path, ".npz file")  # a named pipe would block for ever
     if not path.is_file():
         raise XvolError(f"{path}: no such file. Give an .npz file with an 'input' array (and optional 'labels').")
     try:
+        _check_members(path)  # declared sizes, before numpy allocates them
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single .npy array, not an .npz archive")
@@ -83,6 +95,11 @@ def load_npz(path: str | os.PathLike) -> InputData:
             f"{path}: is not a readable .npz file ({err or type(err).__name__}). It may be truncated; "
             "save inputs with numpy.savez(path, input=array, labels=labels)."
         ) from None
+    not_arrays = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if not_arrays:
+        raise XvolError(f"{path}: member(s) {', '.join(not_arrays)} hold raw bytes, not numpy arrays (a pickle or "
+                        "another file format stored under an .npy name). Save inputs with "
+                        "numpy.savez(path, input=array, labels=labels).")
     labels = arrays.pop("labels", None)
     if "input" in arrays:
         inputs = arrays["input"]
@@ -98,9 +115,19 @@ def load_npz(path: str | os.PathLike) -> InputData:
     if len(inputs) == 0:
         raise XvolError(f"{path}: the input array holds no inputs (shape {inputs.shape}); give at least one, "
                         "ideally a few hundred held-out examples.")
+    if 0 in inputs.shape:
+        raise XvolError(f"{path}: the input array has a dimension of size 0 (shape {inputs.shape}): its inputs hold "
+                        "no values. Save images of N x C x H x W with every size at least 1.")
     if not np.isfinite(inputs).all():
         raise XvolError(f"{path}: the input array holds NaN or Inf values ({int((~np.isfinite(inputs)).sum())} of "
                         f"{inputs.size}); verification needs finite inputs, preprocessed like the model's.")
+    largest = float(np.abs(inputs).max())
+    if largest > MAX_INPUT_MAGNITUDE:
+        beyond = "beyond float32's range, " if largest > float(np.finfo(np.float32).max) else ""
+        raise XvolError(f"{path}: the input array holds values as large as {largest:.3g} ({beyond}more than "
+                        f"{MAX_INPUT_MAGNITUDE:.3g}): the model's float32 arithmetic overflows on them (attention "
+                        "multiplies activations together). Preprocess the inputs like the model's (values of "
+                        "order 1, or raw pixels up to 255).")
     if labels is not None and (labels.ndim != 1 or len(labels) != len(inputs) or labels.dtype.kind not in "iu"):
         raise XvolError(f"{path}: 'labels' must be integers, one per input ({len(inputs)}), got shape {labels.shape}.")
     return InputData(
@@ -108,6 +135,36 @@ def load_npz(path: str | os.PathLike) -> InputData:
         None if labels is None else torch.from_numpy(labels.astype(np.int64)),
         str(path),
     )
+
+
+def _check_members(path: Path) -> None:
+    """Read each ``.npy`` member's header (not its data) and refuse, before numpy allocates anything, a member
+    whose declared array is larger than the member (damaged) or than this machine's memory (with a float32 copy)."""
+    if not zipfile.is_zipfile(path):
+        return  # np.load says what the file is not
+    declared = 0.0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = reader(member)
+                except (ValueError, EOFError, OSError):
+                    raise XvolError(f"{path}: member '{name}' is not a numpy array ({info.file_size} bytes that numpy "
+                                    "cannot read as one: a pickle, or another file format). Save inputs with "
+                                    "numpy.savez(path, input=array, labels=labels).") from None
+                if dtype.hasobject:
+                    continue  # np.load refuses object arrays without unpickling anything
+                size = tensor_bytes(shape, dtype.itemsize)
+                if size > info.file_size:
+                    raise XvolError(f"{path}: member '{name}' declares an array of shape {tuple(shape)} "
+                                    f"({format_bytes(size)}) but holds only {format_bytes(info.file_size)}. The file "
+                                    "is truncated or damaged; save it again.")
+                declared += size + tensor_bytes(shape, 4)  # the array, and the float32 copy xvol feeds
+    check_fits(declared, f"{path}: its arrays", "Use fewer inputs (a few hundred are enough to verify).")
 
 
 def save_npz(path: str | os.PathLike, **arrays) -> None:
@@ -132,8 +189,15 @@ def prepare_inputs(input_size: tuple[int, ...] | None, label: str, data: str | o
     ``input_size`` is the model's ``(C, H, W)`` (None if unknown); ``label`` names it in messages.
     """
     expected = tuple(input_size or ())
+    if seed is not None:
+        check_seed(seed)
     if data is not None:
         loaded = load_npz(data)
+        if loaded.inputs.ndim != 4:
+            raise XvolError(
+                f"{data}: the input array has {loaded.inputs.ndim} dimensions (shape {tuple(loaded.inputs.shape)}), "
+                "but models take images of N x C x H x W (4 dimensions). Save the images with that shape."
+            )
         if expected and tuple(loaded.inputs.shape[1:2]) != expected[:1]:
             raise XvolError(
                 f"{data}: inputs of shape {tuple(loaded.inputs.shape)} have {loaded.inputs.shape[1]} channel(s), "

@@ -27,8 +27,10 @@ from xvol_export.doctor import cpu_name, package_versions
 from xvol_export.errors import XvolError
 from xvol_export.fold import set_runtime_options
 from xvol_export.layers import DILATED_CONVS
+from xvol_export.limits import check_seed
 from xvol_export.runners import Runner
 from xvol_export.tensorrt.build import EngineSettings
+from xvol_export.verify.run import check_batch_fits
 
 SCHEMA_VERSION = 1
 MAX_DURATION_S = 86_400.0  # a day
@@ -153,6 +155,7 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
             for artifact, chosen in artifacts:
                 runner = _runner_for(artifact, chosen, _options_for(chosen, plan, options))
                 shape = _input_shape(artifact, batch, settings.imgsz)
+                _check_batch_fits(artifact, shape)
                 feed = np.random.default_rng(settings.seed).standard_normal(shape, dtype=np.float32)
                 runner.bind({runner.input_names()[0]: feed})
                 runners.append((artifact, runner, chosen.name, shape))
@@ -255,9 +258,39 @@ def _input_shape(artifact: Artifact, batch: int, imgsz: tuple[int, int] | None) 
     return (batch, size[0], height, width)
 
 
+def _check_batch_fits(artifact: Artifact, shape: tuple[int, ...]) -> None:
+    """Refuse a batch whose inputs and activations cannot fit, before its inputs are made (activations: from the
+    model's size rule for checkpoints, from the graph's value shapes for a static ONNX graph)."""
+    model = artifact.model
+    itemsize = next((p.element_size() for p in model.parameters() if p.is_floating_point()), 4) if model else 4
+    per_input = _onnx_activation_bytes(artifact.path, shape) if artifact.kind == "onnx" else None
+    check_batch_fits(model, shape, f"{artifact.path} at batch {shape[0]} ({'x'.join(map(str, shape))})",
+                     "Bench a smaller --batch or --imgsz.", itemsize=itemsize, per_input_activation_bytes=per_input)
+
+
+def _onnx_activation_bytes(path: Path, shape: tuple[int, ...]) -> float | None:
+    """Float64 bytes of one input's activations in a graph with static value shapes: four times its largest
+    intermediate tensor, per batch item. None when the graph's shapes are symbolic or unknown."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - the runner has already read it; nothing to estimate from
+        return None
+    largest = 0.0
+    for info in graph.value_info:
+        dims = info.type.tensor_type.shape.dim
+        if not dims or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            continue
+        values = math.prod(float(d.dim_value) for d in dims[1:])
+        largest = max(largest, values)
+    return 8 * 4 * largest if largest else None
+
+
 def _check_settings(s: BenchSettings) -> None:
     if not s.batches or min(s.batches) < 1:
         raise XvolError(f"Batch sizes must be positive integers, got {list(s.batches)}.")
+    check_seed(s.seed)
     if s.warmup < 0 or s.iterations < 1 or s.duration < 0:
         raise XvolError("--warmup must be >= 0, --iterations >= 1 and --duration >= 0.")
     # Bounds that keep a typo from running for days or starting a thread per core of a data centre.

@@ -131,24 +131,40 @@ def to_int8_qdq(
         source, target = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save_model(model, source, save_as_external_data=large)
         cache = {}
-        if calibrate_method == "entropy" and _takes_calibration_cache(quantize_static):
-            cache["calibration_cache_path"] = _entropy_ranges(source, tmp, _Reader(), large, set(excluded))
-        quantize_static(
-            source,
-            target,
-            _Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            calibrate_method=method,
-            op_types_to_quantize=list(INT8_OP_TYPES),
-            nodes_to_exclude=excluded,
-            use_external_data_format=large,
-            extra_options=extra_options,
-            **cache,
-        )
+        with _calibration_overflow(images):
+            if calibrate_method == "entropy" and _takes_calibration_cache(quantize_static):
+                cache["calibration_cache_path"] = _entropy_ranges(source, tmp, _Reader(), large, set(excluded))
+            quantize_static(
+                source,
+                target,
+                _Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                calibrate_method=method,
+                op_types_to_quantize=list(INT8_OP_TYPES),
+                nodes_to_exclude=excluded,
+                use_external_data_format=large,
+                extra_options=extra_options,
+                **cache,
+            )
         return onnx.load_model(target)  # external data too, while the folder exists
+
+
+@contextlib.contextmanager
+def _calibration_overflow(images: np.ndarray):
+    """ONNX Runtime asserts ("scale issue") when a calibrated range is not finite: the calibration images drive
+    some activation past float32's range. Say so about the data, with its largest value."""
+    try:
+        yield
+    except AssertionError as err:
+        if "scale" not in str(err):
+            raise
+        largest = float(np.abs(images).max()) if images.size else 0.0
+        raise XvolError(f"The calibration images (largest |value| {largest:.3g}) drive the graph's activations past "
+                        "float32's range, so no int8 scale can be computed. Pass images preprocessed like the "
+                        "model's inputs (values of order 1).") from None
 
 
 # Entropy histograms as TensorRT's calibrator keeps them: 2048 bins searched for the best 128-bin window.

@@ -104,6 +104,7 @@ def fold(
             continue
         out_hw = tuple(before.output_shapes[name][-2:]) if before is not None else None
         chosen, reason = (layout, "requested") if layout != "auto" else choose_layout(module.config(), out_hw)
+        _check_dense_fits(name, module, chosen, target)
         folded = fold_xvolution(module, chosen, dilated_conv, aggregate)
         block = BlockFold(
             name=name,
@@ -215,6 +216,22 @@ def set_runtime_options(model: nn.Module, *, dilated_conv: str | None = None, ag
         else:
             target = rebuilt
     return target
+
+
+def _check_dense_fits(name: str, block: XVolution, layout: str, dtype: torch.dtype) -> None:
+    """A dense block's one kernel is ``(4d+1)x(4d+1)``: refuse one that cannot fit before it is made (the
+    float64 fold keeps three of that size, the deploy block one more in ``dtype``)."""
+    if layout != "dense" or not block.dilated_branch:
+        return
+    from xvol_export.limits import check_fits
+
+    size = 4 * block.dilation + 1
+    values = float(block.out_channels) * (block.in_channels // block.groups) * size * size
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    check_fits(values * (3 * 8 + itemsize),
+               f"block {name or '(the model)'}: the dense layout of dilation {block.dilation} (one {size}x{size} "
+               f"kernel, {values:,.0f} values)",
+               "Fold it with --layout split (or auto), which keeps the 3x3 and the dilated 5x5 apart.")
 
 
 def _check_options(dilated_conv: str, aggregate: str) -> None:

@@ -40,6 +40,8 @@ def conv2d_by_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     n, c, h, w = x.shape
     d = dilation
     rows, cols = (h + d - 1) // d, (w + d - 1) // d
+    if rows * cols * d * d > 2 * h * w:  # a dilation past the image: phase images of mostly padding, d*d of them
+        return F.conv2d(x, weight, bias, 1, d * half, d, groups)
     if (rows * d, cols * d) != (h, w):  # zeros past the edge are what the conv's padding reads anyway
         x = F.pad(x, (0, cols * d - w, 0, rows * d - h))
     phases = x.reshape(n, c, rows, d, cols, d).permute(3, 5, 0, 1, 2, 4).reshape(d * d * n, c, rows, cols)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from xvol_export.layers import XVolution, XVolutionDeploy
-from xvol_export.models.registry import register_model
+from xvol_export.layers.xvolution import default_attn_channels
+from xvol_export.models.registry import ModelSize, register_model
 
 
 class _Builder:
@@ -142,6 +143,143 @@ class XVolResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+# ------------------------------------------------------------------ sizes, from arithmetic (nothing is built)
+
+_XVOL_KWARGS = {"dilation": int, "shift": int, "attn_channels": int, "attention": bool, "dilated_branch": bool}
+
+
+def _count(value, name: str, low: int = 1) -> int:
+    """``value`` as an integer of at least ``low``; ValueError naming the config key otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+    return value
+
+
+def _check_xvol_kwargs(xvol_kwargs) -> dict:
+    if xvol_kwargs is None:
+        return {}
+    if not isinstance(xvol_kwargs, dict):
+        raise ValueError(f"xvol_kwargs must be a dict of X-volution arguments, got {xvol_kwargs!r}")
+    unknown = sorted(set(xvol_kwargs) - set(_XVOL_KWARGS))
+    if unknown:
+        raise ValueError(f"xvol_kwargs has unknown key(s) {unknown}; it takes {', '.join(_XVOL_KWARGS)}")
+    checked = {}
+    for key, value in xvol_kwargs.items():
+        if _XVOL_KWARGS[key] is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"xvol_kwargs.{key} must be true or false, got {value!r}")
+            checked[key] = value
+        elif not (key == "attn_channels" and value is None):
+            checked[key] = _count(value, f"xvol_kwargs.{key}")
+    return checked
+
+
+def _conv(cin: int, cout: int, kernel: int, groups: int, bias: bool) -> int:
+    return cout * (cin // groups) * kernel * kernel + (cout if bias else 0)
+
+
+def _norm(channels: int, deploy: bool) -> int:
+    return 0 if deploy else 4 * channels + 1  # weight, bias, running mean and variance, num_batches_tracked
+
+
+def _xvol_values(cin: int, cout: int, groups: int, kw: dict, deploy: bool) -> tuple[int, int]:
+    """State-dict values of one X-volution block (deploy: its smallest layout, split) and its attention width."""
+    attn = kw.get("attn_channels") or default_attn_channels(cin)
+    dilated, attention = kw.get("dilated_branch", True), kw.get("attention", True)
+    if deploy:
+        values = _conv(cin, cout, 3, groups, True) + (_conv(cin, cout, 5, groups, False) if dilated else 0)
+        values += (2 * attn + cout) * cin if attention else 0
+    else:
+        values = _conv(cin, cout, 3, groups, False) + _norm(cout, False)
+        values += _conv(cin, cout, 5, groups, False) + _norm(cout, False) if dilated else 0
+        values += (2 * attn + cout) * cin + _norm(cout, False) if attention else 0
+    return values, attn
+
+
+def resnet_size(block: str, layers, widths, stages, num_classes, in_chans, stem: str, xvol_kwargs, deploy: bool,
+                input_hw: tuple[int, int], groups: int = 1, width_per_group: int = 64) -> ModelSize:
+    """The :class:`ModelSize` of :class:`XVolResNet` (``block``: ``basic`` or ``bottleneck``): its state-dict
+    values counted exactly (deploy: every block split, the smallest layout), and the float64 activations of
+    one input of ``input_hw``: the widest feature map, four times over, plus the largest shift-padded k and v
+    of an attention aggregate."""
+    layers = [_count(n, "blocks per stage" if block == "basic" else "layers") for n in layers]
+    num_classes, in_chans = _count(num_classes, "num_classes"), _count(in_chans, "in_chans")
+    if isinstance(stages, (str, bytes)) or not hasattr(stages, "__iter__"):
+        raise ValueError(f"stages must be a list of stage numbers, got {stages!r}")
+    stages = [_count(s, "stages") for s in stages]
+    bad = [s for s in stages if s > len(layers)]
+    if bad:
+        raise ValueError(f"stages must be in 1..{len(layers)}, got {stages}")
+    kw = _check_xvol_kwargs(xvol_kwargs)
+    shift = kw.get("shift", 1)
+    height, width = input_hw
+    expansion = 1 if block == "basic" else 4
+    stem_width = widths[0]
+    if stem == "imagenet":
+        values = _conv(in_chans, stem_width, 7, 1, deploy)
+        height, width = -(-height // 4), -(-width // 4)
+    else:
+        values = _conv(in_chans, stem_width, 3, 1, deploy)
+    values += _norm(stem_width, deploy)
+    largest = stem_width * (-(-input_hw[0] // 2) * -(-input_hw[1] // 2) if stem == "imagenet" else height * width)
+    padded = recorded = 0
+    cin = stem_width
+    for index, (count, planes) in enumerate(zip(layers, widths, strict=True), start=1):
+        in_hw = height * width
+        if index > 1:
+            height, width = -(-height // 2), -(-width // 2)
+        xvol = index in stages
+        per_block, io = [], []
+        for i in range(min(count, 2)):  # every block after the first is the same: count two, multiply
+            stride = 2 if index > 1 and i == 0 else 1
+            cout = planes * expansion
+            if block == "basic":
+                mid = planes
+                first, attn = (_xvol_values(cin, mid, 1, kw, deploy) if xvol
+                               else (_conv(cin, mid, 3, 1, deploy) + _norm(mid, deploy), 0))
+                blk = first + _conv(mid, mid, 3, 1, deploy) + _norm(mid, deploy)
+            else:
+                mid = int(planes * (width_per_group / 64.0)) * groups
+                blk = _conv(cin, mid, 1, 1, deploy) + _norm(mid, deploy)
+                middle, attn = (_xvol_values(mid, mid, groups, kw, deploy) if xvol
+                                else (_conv(mid, mid, 3, groups, deploy) + _norm(mid, deploy), 0))
+                blk += middle + _conv(mid, cout, 1, 1, deploy) + _norm(cout, deploy)
+            if stride != 1 or cin != cout:
+                blk += _conv(cin, cout, 1, 1, deploy) + _norm(cout, deploy)
+            if xvol and kw.get("attention", True):
+                padded = max(padded, (attn + mid) * (height + 2 * shift) * (width + 2 * shift))
+            block_in = (cin if block == "basic" else mid) * (in_hw if i == 0 else height * width)
+            io.append(block_in + mid * height * width if xvol else 0)  # what verification records per block
+            largest = max(largest, max(mid, cout) * height * width)
+            per_block.append(blk)
+            cin = cout
+        values += per_block[0] + (count - 1) * per_block[-1]
+        recorded += io[0] + (count - 1) * io[-1]
+    values += cin * num_classes + num_classes
+    summary = (f"{sum(layers):,} blocks, widths {'/'.join(map(str, widths))}"
+               + (f", attention shift {shift}" if shift > 1 else ""))
+    return ModelSize(values, 8 * (4 * largest + padded), summary, recorded)
+
+
+def _resnet_rule(block: str, layers=None):
+    """The size rule of a registered ResNet factory (its config: stages, num_classes, in_chans, xvol_kwargs,
+    and blocks_per_stage for the tiny one)."""
+    def size(config: dict, deploy: bool) -> ModelSize:
+        in_chans = config.get("in_chans", 3)
+        if layers is None:  # the CIFAR-style tiny ResNet
+            count = _count(config.get("blocks_per_stage", 2), "blocks_per_stage")
+            return resnet_size(block, (count,) * 3, (16, 32, 64), config.get("stages", (3,)),
+                               config.get("num_classes", 10), in_chans, "cifar", config.get("xvol_kwargs"), deploy,
+                               (32, 32))
+        return resnet_size(block, layers, (64, 128, 256, 512), config.get("stages", (3,)),
+                           config.get("num_classes", 1000), in_chans, "imagenet", config.get("xvol_kwargs"), deploy,
+                           (224, 224))
+
+    return size
+
+
 def _imagenet_resnet(block, layers, stages, num_classes, in_chans, xvol_kwargs, deploy, xvol_layout):
     model = XVolResNet(block, layers, stages=stages, num_classes=num_classes, in_chans=in_chans,
                        xvol_kwargs=xvol_kwargs, deploy=deploy, xvol_layout=xvol_layout)
@@ -149,35 +287,35 @@ def _imagenet_resnet(block, layers, stages, num_classes, in_chans, xvol_kwargs, 
     return model
 
 
-@register_model
+@register_model(size=_resnet_rule("basic", (2, 2, 2, 2)))
 def xvol_resnet18(stages: Sequence[int] = (3,), num_classes: int = 1000, in_chans: int = 3,
                   xvol_kwargs: dict | None = None, deploy: bool = False, xvol_layout: str = "split"):
     """ResNet-18 (BasicBlock, 2-2-2-2) with X-volution in ``stages`` (default: stage 3)."""
     return _imagenet_resnet(BasicBlock, (2, 2, 2, 2), stages, num_classes, in_chans, xvol_kwargs, deploy, xvol_layout)
 
 
-@register_model
+@register_model(size=_resnet_rule("basic", (3, 4, 6, 3)))
 def xvol_resnet34(stages: Sequence[int] = (3,), num_classes: int = 1000, in_chans: int = 3,
                   xvol_kwargs: dict | None = None, deploy: bool = False, xvol_layout: str = "split"):
     """ResNet-34 (BasicBlock, 3-4-6-3) with X-volution in ``stages`` (default: stage 3)."""
     return _imagenet_resnet(BasicBlock, (3, 4, 6, 3), stages, num_classes, in_chans, xvol_kwargs, deploy, xvol_layout)
 
 
-@register_model
+@register_model(size=_resnet_rule("bottleneck", (3, 4, 6, 3)))
 def xvol_resnet50(stages: Sequence[int] = (3,), num_classes: int = 1000, in_chans: int = 3,
                   xvol_kwargs: dict | None = None, deploy: bool = False, xvol_layout: str = "split"):
     """ResNet-50 (Bottleneck, 3-4-6-3) with X-volution in ``stages`` (default: stage 3)."""
     return _imagenet_resnet(Bottleneck, (3, 4, 6, 3), stages, num_classes, in_chans, xvol_kwargs, deploy, xvol_layout)
 
 
-@register_model
+@register_model(size=_resnet_rule("bottleneck", (3, 4, 23, 3)))
 def xvol_resnet101(stages: Sequence[int] = (3,), num_classes: int = 1000, in_chans: int = 3,
                    xvol_kwargs: dict | None = None, deploy: bool = False, xvol_layout: str = "split"):
     """ResNet-101 (Bottleneck, 3-4-23-3) with X-volution in ``stages`` (default: stage 3)."""
     return _imagenet_resnet(Bottleneck, (3, 4, 23, 3), stages, num_classes, in_chans, xvol_kwargs, deploy, xvol_layout)
 
 
-@register_model
+@register_model(size=_resnet_rule("basic"))
 def xvol_resnet_tiny(stages: Sequence[int] = (3,), num_classes: int = 10, in_chans: int = 3,
                      blocks_per_stage: int = 2, xvol_kwargs: dict | None = None, deploy: bool = False,
                      xvol_layout: str = "split"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -13,6 +14,28 @@ from xvol_export.runners.base import InputSpec, Runner, Timing
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 _DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
            "tensor(double)": np.dtype(np.float64)}
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's own exception types (they derive from Exception alone, not from RuntimeError)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException", "InvalidProtobuf",
+             "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    return tuple(t for t in (getattr(state, n, None) for n in names) if isinstance(t, type))
+
+
+def _reason(err: BaseException, limit: int = 300) -> str:
+    """ONNX Runtime's message without its error-code prefix and C++ source locations, on one line; for an invalid
+    node, its last sentence (which says what is wrong)."""
+    text = " ".join(str(err).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"/\S+\.(?:cc|h|cpp):\d+ (?:[\w:~]+\((?:[^()]|\([^()]*\))*\)(?: const)? )?", " ", text)
+    text = " ".join(text.split())
+    if ", Error " in text:  # "In Node, (...) : (...) -> (...) , Error No Op registered for X ..."
+        text = text[: text.index(":") + 1] + " " + text.rsplit(", Error ", 1)[1]
+    text = text or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class OnnxRuntimeRunner(Runner):
@@ -78,7 +101,16 @@ class OnnxRuntimeRunner(Runner):
             options.intra_op_num_threads = self.threads
         if not self.allow_spinning:  # idle threads sleep instead of busy-waiting for the next call
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(self.model, sess_options=options, providers=list(self.providers))
+        try:
+            session = ort.InferenceSession(self.model, sess_options=options, providers=list(self.providers))
+        except _ort_errors() as err:
+            raise XvolError(
+                f"{self.name}: ONNX Runtime {ort.__version__} cannot load this graph ({type(err).__name__}: "
+                f"{_reason(err)}). Check that it is a complete ONNX file of operators and an IR version this ONNX "
+                "Runtime supports (a graph from a newer ONNX needs a newer onnxruntime; custom operators need their "
+                "library), or export it again."
+            ) from None
+        self._check_input_types(session)
         unused = [p for p in self.provider_names if p not in session.get_providers()]
         if unused:
             raise XvolError(
@@ -87,6 +119,27 @@ class OnnxRuntimeRunner(Runner):
                 "fall back silently."
             )
         self.session = session
+
+    def _check_input_types(self, session) -> None:
+        """xvol feeds images: a graph whose inputs are not floating point (int64 ids, bool masks) is refused here,
+        by name, instead of by ONNX Runtime at the first call."""
+        wrong = [f"'{i.name}' is {i.type}" for i in session.get_inputs() if i.type not in _DTYPES]
+        if wrong:
+            raise XvolError(
+                f"{self.name}: input {', '.join(wrong)}, but xvol feeds images as floating point (float, float16 or "
+                "double inputs). Give a graph of an image model with floating-point inputs (xvol export writes "
+                "float32 inputs)."
+            )
+
+    def _run(self, names: list[str], feed: dict[str, np.ndarray]) -> list:
+        try:
+            return self.session.run(names, feed)
+        except _ort_errors() as err:
+            raise XvolError(
+                f"{self.name}: ONNX Runtime failed running this graph ({type(err).__name__}: {_reason(err)}). The "
+                "graph does not compute on these inputs (shapes or values it does not accept); check the input "
+                "shape it expects, or export it again."
+            ) from None
 
     def _check_shapes(self, feed: dict[str, np.ndarray]) -> None:
         """A graph with fixed dims refuses other shapes: say so instead of passing on ONNX Runtime's error."""
@@ -109,7 +162,7 @@ class OnnxRuntimeRunner(Runner):
 
     def timed_call(self) -> Timing:
         start = time.perf_counter()
-        self.session.run(self._output_names, self._bound)
+        self._run(self._output_names, self._bound)
         return Timing(1e3 * (time.perf_counter() - start))
 
     @property
@@ -143,4 +196,4 @@ class OnnxRuntimeRunner(Runner):
         feed = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in feed.items()}
         self._check_shapes(feed)
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed), strict=True))
+        return dict(zip(names, self._run(names, feed), strict=True))

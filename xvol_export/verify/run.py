@@ -18,6 +18,7 @@ from xvol_export.dtypes import DTYPES, dtype_name
 from xvol_export.inputs import InputData
 from xvol_export.layers import XVolution, XVolutionDeploy
 from xvol_export.layers.phase_conv import PhaseConv2d
+from xvol_export.models.registry import input_cost
 from xvol_export.runners import Runner
 
 BLOCK_TYPES = (XVolution, XVolutionDeploy)
@@ -161,6 +162,7 @@ class Reference:
             if forced:
                 self.notes.append(f"{name} was in training mode: run in eval mode (running BatchNorm statistics)")
             self.blocks = block_names(self.model) if per_block else ()
+            check_run_fits(self.model, data, batch_size, per_block=bool(self.blocks))
             self.float64 = True
             wide = _with_phase_convs(copy.deepcopy(self.model).double())
             self.truth, self.block_inputs = run_model(wide, data.inputs.double(), blocks=self.blocks,
@@ -196,6 +198,36 @@ class Reference:
             return outputs
         with candidate:
             return Outputs(run_batches(candidate, self.data.inputs, self.batch_size))
+
+
+def check_run_fits(model: nn.Module, data: InputData, batch_size: int = 64, per_block: bool = True) -> None:
+    """Refuse, before anything runs, a verification on ``data`` that cannot fit in memory: the inputs in float64,
+    the activations of one chunk of ``batch_size`` inputs in float64, and (``per_block``) every block's input and
+    output kept for the reference, the baseline and a candidate. Activations are known for models xvol built."""
+    from xvol_export.limits import check_fits
+
+    count, shape = len(data.inputs), tuple(data.inputs.shape[1:])
+    per_input = float(data.inputs[0].numel()) if count else 0.0
+    activations, recorded = input_cost(model, shape) or (0.0, 0.0)
+    needed = count * per_input * 8 + min(count, batch_size) * activations
+    if per_block:
+        needed += count * recorded * 8 * 4  # the reference's block inputs and outputs, the baseline's, a candidate's
+    check_fits(needed, f"verifying on {data.source} ({count:,} input(s) of {'x'.join(map(str, shape))})",
+               "Verify on fewer or smaller inputs (a smaller --input-shape or --batch, fewer images in --data).")
+
+
+def check_batch_fits(model: nn.Module | None, shape: tuple[int, ...], what: str, fix: str, itemsize: int = 4,
+                     per_input_activation_bytes: float | None = None) -> None:
+    """Refuse, before any allocation, a run of ``model`` on one batch of ``shape`` (N, C, H, W) that cannot fit:
+    the batch itself and its activations at ``itemsize`` bytes a value (from the model's size rule, or
+    ``per_input_activation_bytes`` in float64 when known otherwise, e.g. from an ONNX graph's value shapes)."""
+    from xvol_export.limits import check_fits, tensor_bytes
+
+    activations = per_input_activation_bytes
+    if activations is None and model is not None:
+        activations = (input_cost(model, tuple(shape[1:])) or (0.0, 0.0))[0]
+    per_input = tensor_bytes(shape[1:], itemsize) + (activations or 0.0) * itemsize / 8
+    check_fits(float(shape[0]) * per_input, what, fix)
 
 
 def _with_phase_convs(model: nn.Module) -> nn.Module:
