@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+import xvol_export
 from xvol_cli import options as opt
 from xvol_cli.render import (
     render_bench,
@@ -19,6 +20,7 @@ from xvol_cli.render import (
     render_fold,
     render_graph,
     render_inspect,
+    render_pipeline,
     render_verify,
 )
 from xvol_export import api
@@ -42,8 +44,18 @@ ExportSource = Annotated[Path, typer.Argument(
     help="Checkpoint (.pth, .pt or .safetensors); or an .onnx graph with --format engine.", show_default=False)]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"xvol {xvol_export.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks of errors.")] = False):
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks of errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print xvol's version and exit.")] = False,
+):
     """xvol: structural re-parameterization with proof, for deployment."""
 
 
@@ -91,7 +103,7 @@ def inspect(
 @app.command()
 def fold(
     checkpoint: Checkpoint,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Deploy checkpoint to write "
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Deploy checkpoint to write "
                                                 "(default: NAME.deploy.pth beside the input).")] = None,
     layout: opt.Layout = "auto",
     data: opt.Data = None,
@@ -169,7 +181,7 @@ def export(
     checkpoint: ExportSource,
     format: Annotated[str, typer.Option("--format", help="onnx, openvino (IR: NAME.xml and NAME.bin, checked on "
                                         "OpenVINO), or engine (TensorRT).")] = "onnx",
-    output: Annotated[Path | None, typer.Option(
+    output: Annotated[str | None, typer.Option(  # str: a Path would drop the slash of "newdir/"
         "-o", "--output", help="File to write (default: NAME.onnx beside the input; NAME.fp16.onnx, NAME.int8.onnx; "
         "NAME.xml for openvino, NAME.bf16.xml for bf16).")] = None,
     precision: Annotated[str, typer.Option(
@@ -304,6 +316,58 @@ def bench(
 
 
 @app.command()
+def pipeline(
+    checkpoint: Checkpoint,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the artifacts and manifest.json (created if "
+                                      "missing).", show_default=False)],
+    formats: Annotated[str | None, typer.Option(
+        "--formats", help="onnx, openvino, engine, comma-separated (default onnx; the ONNX graph is always made: "
+        "the others are made from it).")] = None,
+    precisions: Annotated[str | None, typer.Option(
+        "--precisions", help="fp32, fp16, int8, comma-separated (default fp32).")] = None,
+    calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images for int8 (.npz).")] = None,
+    data: opt.Data = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of random verification inputs (default 0: "
+                                             "two runs make the same artifacts).")] = None,
+    bench: Annotated[bool | None, typer.Option("--bench/--no-bench", help="Time everything made, interleaved.",
+                                               show_default=False)] = None,
+    require: Annotated[str | None, typer.Option(
+        "--require", help="Formats that must be made here (engine: fail instead of skipping without "
+        "TensorRT).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Batch size of the graphs (default 1).")] = None,
+    imgsz: Annotated[str | None, typer.Option("--imgsz", help="Image size: 224 or 224,320.")] = None,
+    dynamic: Annotated[bool | None, typer.Option("--dynamic/--static", help="Symbolic batch, height and width.",
+                                                 show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A TOML file with the same fields (options given here override it).")] = None,
+    summary: Annotated[Path | None, typer.Option(
+        "--summary", help="Write a Markdown summary (for CI job summaries) to this file.")] = None,
+    force: opt.Force = False,
+    trust_pickle: opt.TrustPickle = False,
+    arch: opt.Arch = None,
+    arch_config: opt.ArchConfig = None,
+    ema: opt.Ema = False,
+):
+    """Every format and precision of a checkpoint, proven against the training form, in one folder with a manifest."""
+    opt.check_outputs(force, [checkpoint, calib, data, config], summary=summary)
+    settings = api.PipelineSettings.from_sources(
+        config, formats=opt.name_list_option(formats), precisions=opt.name_list_option(precisions),
+        calib=str(calib) if calib else None, data=str(data) if data else None, seed=seed, bench=bench,
+        require=opt.name_list_option(require), batch=batch, imgsz=opt.imgsz_option(imgsz), dynamic=dynamic,
+    )
+    with console.status("Running the pipeline…"):
+        result = api.run_pipeline(checkpoint, out, settings, opt.load_options(trust_pickle, arch, arch_config, ema),
+                                  force=force)
+        path, content = api.write_manifest(result, force)
+    render_pipeline(console, content, path)
+    if summary is not None:
+        api.write_text(summary, api.summary_markdown(content), force)
+    if not result.passed:
+        raise CheckFailed(result.failure_summary())
+    return 0
+
+
+@app.command()
 def doctor(json_path: opt.JsonPath = None, force: opt.Force = False):
     """What this machine can do: versions, devices, runtimes and providers, TensorRT availability."""
     opt.check_outputs(force, [], json=json_path)
@@ -312,34 +376,83 @@ def doctor(json_path: opt.JsonPath = None, force: opt.Force = False):
     return _finish(True, json_path, {"command": "doctor", **report}, force)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: exit 0 on success, 1 when a check fails, 2 on bad usage or bad input."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    if debug:  # accepted anywhere on the line, like a global flag
-        args = ["--debug"] + [a for a in args if a != "--debug"]
+def _run(args: list[str], debug: bool) -> int:
+    """Run one command line; print its error, if any; return the exit code. A signal raises
+    :class:`xvol_cli.interrupts.Interrupted` through here."""
+    from xvol_cli.interrupts import Interrupted
+
     try:
         app(args=args, prog_name="xvol")  # standalone: usage errors print and exit 2 themselves
-        code = 0
+        return 0
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        code = 130
+        if exit_.code == 130 and _caused_by_keyboard_interrupt(exit_):  # Typer's answer to a KeyboardInterrupt
+            raise Interrupted(2) from None
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    except KeyboardInterrupt:  # raised by something other than our handler (which raises Interrupted)
+        raise Interrupted(2) from None
     except (XvolError, CheckFailed) as err:
         if debug:
             err_console.print(traceback.format_exc(), markup=False)
         message = escape(str(err))
         err_console.print(f"[red]error:[/] {message}" if isinstance(err, XvolError) else f"[red]{message}[/]")
-        code = err.exit_code
+        return err.exit_code
     except Exception as err:  # noqa: BLE001 - a bug of ours: say so plainly
         if debug:
             err_console.print(traceback.format_exc(), markup=False)
         err_console.print(f"[red]internal error:[/] {type(err).__name__}: {escape(str(err))}. "
                           "Re-run with --debug and report it.")
-        code = 3
-    code = code if isinstance(code, int) else 0
-    sys.stderr.flush()
-    if not (args == ["--debug"] or not args or {"--help", "-h"} & set(args)):
-        console.print("[green]PASSED[/]" if code == 0 else "[red]FAILED[/]")
+        return 3
+
+
+def _caused_by_keyboard_interrupt(err: BaseException) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: exit 0 on success, 1 when a check fails, 2 on bad usage or bad input, 128+N on signal N
+    (130 SIGINT, 143 SIGTERM, 129 SIGHUP) with one line, ``interrupted (SIGTERM)``, and nothing left behind:
+    temporary files unwind with the exception a signal raises, and $TMPDIR is a private folder, removed."""
+    from xvol_cli import interrupts
+    from xvol_export import cleanup
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:  # accepted anywhere on the line, like a global flag
+        args = ["--debug"] + [a for a in args if a != "--debug"]
+    stale: list = []
+    previous_reporter = cleanup.set_reporter(stale.extend)
+    code, stopped = 3, None
+    try:
+        try:
+            interrupts.catch(cleanup.remove_live)  # from here on a signal unwinds the run (a second: exits at once)
+            cleanup.new_run()
+            with cleanup.private_tempdir():
+                code = _run(args, debug)
+        finally:
+            interrupts.shield()  # a signal from here on is only remembered
+    except interrupts.Interrupted as signal_:
+        stopped = signal_
+    interrupts.shield()
+    try:
+        cleanup.remove_live()
+        cleanup.set_reporter(previous_reporter)
+        stopped = stopped or interrupts.pending()
+        if stale:
+            err_console.print(cleanup.describe_removed(stale), markup=False, soft_wrap=True)
+        if stopped is not None:
+            err_console.print(str(stopped), markup=False, highlight=False)
+            code = stopped.exit_code
+        code = code if isinstance(code, int) else 0
+        sys.stderr.flush()
+        if stopped is None and not (args == ["--debug"] or not args or {"--help", "-h", "--version"} & set(args)):
+            console.print("[green]PASSED[/]" if code == 0 else "[red]FAILED[/]")
+    finally:
+        interrupts.release()
     sys.exit(code)

@@ -14,6 +14,7 @@ from xvol_export.errors import XvolError
 from xvol_export.fold import LAYOUT_CHOICES
 from xvol_export.inputs import InputShape, parse_shape
 from xvol_export.io import check_outputs as io_check_outputs
+from xvol_export.limits import check_output_name
 
 JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
@@ -43,6 +44,9 @@ def check_outputs(force: bool, inputs: list[Path | None], **outputs: Path | None
     """Refuse bad output paths before any work is done, so a failed run writes nothing: each keyword is an
     option's name (``json=`` for --json, ``save_inputs=`` for --save-inputs)."""
     named = {f"--{name.replace('_', '-')}": path for name, path in outputs.items()}
+    for option, path in named.items():
+        if path is not None:
+            check_output_name(path, option)  # a name the file system cannot hold: refused, with the fix
     io_check_outputs(named, list(inputs), force)
 
 
@@ -126,3 +130,10 @@ def int8_options(method: str, sensitivity: bool, fallback: bool, budget: str):
     from xvol_export.export.int8 import parse_budget
 
     return Int8Options(method=method, sensitivity=sensitivity, budget=parse_budget(budget))
+
+
+def name_list_option(text: str | None) -> tuple[str, ...] | None:
+    """``onnx,openvino`` -> ``("onnx", "openvino")``; None stays None (not given)."""
+    if text is None:
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip())

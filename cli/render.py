@@ -329,3 +329,39 @@ def render_doctor(console: Console, report: dict) -> None:
                       Text(row["reason"] or ""))
     console.print(table)
     out(f"architectures: {', '.join(report['architectures'])}")
+
+
+def render_pipeline(console: Console, content: dict, manifest_path) -> None:
+    """``xvol pipeline``: each check, each artifact, the benchmark tables, and where the manifest is."""
+    checks = Table(title="checks")
+    for column in ("stage", "status", "rel L2", "vs baseline", "top-1", "accuracy"):
+        checks.add_column(column)
+    for check in content["checks"]:
+        figures = check.get("figures") or {}
+        first = (figures.get("outputs") or [{}])[0]
+        cand = first.get("candidate") or {}
+        acc = (figures.get("accuracy") or {}).get("candidate")
+        status = {"PASSED": "[green]PASSED[/]", "FAILED": "[red]FAILED[/]"}.get(check["status"], check["status"])
+        if figures:
+            ratio = first.get("ratio_rel_l2") if figures.get("precision") != "int8" else None  # int8: other gates
+            checks.add_row(escape(check["stage"]), status, _err(cand.get("rel_l2")), _ratio(ratio),
+                           _pct(cand.get("top1_agreement")), _pct(acc) if acc is not None else "")
+        else:
+            checks.add_row(escape(check["stage"]), status, escape(check.get("reason", "")), "", "", "")
+    console.print(checks)
+    files = Table(title="artifacts")
+    for column in ("file", "format", "precision", "bytes", "sha256"):
+        files.add_column(column)
+    for a in content["artifacts"]:
+        files.add_row(escape(a["file"]), a["format"], a["precision"], f"{a['size']:,}", a["sha256"][:16])
+    console.print(files)
+    for report in content["bench"]:
+        table = Table(title="benchmark (interleaved)")
+        for column in ("artifact", "backend", "batch", "prec", "median ms", "vs first"):
+            table.add_column(column)
+        for c in report["cases"]:
+            table.add_row(escape(c["artifact"]), c["backend"], str(c["batch"]), c.get("precision") or "",
+                          f"{c['latency_ms']['median']:.2f}", _ratio(c["ratio_to_first"]))
+        console.print(table)
+    console.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in content["stages_s"].items()))
+    console.print(f"manifest: {escape(str(manifest_path))}")

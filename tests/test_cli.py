@@ -477,3 +477,10 @@ def test_json_reports_stay_strict_json_when_a_figure_is_not_finite(tmp_path):
 
     report = json.loads(path.read_text(), parse_constant=refuse)
     assert report == {"rel_l2": "NaN", "max": ["Infinity", "-Infinity", 1.5], "shape": [2, 3]}
+
+
+def test_version_prints_the_version_alone(capsys):
+    import xvol_export
+
+    r = run_cli(capsys, "--version")
+    assert r.code == 0 and r.out == f"xvol {xvol_export.__version__}\n", r.text

@@ -40,6 +40,8 @@ CASES = {
     "JSON where nothing can be written": (["fold", "m.pth", "-o", "out.pth", "--json", UNWRITABLE + ".json"],
                                           "cannot write in the folder"),
     "output where nothing can be written": (["fold", "m.pth", "-o", UNWRITABLE + ".pth"], "cannot write in the folder"),
+    "fold into a folder name": (["fold", "m.pth", "-o", "newdir/"], "-o names a folder"),
+    "export into a folder name": (["export", "m.pth", "-o", "newdir/"], "-o names a folder"),
     "bench for ever": (["bench", "m.pth", "--duration", "inf"], "--duration must be a number of seconds"),
     "bench for NaN seconds": (["bench", "m.pth", "--duration", "nan"], "--duration must be a number of seconds"),
     "bench 10^12 calls": (["bench", "m.pth", "--iterations", "1000000000000"], "--iterations must be at most"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +18,15 @@ from xvol_export.fold import FoldReport, fold
 from xvol_export.fold.model import describe_deploy
 from xvol_export.inputs import InputShape, prepare_inputs, save_npz
 from xvol_export.io import atomic_write, check_output_path
+from xvol_export.jsonio import write_json
 from xvol_export.layers import XVolutionDeploy
+from xvol_export.limits import check_input_file, check_not_folder_syntax, check_output_name, check_seed
+from xvol_export.pipeline import PipelineSettings, run_pipeline, summary_markdown, write_manifest
 from xvol_export.profile import count_params, profile_model
 from xvol_export.tensorrt.build import EngineSettings
 from xvol_export.utils import StepClock
 from xvol_export.verify import Reference, VerifyReport, verify
+from xvol_export.verify.run import check_batch_fits, check_run_fits
 
 # ---------------------------------------------------------------------------------------- inspect
 
@@ -72,7 +74,7 @@ def inspect_graph(path: str | os.PathLike) -> dict:
     """An ONNX graph's inputs, outputs, opset, precision and ops, and whether TensorRT would take every node."""
     from xvol_export.export.onnx_graph import describe_graph
 
-    if not Path(path).is_file():
+    if not check_input_file(path, "ONNX file").is_file():
         raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
     return describe_graph(path)
 
@@ -82,6 +84,8 @@ def inspect_checkpoint(path: str | os.PathLike, layout: str = "auto", input_shap
     """Architecture, parameters and MACs, and what folding will do to every block (nothing is written)."""
     model, ckpt = load.load(path)
     shape = _profile_shape(model, ckpt.label, input_shape)
+    check_batch_fits(model, shape, f"profiling {ckpt.label} at {'x'.join(map(str, shape))}",
+                     "Give a smaller --input-shape.", itemsize=8)  # the fold's profile runs in float64
     report = InspectReport(
         path=str(path), sha256=ckpt.sha256 or "", architecture=ckpt.architecture, config=ckpt.config,
         folded=ckpt.folded, input_shape=shape, params=count_params(model), macs=0,
@@ -155,9 +159,10 @@ class FoldResult:
 
 
 def default_fold_output(path: str | os.PathLike) -> Path:
-    """``model.pth`` -> ``model.deploy.pth`` beside it (same suffix)."""
+    """``model.pth`` -> ``model.deploy.pth`` beside it (same suffix); :class:`XvolError` when that name is longer
+    than the file system allows (the fix: ``-o``)."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.deploy{path.suffix or '.pth'}")
+    return check_output_name(path.with_name(f"{path.stem}.deploy{path.suffix or '.pth'}"), "-o", default=True)
 
 
 def fold_checkpoint(
@@ -183,6 +188,11 @@ def fold_checkpoint(
     """
     timings: dict[str, float] = {}
     clock = StepClock(timings)
+    if seed is not None:
+        check_seed(seed)
+    if output is not None:
+        check_not_folder_syntax(output, "-o")  # "newdir/" would write a file named newdir
+        check_output_name(output, "-o")
     output = Path(output) if output is not None else default_fold_output(path)
     check_output_path(output, force)  # fail on a bad output path before any work
 
@@ -195,6 +205,7 @@ def fold_checkpoint(
         return result
 
     data_in, used_seed = prepare_inputs(getattr(model, "input_size", None), ckpt.label, data, input_shape, seed)
+    check_run_fits(model, data_in)  # the fold profiles, and verification runs, on these inputs
     with clock("fold"):
         deploy, result.fold = fold(model, layout=layout, input_shape=(1, *data_in.inputs.shape[1:]), dtype=dtype)
     with clock("verify"):
@@ -239,8 +250,12 @@ def verify_artifacts(
     ``save_inputs``/``save_outputs`` write the inputs and both outputs as ``.npz`` (``data`` reads
     such an inputs file back).
     """
-    for extra in (save_inputs, save_outputs):
+    if seed is not None:
+        check_seed(seed)
+    for extra, option in ((save_inputs, "--save-inputs"), (save_outputs, "--save-outputs")):
         if extra is not None:
+            check_not_folder_syntax(extra, option)
+            check_output_name(extra, option)
             check_output_path(extra, force)
     names = (Path(reference).name, Path(candidate).name)
     if names[0] == names[1]:
@@ -264,39 +279,16 @@ def verify_artifacts(
     return report
 
 
-# ------------------------------------------------------------------------------------------- json
-
-def write_json(path: str | os.PathLike, payload: dict, force: bool = False) -> None:
-    """Write a JSON report atomically; NaN and infinite figures (a broken candidate's) become the strings
-    "NaN", "Infinity" and "-Infinity", so that strict JSON readers accept the file."""
-    text = json.dumps(_strict(json.loads(json.dumps(payload, default=_json_default))), indent=2, allow_nan=False)
+def write_text(path: str | os.PathLike, text: str, force: bool = False) -> None:
+    """Write a text file (a Markdown summary) atomically."""
     with atomic_write(path, force) as tmp:
-        tmp.write_text(text + "\n")
-
-
-def _strict(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {key: _strict(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_strict(item) for item in value]
-    return value
-
-
-def _json_default(value):
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+        tmp.write_text(text)
 
 
 __all__ = [
     "FoldResult", "InspectReport", "LoadOptions", "default_fold_output", "fold_checkpoint", "inspect_checkpoint",
     "inspect_graph",
-    "verify_artifacts", "write_json", "ExportResult", "export_checkpoint", "EngineSettings",
+    "verify_artifacts", "write_json", "write_text", "PipelineSettings", "run_pipeline", "summary_markdown",
+    "write_manifest", "ExportResult", "export_checkpoint", "EngineSettings",
     "BenchReport", "BenchSettings", "bench_artifacts",
 ]

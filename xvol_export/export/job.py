@@ -15,7 +15,7 @@ from torch import nn
 import xvol_export
 from xvol_export.artifacts import INPUT_SHAPE_KEY, artifact_kind, onnx_input_size
 from xvol_export.backends import BACKENDS
-from xvol_export.checkpoint import LoadOptions
+from xvol_export.checkpoint import Checkpoint, LoadOptions
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
 from xvol_export.export import engine as engine_step
@@ -28,11 +28,13 @@ from xvol_export.fold import FoldReport, fold, set_runtime_options
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path, sha256_file
 from xvol_export.layers import XVolutionDeploy, onnx_options
+from xvol_export.limits import check_not_folder_syntax, check_output_name, check_seed
 from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
 from xvol_export.runners.openvino_runner import PRECISION_OF_HINT
 from xvol_export.tensorrt.build import EngineSettings
 from xvol_export.utils import StepClock
 from xvol_export.verify import Reference, VerifyReport, verify
+from xvol_export.verify.run import check_batch_fits
 
 FORMATS = ("onnx", "openvino", "engine")
 PRECISIONS = ("fp32", "fp16", "int8")  # in the graph
@@ -144,7 +146,7 @@ def default_export_output(path: str | os.PathLike, precision: str, format: str =
     path = Path(path)
     tag = "" if precision == "fp32" else f".{precision}"
     suffix = {"openvino": ".xml", "engine": ".engine"}.get(format, ".onnx")
-    return path.with_name(f"{path.stem}{tag}{suffix}")
+    return check_output_name(path.with_name(f"{path.stem}{tag}{suffix}"), "-o", default=True)  # a name too long
 
 
 def export_checkpoint(
@@ -184,6 +186,11 @@ def export_checkpoint(
     precision; ``int8`` chooses the calibration method, a sensitivity report and a fallback budget.
     """
     _check_choices(format, precision, simplifier, batch, imgsz)
+    if seed is not None:
+        check_seed(seed)
+    if output is not None:
+        check_not_folder_syntax(output, "-o")  # "newdir/" would write a file named newdir
+        check_output_name(output, "-o")
     if format == "engine":
         engine = dataclasses.replace(engine or EngineSettings(), batch=batch, imgsz=imgsz or (engine and engine.imgsz))
         engine_step.check_engine_request(engine, str(path))
@@ -206,9 +213,71 @@ def export_checkpoint(
                "engine": [*engine_step.engine_files(output), output.with_suffix(".onnx")]}.get(format, [output])
     for target in targets:
         check_output_path(target, force)
+    prepared = prepare_export(path, load=load, batch=batch, imgsz=imgsz, data=data, seed=seed, layout=layout,
+                              exporter=exporter, opset=opset, dynamic=dynamic, simplify=simplify,
+                              simplifier=simplifier)
+    calibration = _load_calibration(calib, prepared.shape[1]) if precision == "int8" else None
+    return export_prepared(prepared, output, format=format, precision=precision, calibration=calibration, int8=int8,
+                           tolerance=tolerance, force=force, engine=engine)
+
+
+@dataclass
+class PreparedExport:
+    """What every export of one checkpoint shares, computed once: the loaded model, its fold and the fold's
+    verification, the float64 reference on the verification inputs, and the exported (and simplified) graph."""
+
+    path: Path
+    ckpt: Checkpoint
+    model: nn.Module
+    deploy: nn.Module  # fp32, with the deploy blocks' fastest form for ONNX Runtime
+    shape: tuple[int, ...]
+    reference: Reference
+    seed: int | None
+    exporter: str
+    opset: int
+    dynamic: bool
+    simplify: bool
+    simplifier: str
+    deploy_options: dict[str, str] = field(default_factory=dict)
+    fold: FoldReport | None = None
+    fold_verification: VerifyReport | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    _candidates: list[tuple[str, onnx.ModelProto]] | None = None
+
+    @property
+    def fold_passed(self) -> bool:
+        return self.fold_verification is None or self.fold_verification.passed
+
+    def candidates(self, clock: StepClock) -> list[tuple[str, onnx.ModelProto]]:
+        """The fp32 graph, simplified first when asked, then unsimplified: exported once, on first use."""
+        if self._candidates is None:
+            with clock("export"):
+                raw = onnx_graph.check_graph(onnx_graph.export_onnx(self.deploy, self.shape, opset=self.opset,
+                                                                    dynamic=self.dynamic, exporter=self.exporter))
+            self._candidates = [("unsimplified", raw)]
+            if self.simplify:
+                with clock("simplify"):
+                    try:
+                        simplified = onnx_graph.check_graph(onnx_graph.simplify(raw, self.simplifier))
+                        self._candidates.insert(0, (self.simplifier, simplified))
+                    except XvolError:
+                        raise
+                    except Exception as err:  # noqa: BLE001 - any simplifier failure: keep the plain graph
+                        self.notes.append(f"{self.simplifier} failed ({type(err).__name__}: {err}); kept the "
+                                          "unsimplified graph")
+        return self._candidates
+
+
+def prepare_export(path: str | os.PathLike, *, load: LoadOptions = LoadOptions(), batch: int = 1,
+                   imgsz: tuple[int, int] | None = None, data: str | os.PathLike | None = None,
+                   seed: int | None = None, layout: str = "auto", exporter: str = "torchscript",
+                   opset: int = onnx_graph.DEFAULT_OPSET, dynamic: bool = False, simplify: bool = True,
+                   simplifier: str = "onnxslim") -> PreparedExport:
+    """Load ``path``, run the training form once in float64 on the verification inputs, and fold (verified):
+    what :func:`export_prepared` needs for every format and precision of one checkpoint."""
     timings: dict[str, float] = {}
     clock = StepClock(timings)
-
     with clock("load"):
         model, ckpt = load.load(path)
     input_size = getattr(model, "input_size", None)
@@ -218,66 +287,73 @@ def export_checkpoint(
     channels = input_size[0]
     height, width = imgsz or input_size[1:]
     shape = (batch, channels, height, width)
-    calibration = _load_calibration(calib, channels) if precision == "int8" else None
-    result = ExportResult(str(path), ckpt.sha256 or "", str(output), format, precision, exporter, opset, dynamic,
-                          shape, notes=list(ckpt.notes), timings=timings)
-
+    check_batch_fits(model, shape, f"exporting {ckpt.label} at batch {batch} ({'x'.join(map(str, shape))})",
+                     "Export at a smaller --batch (or with --dynamic, which takes any batch).")
     data_in, used_seed = prepare_inputs((channels, height, width), ckpt.label, data,
                                         InputShape((max(batch, 2), channels, height, width)), seed)
     if data is not None and not dynamic and tuple(data_in.inputs.shape[2:]) != (height, width):
         raise XvolError(f"{data}: images of size {tuple(data_in.inputs.shape[2:])} do not fit a graph exported at "
                         f"{height}x{width}; pass --imgsz {height},{width} to match the data, or --dynamic.")
-    deploy = model
     with clock("reference"):  # the training form in float64, once for every check of this input set
         reference = Reference(model, data_in, "training form" if not ckpt.folded else "deploy form")
+    prepared = PreparedExport(Path(path), ckpt, model, model, shape, reference, used_seed, exporter, opset, dynamic,
+                              simplify, simplifier, notes=list(ckpt.notes), timings=timings)
+    deploy = model
     if ckpt.folded:
-        result.notes.append("deploy checkpoint: exported as it is and verified against itself in float64 "
-                            "(the training form is not in the file)")
+        prepared.notes.append("deploy checkpoint: exported as it is and verified against itself in float64 "
+                              "(the training form is not in the file)")
     else:
         with clock("fold"):
             # Folded straight to fp32, the graph's precision: a half-precision checkpoint's fold is not rounded twice.
-            deploy, result.fold = fold(model, layout=layout, input_shape=(1, channels, height, width), dtype="fp32")
-            result.fold_verification = verify(reference, deploy, "deploy form", seed=used_seed)
-        if not result.fold_verification.passed:
-            result.notes.append("the fold failed verification: nothing exported")
-            return result
-
-    # The graph is exported in fp32 (a half-precision deploy checkpoint is widened exactly); --precision
+            deploy, prepared.fold = fold(model, layout=layout, input_shape=(1, channels, height, width), dtype="fp32")
+            prepared.fold_verification = verify(reference, deploy, "deploy form", seed=used_seed)
+    # The graph is exported in fp32 (a half-precision deploy checkpoint is widened exactly); a precision
     # converts it. It gets the deploy blocks' fastest form for ONNX Runtime (same weights, same function).
-    result.deploy_options = onnx_options(batch, dynamic)
-    deploy = set_runtime_options(deploy, **result.deploy_options).float()
-    with clock("export"):
-        raw = onnx_graph.check_graph(onnx_graph.export_onnx(deploy, shape, opset=opset, dynamic=dynamic,
-                                                            exporter=exporter))
-    candidates = [("unsimplified", raw)]
-    if simplify:
-        with clock("simplify"):
-            try:
-                candidates.insert(0, (simplifier, onnx_graph.check_graph(onnx_graph.simplify(raw, simplifier))))
-            except XvolError:
-                raise
-            except Exception as err:  # noqa: BLE001 - any simplifier failure: keep the plain graph
-                result.notes.append(f"{simplifier} failed ({type(err).__name__}: {err}); kept the unsimplified graph")
+    prepared.deploy_options = onnx_options(batch, dynamic)
+    prepared.deploy = set_runtime_options(deploy, **prepared.deploy_options).float()
+    return prepared
 
+
+def export_prepared(prepared: PreparedExport, output: str | os.PathLike, *, format: str = "onnx",
+                    precision: str = "fp32", calibration: np.ndarray | None = None, int8: Int8Options = Int8Options(),
+                    tolerance: Tolerance | None = None, force: bool = False,
+                    engine: EngineSettings | None = None) -> ExportResult:
+    """One format and precision of a prepared checkpoint: convert, verify against the shared reference, write.
+
+    The graph is exported and simplified once per :class:`PreparedExport`; the reference's baseline of
+    each precision is computed once too.
+    """
+    output = Path(output)
+    timings = dict(prepared.timings)
+    clock = StepClock(timings)
+    p = prepared
+    result = ExportResult(str(p.path), p.ckpt.sha256 or "", str(output), format, precision, p.exporter, p.opset,
+                          p.dynamic, p.shape, notes=list(p.notes), timings=timings, fold=p.fold,
+                          fold_verification=p.fold_verification, deploy_options=dict(p.deploy_options))
+    if not p.fold_passed:
+        result.notes.append("the fold failed verification: nothing exported")
+        return result
+    candidates = p.candidates(clock)
+    result.notes += [n for n in p.notes if n not in result.notes]
     in_graph = result.graph_precision
     for label, graph in candidates:
         if in_graph != "fp32":
             with clock(f"{in_graph} conversion"):
-                graph = _apply_precision(graph, in_graph, calibration, int8, reference, result)
+                graph = _apply_precision(graph, in_graph, calibration, int8, p.reference, result)
         with clock("verify"), onnx_graph.runnable(graph) as source:
-            report = verify(reference, OnnxRuntimeRunner(source, f"ONNX {in_graph}"), tolerance=tolerance,
-                            precision=in_graph, seed=used_seed)
+            report = verify(p.reference, OnnxRuntimeRunner(source, f"ONNX {in_graph}"), tolerance=tolerance,
+                            precision=in_graph, seed=p.seed)
         if report.passed or label == "unsimplified":
             break
         result.notes.append(f"the {label}-simplified graph failed verification "
                             f"({report.failure_summary()}); trying the unsimplified graph")
     result.verification = report
     result.simplifier = label if label != "unsimplified" else None
-    if dynamic:
+    if p.dynamic:
         with clock("verify other shape"):
-            result.dynamic_check = _check_other_shape(model, graph, shape, in_graph, tolerance, used_seed)
+            result.dynamic_check = _check_other_shape(p.model, graph, p.shape, in_graph, tolerance, p.seed)
 
-    result.graph = _graph_summary(graph, deploy)
+    result.graph = _graph_summary(graph, p.deploy)
     result.failures += _structural_failures(result.graph)
     result.tensorrt_compatibility = _tensorrt_compatibility(graph)
     if result.tensorrt_compatibility["problems"]:
@@ -289,23 +365,25 @@ def export_checkpoint(
         result.notes.append("verification failed: nothing written")
         return result
 
-    result.metadata = _metadata(ckpt, result)
+    result.metadata = _metadata(p.ckpt, result)
     onnx_graph.set_metadata(graph, result.metadata)
     if format == "openvino":
-        return _save_openvino(graph, output, reference, tolerance, used_seed, force, result, clock)
+        return save_openvino_ir(graph, output, p.reference, tolerance, p.seed, force, result, clock)
     onnx_output = output.with_suffix(".onnx") if format == "engine" else output
     with clock("save"):
-        result.files = [str(p) for p in onnx_graph.save_onnx(graph, onnx_output, force)]
+        result.files = [str(q) for q in onnx_graph.save_onnx(graph, onnx_output, force)]
     result.written = True
     if format == "engine":
-        assert engine is not None
         with clock("engine"):
-            _add_engine(result, onnx_output, output, engine, reference, tolerance, used_seed, force)
+            add_engine(result, onnx_output, output, engine or EngineSettings(batch=p.shape[0]), p.reference,
+                        tolerance, p.seed, force)
     return result
 
 
-def _add_engine(result: ExportResult, onnx_path: Path, output: Path, engine: EngineSettings, reference: Reference,
-                tolerance: Tolerance | None, seed: int | None, force: bool) -> None:
+def add_engine(result: ExportResult, onnx_path: Path, output: Path, engine: EngineSettings, reference: Reference,
+               tolerance: Tolerance | None, seed: int | None, force: bool) -> None:
+    """Build the engine of the verified graph at ``onnx_path`` into ``output``, judged against ``reference``;
+    its checks, failures and files go into ``result``."""
     report, result.engine, failures, files = engine_step.build_verified_engine(
         onnx_path, output, engine, reference, tolerance, seed, force)
     result.engine_verification = report
@@ -334,7 +412,7 @@ def _export_graph_engine(path: Path, output: str | os.PathLike | None, engine: E
     result.tensorrt_compatibility = _tensorrt_compatibility(graph)
     reference = Reference(OnnxRuntimeRunner(path, "ONNX graph"), data_in, "ONNX graph")
     result.notes.append("judged against the ONNX graph on ONNX Runtime (the training form is not in an ONNX file)")
-    _add_engine(result, path, output, engine, reference, tolerance, used_seed, force)
+    add_engine(result, path, output, engine, reference, tolerance, used_seed, force)
     result.written = bool(result.files)
     return result
 
@@ -345,8 +423,8 @@ def _tensorrt_compatibility(graph: onnx.ModelProto) -> dict:
             "problems": [f"{p.node} ({p.op_type}): {p.reason}" for p in problems]}
 
 
-def _save_openvino(graph: onnx.ModelProto, output: Path, reference: Reference, tolerance: Tolerance | None,
-                   seed: int | None, force: bool, result: ExportResult, clock: StepClock) -> ExportResult:
+def save_openvino_ir(graph: onnx.ModelProto, output: Path, reference: Reference, tolerance: Tolerance | None,
+                     seed: int | None, force: bool, result: ExportResult, clock: StepClock) -> ExportResult:
     """Convert the verified graph to IR beside ``output``, judge the IR on OpenVINO, then move it into place.
 
     The IR records the precision OpenVINO is to compute it in (``xvol/inference_precision``: bf16 for

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 
 import onnx
 
+from xvol_export import cleanup
+from xvol_export.cleanup import temporary_folder
 from xvol_export.io import check_output_path
 
 # metadata key (rt_info xvol/inference_precision) of the precision OpenVINO is to compute the IR in
@@ -30,14 +31,25 @@ def save_ir(graph: onnx.ModelProto, path: str | os.PathLike, metadata: dict[str,
     """
     import openvino as ov
 
-    with tempfile.TemporaryDirectory(prefix="xvol-ir-") as tmp:
+    with temporary_folder() as tmp:
         source = os.path.join(tmp, "graph.onnx")
         onnx.save_model(graph, source)
         model = ov.convert_model(source)
+    _number_generated_names(model, {node.name for node in graph.graph.node})
     for key, value in metadata.items():
         model.set_rt_info(value, ["xvol", key.removeprefix("xvol.")])
     ov.save_model(model, str(path), compress_to_fp16=compress_to_fp16)
     return list(ir_files(path))
+
+
+def _number_generated_names(model, graph_names: set[str]) -> None:
+    """Rename the nodes OpenVINO named itself (``Reshape_11997``: a counter of the whole process, kept by the
+    constants it folds) by their place in the graph, so that the same graph gives the same IR in any process."""
+    for index, op in enumerate(model.get_ordered_ops()):
+        name = op.get_friendly_name()
+        generated = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*)(_\d+)+", name)
+        if generated and name not in graph_names:
+            op.set_friendly_name(f"{generated.group(1)}_xvol{index}")
 
 
 def move_into_place(staged: Path, path: str | os.PathLike, force: bool) -> list[Path]:
@@ -52,10 +64,13 @@ def move_into_place(staged: Path, path: str | os.PathLike, force: bool) -> list[
 
 
 def staging_folder(path: str | os.PathLike) -> Path:
-    """A hidden folder beside ``path`` for files that are renamed into place once checked."""
+    """A hidden folder ``.NAME.xvol-PID-….XXXX`` beside ``path`` for files that are renamed into place once
+    checked; it is registered, so a run that ends (or is interrupted) before :func:`remove` still removes it,
+    and one killed is swept by the next run."""
     path = Path(path)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    cleanup.sweep(path.parent)
+    return cleanup.staging_folder(path)
 
 
 def remove(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+    cleanup.discard(folder)

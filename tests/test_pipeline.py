@@ -1,0 +1,124 @@
+"""`xvol pipeline` on the digits sample: every precision and format from one load, fold and reference, one manifest
+that validates against its schema, a Markdown summary, and byte-identical artifacts on a second run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from xvol_export.errors import XvolError
+from xvol_export.pipeline import SCHEMA_PATH, PipelineSettings, load_config
+
+from helpers import run_cli
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SAMPLE = SAMPLES / "digits_xvol_resnet_tiny.pth"
+CALIB = SAMPLES / "digits_calib.npz"
+
+
+@pytest.fixture(scope="module")
+def holdout(tmp_path_factory) -> Path:
+    """96 of the held-out digits, with their labels: enough for accuracy, small enough for two runs."""
+    with np.load(SAMPLES / "digits_holdout.npz") as data:
+        path = tmp_path_factory.mktemp("data") / "holdout96.npz"
+        np.savez(path, input=data["input"][:96], labels=data["labels"][:96])
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, holdout):
+    """The acceptance command, run twice into two folders (the benchmark kept short through a config file)."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    config = folder / "pipeline.toml"
+    config.write_text('bench_iterations = 5\nformats = ["onnx", "openvino", "engine"]\n')
+    results = []
+    for name in ("first", "second"):
+        out = folder / name
+        args = ["pipeline", SAMPLE, "--out", out, "--precisions", "fp32,fp16,int8", "--calib", CALIB, "--data",
+                holdout, "--bench", "--config", config, "--summary", folder / f"{name}.md"]
+        results.append((out, args))
+    return folder, results
+
+
+def test_every_precision_and_format_is_made_proven_and_recorded(runs, capsys):
+    folder, [(out, args), _] = runs
+    pytest.importorskip("openvino", reason="needs OpenVINO (pip install 'xvol[openvino]')")
+    r = run_cli(capsys, *args)
+    assert r.code == 0, r.text
+    manifest = json.loads((out / "manifest.json").read_text())
+    jsonschema.validate(manifest, json.loads(SCHEMA_PATH.read_text()), cls=jsonschema.Draft202012Validator)
+    made = {(a["format"], a["precision"]) for a in manifest["artifacts"]}
+    assert made == {(f, p) for f in ("onnx", "openvino") for p in ("fp32", "fp16", "int8")}
+    for artifact in manifest["artifacts"]:
+        assert (out / artifact["file"]).stat().st_size == artifact["size"]
+    checks = {c["stage"]: c for c in manifest["checks"]}
+    assert {"fold", "onnx fp32", "onnx fp16", "onnx int8", "openvino fp32", "openvino int8"} <= set(checks)
+    for stage in ("onnx fp32", "onnx fp16", "onnx int8"):  # accuracy on the held-out digits, each graph
+        assert checks[stage]["status"] == "PASSED" and checks[stage]["figures"]["accuracy"]["candidate"] >= 0.97
+    assert checks["engine"]["status"] == "SKIPPED" or checks.get("engine fp32", {}).get("status") == "PASSED"
+    assert len(manifest["bench"]) >= 1 and len(manifest["bench"][0]["cases"]) == 9  # 3 graphs x 2 runtimes + 3 IR
+    assert {"load", "reference", "fold", "bench"} <= set(manifest["stages_s"])
+    summary = (folder / "first.md").read_text()
+    assert summary.startswith("## xvol pipeline: PASSED") and "| onnx int8 | PASSED |" in summary
+
+
+def test_a_second_run_makes_byte_identical_artifacts(runs, capsys):
+    folder, [(first, _), (second, args)] = runs
+    if not (first / "manifest.json").exists():
+        pytest.skip("the first run did not happen")
+    r = run_cli(capsys, *args)
+    assert r.code == 0, r.text
+    before, after = (json.loads((d / "manifest.json").read_text())["artifacts"] for d in (first, second))
+    assert [(a["file"], a["sha256"]) for a in before] == [(a["file"], a["sha256"]) for a in after]
+    for artifact in before:
+        assert (first / artifact["file"]).read_bytes() == (second / artifact["file"]).read_bytes()
+
+
+def test_a_required_format_that_cannot_be_made_fails_the_run(tmp_path, capsys, holdout):
+    from xvol_export.tensorrt.environment import engine_build_missing
+
+    if engine_build_missing() is None:
+        pytest.skip("TensorRT and a GPU are here")
+    r = run_cli(capsys, "pipeline", SAMPLE, "--out", tmp_path / "o", "--formats", "onnx,engine", "--require",
+                "engine", "--data", holdout)
+    assert r.code == 1 and "engine: required (--require engine) but cannot be made here" in r.message, r.text
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["status"] == "FAILED" and [a["format"] for a in manifest["artifacts"]] == ["onnx"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--precisions", "int8"], "--precisions int8 needs calibration images"),
+    (["--precisions", "fp64"], "--precisions: fp64; choose from fp32, fp16, int8"),
+    (["--formats", "tflite"], "--formats: tflite; choose from onnx, openvino, engine"),
+    (["--require", "engine"], "--require engine: not among --formats onnx"),
+    (["--seed", "-1"], "--seed must be from 0"),
+])
+def test_bad_requests_are_refused_before_any_work(tmp_path, capsys, args, message):
+    r = run_cli(capsys, "pipeline", SAMPLE, "--out", tmp_path / "o", *args)
+    assert r.code == 2 and message in r.message, r.text
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_existing_manifest_is_kept_without_force(tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "manifest.json").write_text("{}")
+    r = run_cli(capsys, "pipeline", SAMPLE, "--out", tmp_path / "o")
+    assert r.code == 2 and "already exists" in r.message and (tmp_path / "o" / "manifest.json").read_text() == "{}"
+
+
+def test_config_files_are_read_and_checked(tmp_path):
+    config = tmp_path / "p.toml"
+    config.write_text('[pipeline]\nformats = "onnx, openvino"\nprecisions = ["fp32", "fp16"]\nbench = true\n'
+                      'imgsz = [32, 32]\n')
+    settings = PipelineSettings.from_sources(config, precisions=("int8",), calib="c.npz", bench=None)
+    assert settings.formats == ("onnx", "openvino") and settings.precisions == ("int8",)  # the option wins
+    assert settings.bench is True and settings.imgsz == (32, 32) and settings.calib == "c.npz"
+    for content, message in (("speed = 1\n", "unknown field"), ("bench = 3\n", "must be true or false"),
+                             ("batch = \"x\"\n", "must be an integer"), ("formats = [\n", "not a readable TOML")):
+        config.write_text(content)
+        with pytest.raises(XvolError, match=message):
+            load_config(config)

@@ -1,0 +1,271 @@
+"""The pipeline job: load, fold and run the reference once, then every format and precision, then bench.
+
+Every graph is exported from one :class:`~xvol_export.export.job.PreparedExport` (one load, one fold,
+one float64 reference, one export and simplification); each precision's ONNX graph is verified and
+written, and the OpenVINO IR and TensorRT engine of that precision are made from the written graph
+and judged against the same reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from xvol_export.backends import BACKENDS
+from xvol_export.bench import BenchReport, BenchSettings, bench_artifacts
+from xvol_export.checkpoint import LoadOptions
+from xvol_export.errors import XvolError
+from xvol_export.export import onnx_graph
+from xvol_export.export.job import (
+    FORMATS,
+    PRECISIONS,
+    ExportResult,
+    Int8Options,
+    _load_calibration,
+    add_engine,
+    default_export_output,
+    export_prepared,
+    prepare_export,
+    save_openvino_ir,
+)
+from xvol_export.io import check_output_path
+from xvol_export.tensorrt.build import EngineSettings
+from xvol_export.tensorrt.environment import engine_build_missing
+from xvol_export.utils import StepClock
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What a pipeline makes and how: the same fields as ``xvol pipeline``'s options and its config file."""
+
+    formats: tuple[str, ...] = ("onnx",)
+    precisions: tuple[str, ...] = ("fp32",)
+    calib: str | None = None
+    data: str | None = None
+    seed: int = 0  # fixed by default: two runs make the same artifacts
+    bench: bool = False
+    require: tuple[str, ...] = ()  # formats that must be made here (engine: fail instead of skipping)
+    batch: int = 1
+    imgsz: tuple[int, int] | None = None
+    dynamic: bool = False
+    opset: int = onnx_graph.DEFAULT_OPSET
+    exporter: str = "torchscript"
+    simplify: bool = True
+    simplifier: str = "onnxslim"
+    layout: str = "auto"
+    calib_method: str = "minmax"
+    bench_iterations: int = 50
+    bench_batches: tuple[int, ...] = (1,)
+
+    def check(self) -> None:
+        """:class:`XvolError` for a request no run could satisfy, before any work."""
+        for name, values, choices in (("formats", self.formats, FORMATS), ("precisions", self.precisions, PRECISIONS),
+                                      ("require", self.require, FORMATS)):
+            unknown = [v for v in values if v not in choices]
+            if unknown or (name != "require" and not values):
+                raise XvolError(f"--{name}: {', '.join(unknown) or 'nothing given'}; choose from "
+                                f"{', '.join(choices)}.")
+        missing = [f for f in self.require if f not in self.formats]
+        if missing:
+            raise XvolError(f"--require {','.join(missing)}: not among --formats {','.join(self.formats)}.")
+        if "int8" in self.precisions and self.calib is None:
+            raise XvolError("--precisions int8 needs calibration images: pass --calib FILE.npz with an 'input' array.")
+        if not 0 <= self.seed < 2**32:
+            raise XvolError(f"--seed must be from 0 to {2**32 - 1}, got {self.seed}.")
+        if not 1 <= self.bench_iterations <= 1_000_000:
+            raise XvolError(f"bench_iterations must be from 1 to 1000000, got {self.bench_iterations}.")
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_sources(cls, config: str | os.PathLike | None = None, **given) -> "PipelineSettings":
+        """The config file's fields (see :func:`load_config`), overridden by ``given`` values that are not None."""
+        values = load_config(config) if config is not None else {}
+        values.update({k: v for k, v in given.items() if v is not None})
+        return cls(**values)
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """The pipeline fields of a TOML file (top level, or a ``[pipeline]`` table), checked against the fields
+    :class:`PipelineSettings` has. Lists may be TOML arrays or comma-separated strings."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise XvolError(f"{path}: no such config file.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise XvolError(f"{path}: is not a readable TOML file ({err}).") from None
+    data = data.get("pipeline", data)
+    known = {f.name: f for f in dataclasses.fields(PipelineSettings)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise XvolError(f"{path}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(known)}.")
+    values = {}
+    for name, value in data.items():
+        default = known[name].default
+        if isinstance(default, tuple) or name == "imgsz":
+            items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+            if not isinstance(items, list):
+                raise XvolError(f"{path}: '{name}' must be a list or a comma-separated string, got {value!r}.")
+            value = tuple(int(v) if name in ("bench_batches", "imgsz") else str(v) for v in items)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise XvolError(f"{path}: '{name}' must be true or false, got {value!r}.")
+        elif isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+            raise XvolError(f"{path}: '{name}' must be an integer, got {value!r}.")
+        values[name] = value
+    return values
+
+
+@dataclass
+class PipelineResult:
+    """Everything a pipeline made and checked: the exports (one per format and precision), what was skipped
+    and why, the benchmark, and the failures."""
+
+    source: str
+    out_dir: str
+    settings: PipelineSettings
+    exports: list[ExportResult] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"stage", "reason"}
+    bench: list[BenchReport] = field(default_factory=list)  # the CPU artifacts; the engines on the GPU
+    failures: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    seed: int | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and all(e.passed for e in self.exports)
+
+    def failure_summary(self) -> str:
+        parts = list(self.failures)
+        parts += [f"{e.format} {e.precision}: {e.failure_summary()}" for e in self.exports if not e.passed]
+        return "; ".join(parts)
+
+    @property
+    def files(self) -> list[str]:
+        return [f for e in self.exports for f in e.files]
+
+
+def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
+                 settings: PipelineSettings = PipelineSettings(), load: LoadOptions = LoadOptions(),
+                 force: bool = False) -> PipelineResult:
+    """Make and prove every requested format and precision of ``checkpoint`` in ``out_dir``; see the module."""
+    settings.check()
+    out = Path(out_dir)
+    if not out.parent.is_dir():
+        raise XvolError(f"{out}: its folder '{out.parent}' does not exist. Create it first or choose another --out.")
+    if out.exists() and not out.is_dir():
+        raise XvolError(f"{out}: is a file; --out names a folder for the artifacts and the manifest.")
+    result = PipelineResult(str(checkpoint), str(out), settings)
+    formats = _available_formats(settings, result)
+    planned = _planned_files(Path(checkpoint), out, settings.precisions, formats)
+    out.mkdir(exist_ok=True)
+    for path in [*planned, out / MANIFEST]:
+        check_output_path(path, force)
+    clock = StepClock(result.timings)
+
+    prepared = prepare_export(checkpoint, load=load, batch=settings.batch, imgsz=settings.imgsz, data=settings.data,
+                              seed=settings.seed, layout=settings.layout, exporter=settings.exporter,
+                              opset=settings.opset, dynamic=settings.dynamic, simplify=settings.simplify,
+                              simplifier=settings.simplifier)
+    result.seed = prepared.seed
+    result.timings.update(prepared.timings)
+    calibration = _load_calibration(settings.calib, prepared.shape[1]) if "int8" in settings.precisions else None
+    int8 = Int8Options(method=settings.calib_method)
+    for precision in settings.precisions:
+        before = set(result.timings)
+        graph_output = out / default_export_output(Path(checkpoint), precision).name
+        exported = export_prepared(prepared, graph_output, precision=precision, calibration=calibration, int8=int8,
+                                   force=force)
+        result.exports.append(exported)
+        result.timings.update({f"{precision} {k}": v for k, v in exported.timings.items()
+                               if k not in prepared.timings and k not in before})
+        if not exported.written:
+            continue
+        graph_path = Path(exported.files[0])
+        for fmt in formats:
+            with clock(f"{precision} {fmt}"):
+                result.exports.append(_derived(fmt, exported, graph_path, prepared, settings, force))
+    if settings.bench and result.passed:
+        with clock("bench"):
+            result.bench = _bench(result, formats, settings)
+    return result
+
+
+def _available_formats(settings: PipelineSettings, result: PipelineResult) -> list[str]:
+    """The formats beyond ONNX this machine can make; the others are skipped (or, when required, failed)."""
+    formats = []
+    for fmt in settings.formats:
+        if fmt == "onnx":
+            continue
+        missing = BACKENDS["openvino"].unavailable() if fmt == "openvino" else engine_build_missing()
+        if missing is None:
+            formats.append(fmt)
+        elif fmt in settings.require:
+            result.failures.append(f"{fmt}: required (--require {fmt}) but cannot be made here: {missing}")
+        else:
+            what = "no TensorRT on this machine" if fmt == "engine" else "no OpenVINO on this machine"
+            result.skipped.append({"stage": fmt, "reason": f"skipped: {what} ({missing})"})
+    return formats
+
+
+def _planned_files(checkpoint: Path, out: Path, precisions: tuple[str, ...], formats: list[str]) -> list[Path]:
+    files = []
+    for precision in precisions:
+        graph = out / default_export_output(checkpoint, precision).name
+        files.append(graph)
+        if "openvino" in formats:
+            files += [graph.with_suffix(".xml"), graph.with_suffix(".bin")]
+        if "engine" in formats:
+            engine = graph.with_suffix(".engine")
+            files += [engine, Path(f"{engine}.json"), Path(f"{engine}.layers.json")]
+    return files
+
+
+def _derived(fmt: str, exported: ExportResult, graph_path: Path, prepared, settings: PipelineSettings,
+             force: bool) -> ExportResult:
+    """The OpenVINO IR or TensorRT engine of a written, verified graph, judged against the same reference."""
+    derived = copy.copy(exported)
+    derived.format, derived.files, derived.written, derived.failures = fmt, [], False, []
+    derived.notes, derived.timings = [], {}
+    if fmt == "openvino":
+        derived.output = str(graph_path.with_suffix(".xml"))
+        derived.metadata = dict(exported.metadata)
+        return save_openvino_ir(onnx.load(str(graph_path)), graph_path.with_suffix(".xml"), prepared.reference,
+                                None, prepared.seed, force, derived, StepClock(derived.timings))
+    derived.output = str(graph_path.with_suffix(".engine"))
+    engine = EngineSettings(batch=settings.batch, imgsz=settings.imgsz)
+    add_engine(derived, graph_path, graph_path.with_suffix(".engine"), engine, prepared.reference, None,
+               prepared.seed, force)
+    derived.written = bool(derived.files)
+    return derived
+
+
+def _bench(result: PipelineResult, formats: list[str], settings: PipelineSettings) -> list[BenchReport]:
+    """Everything made, timed interleaved: the graphs on ONNX Runtime (and OpenVINO) with the IR in one table;
+    the engines, on the GPU, in another."""
+    made = [e.files[0] for e in result.exports if e.written and e.files]
+    cpu = [f for f in made if Path(f).suffix in (".onnx", ".xml")]
+    engines = [f for f in made if Path(f).suffix == ".engine"]
+    reports = []
+    for artifacts, device, backends in ((cpu, "cpu", ["onnxruntime", *(["openvino"] if "openvino" in formats else [])]),
+                                        (engines, "cuda", ["tensorrt"])):
+        if artifacts:
+            bench_settings = BenchSettings(device=device, batches=settings.bench_batches,
+                                           iterations=settings.bench_iterations, warmup=5, seed=settings.seed)
+            reports.append(bench_artifacts(artifacts, bench_settings, backend=",".join(backends)))
+    return reports

@@ -1,0 +1,122 @@
+"""The pipeline's record: ``manifest.json`` (schema: ``manifest.schema.json`` beside this module) and a Markdown
+summary for CI job summaries."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from pathlib import Path
+
+import xvol_export
+from xvol_export.doctor import cpu_name, package_versions
+from xvol_export.io import sha256_file
+from xvol_export.jsonio import write_json
+from xvol_export.pipeline.job import MANIFEST, PipelineResult
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+
+
+def _created() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    moment = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch.isdigit()
+              else _dt.datetime.now(_dt.timezone.utc))
+    return moment.isoformat(timespec="seconds")
+
+
+def _checks(result: PipelineResult) -> list[dict]:
+    checks = []
+    first = result.exports[0] if result.exports else None
+    if first is not None and first.fold_verification is not None:
+        checks.append({"stage": "fold", "status": "PASSED" if first.fold_verification.passed else "FAILED",
+                       "figures": first.fold_verification.to_dict()})
+    for export in result.exports:
+        stage = f"{export.format} {export.precision}"
+        reports = {"onnx": [export.verification, export.dynamic_check], "openvino": [export.ir_verification],
+                   "engine": [export.engine_verification]}[export.format]
+        for report in (r for r in reports if r is not None):
+            checks.append({"stage": stage, "status": "PASSED" if report.passed else "FAILED",
+                           "figures": report.to_dict()})
+        for failure in export.failures:
+            checks.append({"stage": stage, "status": "FAILED", "reason": failure})
+    checks += [{"stage": s["stage"], "status": "SKIPPED", "reason": s["reason"]} for s in result.skipped]
+    checks += [{"stage": "pipeline", "status": "FAILED", "reason": f} for f in result.failures]
+    return checks
+
+
+def manifest(result: PipelineResult) -> dict:
+    """Every artifact (file, format, precision, sha256, size), every check with its figures and verdict, the
+    settings, versions, machine and the time of each stage."""
+    out = Path(result.out_dir)
+    artifacts = []
+    for export in result.exports:
+        for name in export.files:
+            path = Path(name)
+            artifacts.append({"file": os.path.relpath(path, out), "format": export.format,
+                              "precision": export.precision, "sha256": sha256_file(path),
+                              "size": path.stat().st_size})
+    return {
+        "command": "pipeline",
+        "schema_version": SCHEMA_VERSION,
+        "status": "PASSED" if result.passed else "FAILED",
+        "failure": result.failure_summary() or None,
+        "created": _created(),
+        "source": {"file": result.source, "sha256": sha256_file(result.source),
+                   "size": Path(result.source).stat().st_size},
+        "settings": result.settings.to_dict(),
+        "seed": result.seed,
+        "artifacts": artifacts,
+        "checks": _checks(result),
+        "bench": [b.to_dict() for b in result.bench],
+        "stages_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "tool": {"name": "xvol", "version": xvol_export.__version__},
+        "versions": {k: v for k, v in package_versions().items() if v},
+        "machine": {"cpu": cpu_name(), "logical_cores": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+    }
+
+
+def write_manifest(result: PipelineResult, force: bool = False) -> tuple[Path, dict]:
+    """Write ``manifest.json`` into the pipeline's folder; returns its path and content."""
+    content = manifest(result)
+    path = Path(result.out_dir) / MANIFEST
+    write_json(path, content, force)
+    return path, content
+
+
+def summary_markdown(content: dict) -> str:
+    """The manifest as Markdown: verdict, artifacts, checks, benchmark (for ``$GITHUB_STEP_SUMMARY``)."""
+    lines = [f"## xvol pipeline: {content['status']}", ""]
+    if content["failure"]:
+        lines += [f"**Failed:** {content['failure']}", ""]
+    lines += [f"Source `{Path(content['source']['file']).name}` (sha256 `{content['source']['sha256'][:16]}`), "
+              f"xvol {content['tool']['version']}, seed {content['seed']}.", "",
+              "| check | status | rel L2 | vs baseline | top-1 agreement | accuracy |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for check in content["checks"]:
+        figures = check.get("figures") or {}
+        first = (figures.get("outputs") or [{}])[0]
+        candidate = first.get("candidate") or {}
+        ratio = first.get("ratio_rel_l2") if figures.get("precision") != "int8" else None  # int8: other gates
+        accuracy = (figures.get("accuracy") or {}).get("candidate")
+        lines.append(f"| {check['stage']} | {check['status']} | {_num(candidate.get('rel_l2'))} | "
+                     f"{_num(ratio, 'x')} | {_pct(candidate.get('top1_agreement'))} | {_pct(accuracy)} |"
+                     if figures else f"| {check['stage']} | {check['status']} | {check.get('reason', '')} | | | |")
+    lines += ["", "| artifact | format | precision | size | sha256 |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| `{a['file']}` | {a['format']} | {a['precision']} | {a['size']:,} | `{a['sha256'][:16]}` |"
+              for a in content["artifacts"]]
+    for report in content["bench"]:
+        lines += ["", "| benchmarked | backend | batch | prec | median ms | vs first |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| `{c['artifact']}` | {c['backend']} | {c['batch']} | {c.get('precision') or ''} | "
+                  f"{c['latency_ms']['median']:.2f} | {_num(c['ratio_to_first'], 'x')} |" for c in report["cases"]]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value, suffix: str = "") -> str:
+    return f"{value:.3g}{suffix}" if isinstance(value, (int, float)) else ""
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.2f} %" if isinstance(value, (int, float)) else ""
