@@ -36,11 +36,13 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def xvol(*args: str) -> float:
-    """Run ``xvol ARGS`` in a fresh process; its wall time in seconds (a failure stops the benchmark)."""
+    """Run ``xvol ARGS`` in a fresh process; its wall time in seconds. A failed check (exit 1) still did all its
+    work and counts (the random-weight network's int8 graph misses the int8 gate, as benchmarks/int8.py shows);
+    bad input or an internal error stops the benchmark."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "xvol_export", *args], capture_output=True, text=True)
     elapsed = time.perf_counter() - start
-    if done.returncode != 0:
+    if done.returncode not in (0, 1):
         raise SystemExit(f"xvol {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return elapsed
 

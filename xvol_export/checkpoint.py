@@ -575,11 +575,18 @@ def _from_foreign_dict(path: Path, obj: dict, arch: str | None, config: dict | N
             f"{path}: is a bare state dict with no architecture name. Pass --arch NAME (one of: "
             f"{', '.join(xvol_export.list_models())}), or save it with xvol_export.save_checkpoint."
         )
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
+        raise _not_a_checkpoint(path)
+    found_config = config or obj.get("config") or {}
+    if not isinstance(found_config, dict):
+        raise XvolError(f"{path}: its 'config' is a {type(found_config).__name__}, not a mapping of the "
+                        "architecture's arguments. Pass --arch-config JSON, or save the model with "
+                        "xvol_export.save_checkpoint.")
     state_dict, stripped = _strip_wrapper_prefixes(state_dict)
     if stripped:
         notes.append(f"stripped the '{stripped}' prefix from every key")
     folded = not any(k.endswith("running_var") for k in state_dict)
-    ckpt = Checkpoint(architecture=arch, config=dict(config or obj.get("config") or {}), state_dict=state_dict,
+    ckpt = Checkpoint(architecture=arch, config=dict(found_config), state_dict=state_dict,
                       folded=folded, notes=notes)
     if folded:
         raise XvolError(
