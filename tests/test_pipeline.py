@@ -122,3 +122,16 @@ def test_config_files_are_read_and_checked(tmp_path):
         config.write_text(content)
         with pytest.raises(XvolError, match=message):
             load_config(config)
+
+
+def test_deploy_checkpoints_are_byte_identical_under_source_date_epoch(tmp_path, monkeypatch):
+    from xvol_export.api import fold_checkpoint
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    first, second = tmp_path / "a.deploy.pth", tmp_path / "other-name.deploy.pth"
+    for out in (first, second):
+        assert fold_checkpoint(SAMPLE, out, seed=0).written
+    assert first.read_bytes() == second.read_bytes()  # neither the time nor the file's name is inside
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert fold_checkpoint(SAMPLE, tmp_path / "c.deploy.pth", seed=0).written
+    assert (tmp_path / "c.deploy.pth").read_bytes() != first.read_bytes()  # now: today's time is recorded

@@ -12,7 +12,6 @@ complex) where the model has a floating one, or the reverse, is refused by name.
 
 from __future__ import annotations
 
-import datetime as _dt
 import itertools
 import json
 import os
@@ -28,7 +27,7 @@ from torch import nn
 import xvol_export
 from xvol_export.dtypes import DTYPES, describe_dtype, dtype_kind, dtype_name, resolve_dtype
 from xvol_export.errors import XvolError
-from xvol_export.io import atomic_write, sha256_file
+from xvol_export.io import atomic_write, build_timestamp, sha256_file
 from xvol_export.layers import LAYOUTS, XVolution, XVolutionDeploy
 from xvol_export.limits import check_fits, check_input_file, format_bytes
 from xvol_export.models import create_model, get_model_entry
@@ -110,14 +109,6 @@ def checkpoint_from_model(model: nn.Module, metadata: dict | None = None) -> Che
     )
 
 
-def _created() -> str:
-    """Now, or ``$SOURCE_DATE_EPOCH`` where set (reproducible builds: two runs write the same bytes)."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
-    moment = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch.isdigit()
-              else _dt.datetime.now(_dt.timezone.utc))
-    return moment.isoformat(timespec="seconds")
-
-
 def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLike, *,
                     metadata: dict | None = None, force: bool = False, dtype: str | torch.dtype | None = None) -> Path:
     """Write a checkpoint atomically (``.safetensors`` by suffix, else ``.pth``); return its path.
@@ -132,7 +123,7 @@ def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLi
         state_dict = {k: v.to(target) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                       for k, v in state_dict.items()}
     meta = {"xvol_version": xvol_export.__version__,
-            "created": _created(),
+            "created": build_timestamp(),
             **ckpt.metadata, **(metadata or {})}
     # Plain JSON types only, so the file stays loadable with weights_only=True.
     meta = json.loads(json.dumps(meta, default=str))

@@ -83,3 +83,14 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def build_timestamp() -> str:
+    """Now (UTC, to the second), or ``$SOURCE_DATE_EPOCH`` where set, so that reproducible builds write the same
+    bytes twice."""
+    import datetime
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    moment = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch.isdigit()
+              else datetime.datetime.now(datetime.timezone.utc))
+    return moment.isoformat(timespec="seconds")

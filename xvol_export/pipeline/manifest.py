@@ -3,26 +3,18 @@ summary for CI job summaries."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import platform
 from pathlib import Path
 
 import xvol_export
 from xvol_export.doctor import cpu_name, package_versions
-from xvol_export.io import sha256_file
+from xvol_export.io import build_timestamp, sha256_file
 from xvol_export.jsonio import write_json
 from xvol_export.pipeline.job import MANIFEST, PipelineResult
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
-
-
-def _created() -> str:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
-    moment = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch.isdigit()
-              else _dt.datetime.now(_dt.timezone.utc))
-    return moment.isoformat(timespec="seconds")
 
 
 def _checks(result: PipelineResult) -> list[dict]:
@@ -61,7 +53,7 @@ def manifest(result: PipelineResult) -> dict:
         "schema_version": SCHEMA_VERSION,
         "status": "PASSED" if result.passed else "FAILED",
         "failure": result.failure_summary() or None,
-        "created": _created(),
+        "created": build_timestamp(),
         "source": {"file": result.source, "sha256": sha256_file(result.source),
                    "size": Path(result.source).stat().st_size},
         "settings": result.settings.to_dict(),
