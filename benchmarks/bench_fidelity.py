@@ -1,7 +1,7 @@
 """Harness fidelity of `xvol bench`: does it report the latency a bare ONNX Runtime loop measures?
 
 Exports one ONNX graph (XVol-ResNet-50 by default: a randomized training checkpoint, folded and
-exported at 1x3x224x224 with `xvol_export.api.export_checkpoint`), then, in the same process,
+exported at 1x3x224x224 with `xvol_export.jobs.export_checkpoint`), then, in the same process,
 alternates rounds of
 
   (a) `bench_artifacts([graph], BenchSettings(warmup=W, iterations=N))`, its median, and
@@ -35,9 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from xvol_export import create_model  # noqa: E402
-from xvol_export.api import export_checkpoint  # noqa: E402
-from xvol_export.bench import BenchSettings, bench_artifacts  # noqa: E402
 from xvol_export.checkpoint import save_checkpoint  # noqa: E402
+from xvol_export.jobs import BenchSettings, ExportSettings, bench_artifacts, export_checkpoint  # noqa: E402
 from xvol_export.utils import randomize_batchnorm  # noqa: E402
 
 from _common import bootstrap_median_ci, machine, write_json  # noqa: E402
@@ -52,7 +51,7 @@ def export_graph(model_name: str, folder: Path) -> tuple[Path, float]:
     model = randomize_batchnorm(create_model(model_name), seed=0).eval()
     source = save_checkpoint(model, folder / f"{model_name}.pth")
     start = time.perf_counter()
-    result = export_checkpoint(source, folder / f"{model_name}.onnx", seed=0)
+    result = export_checkpoint(source, folder / f"{model_name}.onnx", ExportSettings(seed=0))
     seconds = time.perf_counter() - start
     if not result.written:
         raise SystemExit(f"export of {model_name} failed: {result.failure_summary()}")
@@ -140,7 +139,7 @@ def main() -> None:
     path = write_json("bench_fidelity", {
         "benchmark": "bench_fidelity",
         "model": f"{args.model}, randomized BatchNorm (seed 0), folded and exported by "
-                 "xvol_export.api.export_checkpoint",
+                 "xvol_export.jobs.export_checkpoint",
         "input_shape": list(shape),
         "machine": machine(),
         "onnxruntime": onnxruntime.__version__,

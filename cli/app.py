@@ -23,9 +23,15 @@ from xvol_cli.render import (
     render_pipeline,
     render_verify,
 )
-from xvol_export import api
+from xvol_export import jobs
+from xvol_export.checkpoint import LoadOptions
 from xvol_export.doctor import machine_report
 from xvol_export.errors import CheckFailed, XvolError
+from xvol_export.io import write_text
+from xvol_export.jobs.fold import default_fold_output
+from xvol_export.jsonio import write_json
+from xvol_export.pipeline import summary_markdown, write_manifest
+from xvol_export.tensorrt.build import EngineSettings
 
 app = typer.Typer(
     name="xvol",
@@ -62,13 +68,14 @@ def _root(
 def _finish(passed: bool, json_path: Path | None, payload: dict, force: bool, failure: str = "") -> int:
     """Write the JSON report if asked, and map the verdict to an exit code (the caller prints the verdict)."""
     if json_path is not None:
-        api.write_json(json_path, {**payload, "status": "PASSED" if passed else "FAILED"}, force)
+        write_json(json_path, {**payload, "status": "PASSED" if passed else "FAILED"}, force)
     if not passed:
         raise CheckFailed(failure or "the check failed")
     return 0
 
 
 @app.command()
+@opt.with_options(load=opt.LOAD)
 def inspect(
     checkpoint: Annotated[Path, typer.Argument(
         help="Checkpoint (.pth, .pt or .safetensors), or an .onnx graph (what it holds, and whether TensorRT "
@@ -77,70 +84,61 @@ def inspect(
     input_shape: opt.InputShapeOpt = None,
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    trust_pickle: opt.TrustPickle = False,
-    arch: opt.Arch = None,
-    arch_config: opt.ArchConfig = None,
-    ema: opt.Ema = False,
+    load: LoadOptions = LoadOptions(),
 ):
     """Architecture, parameters, MACs, and what folding will do to every block; or an ONNX graph's contents."""
     opt.check_outputs(force, [checkpoint], json=json_path)
     if checkpoint.suffix.lower() == ".onnx":
-        graph = api.inspect_graph(checkpoint)
+        graph = jobs.inspect_graph(checkpoint)
         render_graph(console, graph)
         passed = graph["tensorrt_compatibility"]["compatible"]
         return _finish(passed, json_path, {"command": "inspect", **graph}, force,
                        f"{checkpoint}: TensorRT's ONNX parser would refuse "
                        f"{len(graph['tensorrt_compatibility']['problems'])} node(s)")
     with console.status("Inspecting…"):
-        report = api.inspect_checkpoint(
-            checkpoint, opt.layout_option(layout), opt.shape_option(input_shape),
-            opt.load_options(trust_pickle, arch, arch_config, ema),
-        )
+        report = jobs.inspect_checkpoint(checkpoint, jobs.InspectSettings(
+            opt.layout_option(layout), opt.shape_option(input_shape), load))
     render_inspect(console, report)
     return _finish(True, json_path, {"command": "inspect", **report.to_dict()}, force)
 
 
 @app.command()
+@opt.with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, load=opt.LOAD)
 def fold(
     checkpoint: Checkpoint,
     output: Annotated[str | None, typer.Option("-o", "--output", help="Deploy checkpoint to write "
                                                 "(default: NAME.deploy.pth beside the input).")] = None,
     layout: opt.Layout = "auto",
-    data: opt.Data = None,
+    inputs: opt.InputRequest = opt.InputRequest(),
     input_shape: opt.InputShapeOpt = None,
-    seed: opt.Seed = None,
-    atol: opt.Atol = None,
-    rtol: opt.Rtol = None,
-    check_error_stat: opt.ErrorStat = None,
+    tolerance: opt.ToleranceRequest = opt.ToleranceRequest(),
     dtype: Annotated[str | None, typer.Option(
         "--dtype", help="Write the deploy checkpoint in fp16, bf16, fp32 or fp64 (default: the checkpoint's own); "
         "it is verified in that precision.")] = None,
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    trust_pickle: opt.TrustPickle = False,
-    arch: opt.Arch = None,
-    arch_config: opt.ArchConfig = None,
-    ema: opt.Ema = False,
+    load: LoadOptions = LoadOptions(),
 ):
     """Fold into the deploy form, verify per block and end to end, and write it (only if verified)."""
-    opt.check_outputs(force, [checkpoint, data], output=output or api.default_fold_output(checkpoint), json=json_path)
-    tolerance = opt.tolerance_option(atol, rtol, check_error_stat)
+    opt.check_outputs(force, [checkpoint, inputs.data], output=output or default_fold_output(checkpoint),
+                      json=json_path)
+    settings = jobs.FoldSettings(
+        layout=opt.layout_option(layout), dtype=opt.dtype_option(dtype), data=inputs.data,
+        input_shape=opt.shape_option(input_shape), seed=inputs.seed, tolerance=tolerance.tolerance(), load=load,
+        force=force)
     with console.status("Folding and verifying…"):
-        result = api.fold_checkpoint(
-            checkpoint, output, layout=opt.layout_option(layout), data=data,
-            input_shape=opt.shape_option(input_shape), seed=seed, tolerance=tolerance, force=force,
-            load=opt.load_options(trust_pickle, arch, arch_config, ema), dtype=opt.dtype_option(dtype),
-        )
+        result = jobs.fold_checkpoint(checkpoint, output, settings)
     render_fold(console, result)
-    failure = result.verification.failure_summary() if result.verification else ""
-    return _finish(result.passed, json_path, {"command": "fold", **result.to_dict()}, force, failure)
+    return _finish(result.passed, json_path, {"command": "fold", **result.to_dict()}, force,
+                   result.failure_summary())
 
 
 @app.command()
+@opt.with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, load=opt.LOAD)
 def verify(
     reference: Annotated[Path, typer.Argument(help="Reference artifact: checkpoint or .onnx.", show_default=False)],
     candidate: Annotated[Path, typer.Argument(help="Candidate artifact: checkpoint or .onnx.", show_default=False)],
-    data: opt.Data = None,
+    inputs: opt.InputRequest = opt.InputRequest(),
     load_inputs: Annotated[Path | None, typer.Option(
         "--load-inputs", help="Inputs saved by --save-inputs (.npz); same as --data.")] = None,
     save_inputs: Annotated[Path | None, typer.Option(
@@ -148,35 +146,28 @@ def verify(
     save_outputs: Annotated[Path | None, typer.Option(
         "--save-outputs", help="Write both outputs ('reference', 'candidate') to this .npz.")] = None,
     input_shape: opt.InputShapeOpt = None,
-    seed: opt.Seed = None,
-    atol: opt.Atol = None,
-    rtol: opt.Rtol = None,
-    check_error_stat: opt.ErrorStat = None,
+    tolerance: opt.ToleranceRequest = opt.ToleranceRequest(),
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    trust_pickle: opt.TrustPickle = False,
-    arch: opt.Arch = None,
-    arch_config: opt.ArchConfig = None,
-    ema: opt.Ema = False,
+    load: LoadOptions = LoadOptions(),
 ):
     """Run two artifacts on the same inputs and compare them (two checkpoints: per block too)."""
-    opt.check_outputs(force, [reference, candidate, data, load_inputs], save_inputs=save_inputs,
+    opt.check_outputs(force, [reference, candidate, inputs.data, load_inputs], save_inputs=save_inputs,
                       save_outputs=save_outputs, json=json_path)
-    if data is not None and load_inputs is not None:
+    if inputs.data is not None and load_inputs is not None:
         raise XvolError("Give the inputs once: --data and --load-inputs are the same option.")
-    tolerance = opt.tolerance_option(atol, rtol, check_error_stat)
+    settings = jobs.VerifySettings(
+        data=inputs.data or load_inputs, input_shape=opt.shape_option(input_shape), seed=inputs.seed,
+        tolerance=tolerance.tolerance(), load=load, save_inputs=save_inputs, save_outputs=save_outputs, force=force)
     with console.status("Running both artifacts…"):
-        report = api.verify_artifacts(
-            reference, candidate, data=data or load_inputs, input_shape=opt.shape_option(input_shape), seed=seed,
-            tolerance=tolerance, load=opt.load_options(trust_pickle, arch, arch_config, ema),
-            save_inputs=save_inputs, save_outputs=save_outputs, force=force,
-        )
+        report = jobs.verify_artifacts(reference, candidate, settings)
     render_verify(console, report)
     return _finish(report.passed, json_path, {"command": "verify", **report.to_dict()}, force,
                    report.failure_summary())
 
 
 @app.command()
+@opt.with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, load=opt.LOAD)
 def export(
     checkpoint: ExportSource,
     format: Annotated[str, typer.Option("--format", help="onnx, openvino (IR: NAME.xml and NAME.bin, checked on "
@@ -198,11 +189,8 @@ def export(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph.")] = True,
     simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim or onnxsim.")] = "onnxslim",
     layout: opt.Layout = "auto",
-    data: opt.Data = None,
-    seed: opt.Seed = None,
-    atol: opt.Atol = None,
-    rtol: opt.Rtol = None,
-    check_error_stat: opt.ErrorStat = None,
+    inputs: opt.InputRequest = opt.InputRequest(),
+    tolerance: opt.ToleranceRequest = opt.ToleranceRequest(),
     calib_method: Annotated[str, typer.Option(
         "--calib-method", help="int8 calibration: minmax, entropy or percentile (ONNX Runtime's).")] = "minmax",
     int8_sensitivity: Annotated[bool, typer.Option(
@@ -238,36 +226,33 @@ def export(
         "(prefer --precision fp16).")] = False,
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    trust_pickle: opt.TrustPickle = False,
-    arch: opt.Arch = None,
-    arch_config: opt.ArchConfig = None,
-    ema: opt.Ema = False,
+    load: LoadOptions = LoadOptions(),
 ):
     """Fold if needed, export, check, simplify, re-verify against the training form, write with metadata."""
-    opt.check_outputs(force, [checkpoint, calib, data, timing_cache],
+    opt.check_outputs(force, [checkpoint, calib, inputs.data, timing_cache],
                       output=output, json=json_path)
-    # bf16 lives in OpenVINO, not the graph: user tolerances start from the fp32 graph's defaults
-    tolerance = opt.tolerance_option(atol, rtol, check_error_stat, "fp32" if precision == "bf16" else precision)
     int8 = opt.int8_options(calib_method, int8_sensitivity, int8_fallback, accuracy_budget)
-    engine = api.EngineSettings(
+    engine = EngineSettings(
         workspace_gib=workspace, opt_level=opt_level, min_shapes=tuple(min_shapes or ()),
         opt_shapes=tuple(opt_shapes or ()), max_shapes=tuple(max_shapes or ()),
         timing_cache=str(timing_cache) if timing_cache else None, version_compatible=version_compatible,
         hardware_compat=hardware_compat, tf32=tf32, fp16_tactics=fp16_tactics,
     )
     with console.status("Exporting and verifying…"):
-        result = api.export_checkpoint(
-            checkpoint, output, format=format, precision=precision, opset=opset, exporter=exporter,
-            dynamic=dynamic, batch=batch, imgsz=opt.imgsz_option(imgsz), simplify=simplify, simplifier=simplifier,
-            layout=opt.layout_option(layout), calib=calib, data=data, seed=seed, tolerance=tolerance, force=force,
-            load=opt.load_options(trust_pickle, arch, arch_config, ema), int8=int8, engine=engine,
-        )
+        result = jobs.export_checkpoint(checkpoint, output, jobs.ExportSettings(
+            format=format, precision=precision, opset=opset, exporter=exporter, dynamic=dynamic, batch=batch,
+            imgsz=opt.imgsz_option(imgsz), simplify=simplify, simplifier=simplifier, layout=opt.layout_option(layout),
+            calib=calib, data=inputs.data, seed=inputs.seed, force=force, load=load, int8=int8, engine=engine,
+            # bf16 lives in OpenVINO, not the graph: user tolerances start from the fp32 graph's defaults
+            tolerance=tolerance.tolerance("fp32" if precision == "bf16" else precision),
+        ))
     render_export(console, result)
     return _finish(result.passed, json_path, {"command": "export", **result.to_dict()}, force,
                    result.failure_summary())
 
 
 @app.command()
+@opt.with_options(load=opt.LOAD)
 def bench(
     artifacts: Annotated[list[Path] | None, typer.Argument(
         help="Checkpoints, .onnx graphs or TensorRT engines; several are timed interleaved.",
@@ -298,24 +283,25 @@ def bench(
         "(phases: faster in PyTorch on CPU).")] = "direct",
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    trust_pickle: opt.TrustPickle = False,
+    load: LoadOptions = LoadOptions(),
 ):
     """Latency and throughput statistics on the chosen backend and device."""
     opt.check_outputs(force, [*(artifacts or []), *(engine or [])], json=json_path)
-    settings = api.BenchSettings(
+    settings = jobs.BenchSettings(
         device=device, batches=opt.int_list_option(batch, "--batch"), imgsz=opt.imgsz_option(imgsz),
         warmup=warmup, iterations=iterations, duration=duration,
         percentiles=opt.float_list_option(percentile, "--percentile"), threads=threads, cuda_graph=cuda_graph,
         data_transfers=not no_data_transfers, seed=seed, dilated_conv=dilated_conv, precision=precision,
+        backend=backend, load=load,
     )
     with console.status("Timing…"):
-        report = api.bench_artifacts([*(artifacts or []), *(engine or [])], settings, backend,
-                                     opt.load_options(trust_pickle, None, None, False))
+        report = jobs.bench_artifacts([*(artifacts or []), *(engine or [])], settings)
     render_bench(console, report)
     return _finish(True, json_path, {"command": "bench", **report.to_dict()}, force)
 
 
 @app.command()
+@opt.with_options(load=opt.LOAD)
 def pipeline(
     checkpoint: Checkpoint,
     out: Annotated[Path, typer.Option("--out", help="Folder for the artifacts and manifest.json (created if "
@@ -343,25 +329,22 @@ def pipeline(
     summary: Annotated[Path | None, typer.Option(
         "--summary", help="Write a Markdown summary (for CI job summaries) to this file.")] = None,
     force: opt.Force = False,
-    trust_pickle: opt.TrustPickle = False,
-    arch: opt.Arch = None,
-    arch_config: opt.ArchConfig = None,
-    ema: opt.Ema = False,
+    load: LoadOptions = LoadOptions(),
 ):
     """Every format and precision of a checkpoint, proven against the training form, in one folder with a manifest."""
     opt.check_outputs(force, [checkpoint, calib, data, config], summary=summary)
-    settings = api.PipelineSettings.from_sources(
+    settings = jobs.PipelineSettings.from_sources(
         config, formats=opt.name_list_option(formats), precisions=opt.name_list_option(precisions),
         calib=str(calib) if calib else None, data=str(data) if data else None, seed=seed, bench=bench,
         require=opt.name_list_option(require), batch=batch, imgsz=opt.imgsz_option(imgsz), dynamic=dynamic,
+        load=load, force=force,
     )
     with console.status("Running the pipeline…"):
-        result = api.run_pipeline(checkpoint, out, settings, opt.load_options(trust_pickle, arch, arch_config, ema),
-                                  force=force)
-        path, content = api.write_manifest(result, force)
+        result = jobs.run_pipeline(checkpoint, out, settings)
+        path, content = write_manifest(result, force)
     render_pipeline(console, content, path)
     if summary is not None:
-        api.write_text(summary, api.summary_markdown(content), force)
+        write_text(summary, summary_markdown(content), force)
     if not result.passed:
         raise CheckFailed(result.failure_summary())
     return 0

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from xvol_export.api import LoadOptions
+from xvol_export.checkpoint import LoadOptions
 from xvol_export.compare import ERROR_STATS, Tolerance, parse_tolerance
 from xvol_export.errors import XvolError
 from xvol_export.fold import LAYOUT_CHOICES
@@ -120,8 +123,8 @@ def dtype_option(dtype: str | None) -> str | None:
 
 
 def int8_options(method: str, sensitivity: bool, fallback: bool, budget: str):
-    from xvol_export.export.job import Int8Options
     from xvol_export.export.precision import CALIBRATION_METHODS
+    from xvol_export.jobs.export import Int8Options
 
     if method not in CALIBRATION_METHODS:
         raise XvolError(f"Unknown --calib-method '{method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
@@ -137,3 +140,83 @@ def name_list_option(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# ------------------------------------------------------------------------------------------ option groups
+
+@dataclass(frozen=True)
+class OptionGroup:
+    """Options several commands take, declared once: ``options`` are the parameters a command gets in place of
+    the group's one parameter, and ``build`` makes the library value the command receives from theirs."""
+
+    options: tuple[inspect.Parameter, ...]
+    build: Callable[..., Any]
+
+
+def _group(build: Callable[..., Any]) -> OptionGroup:
+    """A group from a builder whose parameters are the options (annotated with ``typer.Option``, with defaults)."""
+    options = tuple(inspect.signature(build, eval_str=True).parameters.values())
+    return OptionGroup(options, build)
+
+
+def with_options(**groups: OptionGroup):
+    """Decorator: each parameter of the command named like a keyword is replaced, on the command line, by that
+    group's options; the command receives the group's built value under the parameter's name."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        unknown = set(groups) - set(signature.parameters)
+        if unknown:
+            raise TypeError(f"{command.__name__} has no parameter {', '.join(sorted(unknown))}")
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            parameters += groups[parameter.name].options if parameter.name in groups else [parameter]
+
+        @functools.wraps(command)
+        def run(**values):
+            for name, group in groups.items():
+                values[name] = group.build(**{o.name: values.pop(o.name) for o in group.options})
+            return command(**values)
+
+        run.__signature__ = signature.replace(parameters=parameters)  # what Typer reads
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
+        return run
+
+    return decorate
+
+
+def _load_group(trust_pickle: TrustPickle = False, arch: Arch = None, arch_config: ArchConfig = None,
+                ema: Ema = False) -> LoadOptions:
+    return load_options(trust_pickle, arch, arch_config, ema)
+
+
+@dataclass(frozen=True)
+class ToleranceRequest:
+    """What the user gave of Polygraphy's tolerance options; :meth:`tolerance` completes it for a precision."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    stat: str | None = None
+
+    def tolerance(self, precision: str = "fp32") -> Tolerance | None:
+        return tolerance_option(self.atol, self.rtol, self.stat, precision)
+
+
+def _tolerance_group(atol: Atol = None, rtol: Rtol = None, check_error_stat: ErrorStat = None) -> ToleranceRequest:
+    return ToleranceRequest(atol, rtol, check_error_stat)
+
+
+@dataclass(frozen=True)
+class InputRequest:
+    """Where verification inputs come from: ``data`` (.npz), else random ones drawn with ``seed``."""
+
+    data: Path | None = None
+    seed: int | None = None
+
+
+def _inputs_group(data: Data = None, seed: Seed = None) -> InputRequest:
+    return InputRequest(data, seed)
+
+
+LOAD = _group(_load_group)  # how to read a checkpoint
+TOLERANCE = _group(_tolerance_group)  # Polygraphy's tolerance, in place of the default gate
+INPUTS = _group(_inputs_group)  # the verification inputs

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from xvol_export.api import BenchReport, ExportResult, FoldResult, InspectReport
+from xvol_export.jobs import BenchReport, ExportResult, FoldResult, InspectReport
 from xvol_export.verify import VerifyReport
 
 

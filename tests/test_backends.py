@@ -8,12 +8,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from xvol_export.api import export_checkpoint
 from xvol_export.artifacts import artifact_kind, open_artifact
 from xvol_export.backends import BACKENDS, DEFAULT_BACKEND, KIND_NAMES, backends_for, get_backend
-from xvol_export.bench.job import SCHEMA_PATH
+from xvol_export.bench import SCHEMA_PATH
 from xvol_export.checkpoint import load_model
 from xvol_export.errors import XvolError
+from xvol_export.jobs import ExportSettings, export_checkpoint
 
 from helpers import run_cli
 
@@ -25,7 +25,7 @@ FAST = ("--iterations", "3", "--warmup", "1")
 def graphs(tmp_path_factory):
     """The digits sample, its fp32 ONNX graph and the same graph as OpenVINO IR."""
     folder = tmp_path_factory.mktemp("backends")
-    assert export_checkpoint(SAMPLE, folder / "digits.onnx", seed=0).written
+    assert export_checkpoint(SAMPLE, folder / "digits.onnx", ExportSettings(seed=0)).written
     ir = None
     try:
         import openvino as ov
@@ -133,8 +133,9 @@ def test_export_to_openvino_ir_is_judged_on_openvino_before_it_is_written(tmp_pa
 
     held = SAMPLE.parent / "digits_holdout.npz"
     out = tmp_path / f"digits.{precision}.xml"
-    result = export_checkpoint(SAMPLE, out, format="openvino", precision=precision, data=held,
-                               calib=SAMPLE.parent / "digits_calib.npz" if precision == "int8" else None)
+    result = export_checkpoint(SAMPLE, out,
+        ExportSettings(format="openvino", precision=precision, data=held,
+                       calib=SAMPLE.parent / "digits_calib.npz" if precision == "int8" else None))
     assert result.passed and result.written, result.failure_summary()
     assert result.files == [str(out), str(out.with_suffix(".bin"))]
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.with_suffix(".bin").name, out.name]  # nothing else
@@ -150,6 +151,6 @@ def test_export_to_openvino_writes_nothing_when_a_check_fails(tmp_path):
     from xvol_export.compare import Tolerance
 
     out = tmp_path / "digits.xml"
-    result = export_checkpoint(SAMPLE, out, format="openvino", seed=0, tolerance=Tolerance(0.0, 0.0))
+    result = export_checkpoint(SAMPLE, out, ExportSettings(format="openvino", seed=0, tolerance=Tolerance(0.0, 0.0)))
     assert not result.passed and not result.written
     assert list(tmp_path.iterdir()) == []  # no IR, no staging folder

@@ -340,11 +340,11 @@ def test_double_input_graph_is_fed_doubles(work, sample, capsys):
 @pytest.mark.parametrize("job", ["fold", "export"])
 def test_output_written_as_a_folder_is_refused(job, work):
     """``-o newdir/`` given to the library as text: refused before any work (pathlib would drop the slash)."""
-    from xvol_export import api
+    from xvol_export import jobs
 
     folder, tmp = work
     before = listing(folder)
-    run = api.fold_checkpoint if job == "fold" else api.export_checkpoint
+    run = jobs.fold_checkpoint if job == "fold" else jobs.export_checkpoint
     with pytest.raises(XvolError, match="names a folder"):
         run("m.pth", "newdir/")
     assert listing(folder) == before and list(tmp.iterdir()) == []

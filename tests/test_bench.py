@@ -14,11 +14,11 @@ import torch
 
 import xvol_export.runners as runners_module
 from xvol_export import create_model
-from xvol_export.api import export_checkpoint
-from xvol_export.bench import BenchSettings, bench_artifacts
-from xvol_export.bench import job as bench_job
+from xvol_export.bench import SCHEMA_PATH as BENCH_SCHEMA
 from xvol_export.checkpoint import save_checkpoint
 from xvol_export.errors import XvolError
+from xvol_export.jobs import BenchSettings, ExportSettings, bench_artifacts, export_checkpoint
+from xvol_export.jobs import bench as bench_job
 from xvol_export.layers import PhaseConv2d
 from xvol_export.runners import InputSpec, OnnxRuntimeRunner, Runner, Timing, TorchRunner
 
@@ -38,14 +38,14 @@ def art(tmp_path_factory):
     randomize_bn(model, torch.Generator().manual_seed(5))
     model.eval()
     ckpt = save_checkpoint(model, folder / "train.pth")
-    assert export_checkpoint(ckpt, folder / "static.onnx", seed=0).written
-    assert export_checkpoint(ckpt, folder / "dynamic.onnx", seed=0, dynamic=True).written
+    assert export_checkpoint(ckpt, folder / "static.onnx", ExportSettings(seed=0)).written
+    assert export_checkpoint(ckpt, folder / "dynamic.onnx", ExportSettings(seed=0, dynamic=True)).written
     return {"ckpt": ckpt, "onnx": folder / "static.onnx", "dynamic": folder / "dynamic.onnx", "dir": folder}
 
 
 @pytest.fixture(scope="module")
 def schema():
-    return json.loads(bench_job.SCHEMA_PATH.read_text())
+    return json.loads(BENCH_SCHEMA.read_text())
 
 
 def _as_cli_payload(report) -> dict:
@@ -220,23 +220,23 @@ def test_threads_default_leaves_torch_alone(art):
 
 def test_checkpoint_on_onnxruntime_backend_refused(art):
     with pytest.raises(XvolError, match=r"torch backend, not onnxruntime.*xvol export"):
-        bench_artifacts([art["ckpt"]], BenchSettings(**FAST), backend="onnxruntime")
+        bench_artifacts([art["ckpt"]], BenchSettings(**FAST, backend="onnxruntime"))
 
 
 def test_onnx_on_torch_backend_refused(art):
     with pytest.raises(XvolError, match="an ONNX graph runs on the onnxruntime, openvino or tensorrt backend, not "
                                         "torch"):
-        bench_artifacts([art["onnx"]], BenchSettings(**FAST), backend="torch")
+        bench_artifacts([art["onnx"]], BenchSettings(**FAST, backend="torch"))
 
 
 def test_matching_backend_accepted(art):
-    report = bench_artifacts([art["onnx"]], BenchSettings(**FAST), backend="onnxruntime")
+    report = bench_artifacts([art["onnx"]], BenchSettings(**FAST, backend="onnxruntime"))
     assert report.cases[0].backend == "onnxruntime"
 
 
 def test_unknown_backend_refused(art):
     with pytest.raises(XvolError, match=r"Unknown backend 'tvm'.*onnxruntime, openvino, tensorrt, torch"):
-        bench_artifacts([art["ckpt"]], BenchSettings(**FAST), backend="tvm")
+        bench_artifacts([art["ckpt"]], BenchSettings(**FAST, backend="tvm"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

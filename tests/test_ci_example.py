@@ -23,7 +23,7 @@ import typer.main
 from ruamel.yaml import YAML
 
 from xvol_cli.app import app
-from xvol_export.export.job import default_export_output
+from xvol_export.jobs.export import default_export_output
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "samples" / "ci" / "github-actions.yml"

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from xvol_export import api, create_model
-from xvol_export.api import fold_checkpoint
+from xvol_export import create_model
 from xvol_export.checkpoint import is_folded, load_checkpoint, load_model, save_checkpoint
 from xvol_export.compare import Tolerance
+from xvol_export.jobs import FoldSettings, fold_checkpoint
+from xvol_export.jsonio import write_json
 from xvol_export.tensorrt.environment import tensorrt_missing
 
 from helpers import ANSI, Result, randomize_bn, run_cli
@@ -61,7 +62,7 @@ def shared(tmp_path_factory):
     randomize_bn(model, torch.Generator().manual_seed(3))
     model.eval()
     save_checkpoint(model, folder / "train.pth")
-    result = fold_checkpoint(folder / "train.pth", folder / "deploy.pth", seed=0, tolerance=Tolerance())
+    result = fold_checkpoint(folder / "train.pth", folder / "deploy.pth", FoldSettings(seed=0, tolerance=Tolerance()))
     assert result.written
     return {"folder": folder, "model": model, "train": folder / "train.pth", "deploy": folder / "deploy.pth",
             "train_dict": torch.load(folder / "train.pth", weights_only=True)}
@@ -470,7 +471,7 @@ def test_python_m_verify(shared):
 
 def test_json_reports_stay_strict_json_when_a_figure_is_not_finite(tmp_path):
     path = tmp_path / "report.json"
-    api.write_json(path, {"rel_l2": float("nan"), "max": [float("inf"), -float("inf"), 1.5], "shape": (2, 3)})
+    write_json(path, {"rel_l2": float("nan"), "max": [float("inf"), -float("inf"), 1.5], "shape": (2, 3)})
 
     def refuse(token):
         raise AssertionError(f"non-standard JSON token {token}")

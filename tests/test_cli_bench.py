@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from xvol_export import create_model
-from xvol_export.api import export_checkpoint, fold_checkpoint
-from xvol_export.bench.job import SCHEMA_PATH
+from xvol_export.bench import SCHEMA_PATH
 from xvol_export.checkpoint import save_checkpoint
+from xvol_export.jobs import ExportSettings, FoldSettings, export_checkpoint, fold_checkpoint
 
 from helpers import randomize_bn, run_cli
 
@@ -31,7 +31,7 @@ def shared(tmp_path_factory):
     randomize_bn(model, torch.Generator().manual_seed(5))
     model.eval()
     save_checkpoint(model, folder / "train.pth")
-    assert export_checkpoint(folder / "train.pth", folder / "model.onnx", seed=0).written
+    assert export_checkpoint(folder / "train.pth", folder / "model.onnx", ExportSettings(seed=0)).written
     return folder
 
 
@@ -102,7 +102,7 @@ def test_existing_json_not_overwritten_without_force(shared, tmp_path, capsys):
 
 def test_deploy_checkpoint_with_dilated_convs_by_phases(shared, tmp_path, capsys, schema):
     deploy = tmp_path / "deploy.pth"
-    assert fold_checkpoint(shared / "train.pth", deploy, layout="split", seed=0).written
+    assert fold_checkpoint(shared / "train.pth", deploy, FoldSettings(layout="split", seed=0)).written
     report_path = tmp_path / "R.json"
     r = run_cli(capsys, "bench", deploy, *FAST, "--dilated-conv", "phases", "--json", report_path)
     assert r.code == 0, r.text

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from xvol_export import create_model
-from xvol_export.api import export_checkpoint
 from xvol_export.checkpoint import save_checkpoint
 from xvol_export.export import onnx_graph
 from xvol_export.inputs import random_inputs
+from xvol_export.jobs import ExportSettings, export_checkpoint
 
 from helpers import randomize_bn, run_cli
 
@@ -38,7 +38,7 @@ def shared(tmp_path_factory):
     randomize_bn(model, torch.Generator().manual_seed(5))
     model.eval()
     save_checkpoint(model, folder / "train.pth")
-    result = export_checkpoint(folder / "train.pth", folder / "model.onnx", seed=0)
+    result = export_checkpoint(folder / "train.pth", folder / "model.onnx", ExportSettings(seed=0))
     assert result.written
     return folder
 

@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 import xvol_export
-from xvol_export import api
+from xvol_export import jobs
 from xvol_export.checkpoint import load_checkpoint, load_model, save_checkpoint
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
 from xvol_export.inputs import InputShape
+from xvol_export.jobs import ExportSettings, FoldSettings, VerifySettings
 from xvol_export.layers import ONNX_CONVS_MAX_BATCH
 
 from helpers import randomize_bn, rel_l2
@@ -97,8 +98,8 @@ class Case:
     imgsz: tuple[int, int]
     train: Path
     deploy: Path
-    train_result: api.ExportResult
-    deploy_result: api.ExportResult
+    train_result: jobs.ExportResult
+    deploy_result: jobs.ExportResult
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -110,7 +111,7 @@ class Case:
 
 def make_case(folder: Path, name: str, arch: str, config: dict, imgsz: tuple[int, int] | None, seed: int,
               layout: str = "auto") -> Case:
-    """Save a training checkpoint (random BN statistics), fold it with ``api.fold_checkpoint``, export both."""
+    """Save a training checkpoint (random BN statistics), fold it with ``jobs.fold_checkpoint``, export both."""
     torch.manual_seed(seed)
     model = xvol_export.create_model(arch, **config)
     assert randomize_bn(model, torch.Generator().manual_seed(seed + 100)) > 0
@@ -118,12 +119,13 @@ def make_case(folder: Path, name: str, arch: str, config: dict, imgsz: tuple[int
     channels, *default_hw = model.input_size
     hw = tuple(imgsz or default_hw)
     save_checkpoint(model, folder / "train.pth")
-    folded = api.fold_checkpoint(folder / "train.pth", folder / "deploy.pth", seed=0,
-                                 input_shape=InputShape((2, channels, *hw)))
+    folded = jobs.fold_checkpoint(folder / "train.pth", folder / "deploy.pth",
+        FoldSettings(seed=0, input_shape=InputShape((2, channels, *hw))))
     assert folded.written
-    train_result = api.export_checkpoint(folder / "train.pth", folder / "train.onnx", imgsz=imgsz, seed=1,
-                                         layout=layout)
-    deploy_result = api.export_checkpoint(folder / "deploy.pth", folder / "deploy.onnx", imgsz=imgsz, seed=1)
+    train_result = jobs.export_checkpoint(folder / "train.pth", folder / "train.onnx",
+        ExportSettings(imgsz=imgsz, seed=1, layout=layout))
+    deploy_result = jobs.export_checkpoint(folder / "deploy.pth", folder / "deploy.onnx",
+        ExportSettings(imgsz=imgsz, seed=1))
     return Case(name, folder, model, channels, hw, folder / "train.pth", folder / "deploy.pth", train_result,
                 deploy_result)
 
@@ -193,7 +195,7 @@ def layout_conv_counts(case: Case, folder: Path, layouts=("dense", "split")) -> 
     convs = {}
     for layout in layouts:
         output = folder / f"{layout}.onnx"
-        result = api.export_checkpoint(case.train, output, layout=layout, imgsz=case.imgsz, seed=2)
+        result = jobs.export_checkpoint(case.train, output, ExportSettings(layout=layout, imgsz=case.imgsz, seed=2))
         assert result.passed, result.failure_summary()
         assert set(result.fold.layouts.values()) == {layout}
         assert result.verification.output.rel_l2 < TOL
@@ -240,7 +242,7 @@ def test_resnet18_sized_model_both_forms_and_layouts(tmp_path_factory):
 
 def test_dynamic_export_runs_at_other_batch_and_image_sizes(tiny, tmp_path):
     output = tmp_path / "dynamic.onnx"
-    result = api.export_checkpoint(tiny.train, output, dynamic=True, seed=3)
+    result = jobs.export_checkpoint(tiny.train, output, ExportSettings(dynamic=True, seed=3))
     assert result.passed, result.failure_summary()
     assert result.dynamic and result.simplifier == "onnxslim"
     assert result.dynamic_check is not None and result.dynamic_check.passed
@@ -263,7 +265,7 @@ def test_export_batch_decides_the_aggregate_form(tiny, tmp_path, batch, aggregat
     """One-hot shift convs up to batch ONNX_CONVS_MAX_BATCH, slices beyond: the graph and its metadata say which."""
     assert ONNX_CONVS_MAX_BATCH == 2
     output = tmp_path / "model.onnx"
-    result = api.export_checkpoint(tiny.train, output, batch=batch, seed=4)
+    result = jobs.export_checkpoint(tiny.train, output, ExportSettings(batch=batch, seed=4))
     assert result.passed, result.failure_summary()
     assert result.deploy_options["aggregate"] == aggregate
     assert json.loads(metadata_of(output)["xvol.deploy_options"]) == result.deploy_options
@@ -310,7 +312,7 @@ def test_metadata_props(tiny, form):
 
 def test_digits_sample_keeps_every_prediction(tmp_path):
     output = tmp_path / "digits.onnx"
-    result = api.export_checkpoint(SAMPLE, output, data=HOLDOUT)
+    result = jobs.export_checkpoint(SAMPLE, output, ExportSettings(data=HOLDOUT))
     assert result.passed, result.failure_summary()
     assert result.input_shape == (1, 1, 32, 32)
     out = result.verification.output
@@ -332,7 +334,7 @@ def test_digits_sample_keeps_every_prediction(tmp_path):
 
 def test_failing_verification_writes_nothing(tiny_copy):
     folder = tiny_copy.parent
-    result = api.export_checkpoint(tiny_copy, folder / "out.onnx", tolerance=Tolerance(0, 0), seed=4)
+    result = jobs.export_checkpoint(tiny_copy, folder / "out.onnx", ExportSettings(tolerance=Tolerance(0, 0), seed=4))
     assert result.passed is False
     assert result.written is False and result.files == [] and result.metadata == {}
     assert listing(folder) == ["train.pth"]  # no output, no temporary file
@@ -351,7 +353,7 @@ def test_simplifier_crash_falls_back_to_the_unsimplified_graph(tiny_copy, monkey
 
     monkeypatch.setattr(onnx_graph, "simplify", crash)
     output = tiny_copy.parent / "out.onnx"
-    result = api.export_checkpoint(tiny_copy, output, seed=5)
+    result = jobs.export_checkpoint(tiny_copy, output, ExportSettings(seed=5))
     assert result.passed, result.failure_summary()
     assert result.written and output.is_file()
     assert result.simplifier is None
@@ -370,21 +372,21 @@ def test_large_model_path_writes_external_data_beside_the_graph(tiny_copy, tiny,
     monkeypatch.setattr(onnx_graph, "EXTERNAL_DATA_THRESHOLD", 4096)
     folder = tiny_copy.parent
     output = folder / "out.onnx"
-    result = api.export_checkpoint(tiny_copy, output, seed=9)
+    result = jobs.export_checkpoint(tiny_copy, output, ExportSettings(seed=9))
     assert result.passed, result.failure_summary()
     assert result.files == [str(output), str(folder / "out.onnx.data")]
     assert listing(folder) == ["out.onnx", "out.onnx.data", "train.pth"]
     assert (folder / "out.onnx.data").stat().st_size > output.stat().st_size
     assert metadata_of(output)["xvol.source_sha256"] == sha256(tiny_copy)
     assert_file_matches(output, tiny.model, (2, 3, 32, 32), seed=14)
-    report = api.verify_artifacts(tiny_copy, output, seed=9)
+    report = jobs.verify_artifacts(tiny_copy, output, VerifySettings(seed=9))
     assert report.passed and report.output.rel_l2 < TOL
 
 
 def test_onnxsim_and_no_simplify(tiny_copy, tiny):
     folder = tiny_copy.parent
-    sim = api.export_checkpoint(tiny_copy, folder / "sim.onnx", simplifier="onnxsim", seed=6)
-    plain = api.export_checkpoint(tiny_copy, folder / "plain.onnx", simplify=False, seed=6)
+    sim = jobs.export_checkpoint(tiny_copy, folder / "sim.onnx", ExportSettings(simplifier="onnxsim", seed=6))
+    plain = jobs.export_checkpoint(tiny_copy, folder / "plain.onnx", ExportSettings(simplify=False, seed=6))
     assert sim.passed and plain.passed
     assert sim.simplifier == "onnxsim" and metadata_of(folder / "sim.onnx")["xvol.simplifier"] == "onnxsim"
     assert plain.simplifier is None and not any("failed" in n for n in plain.notes)
@@ -397,7 +399,7 @@ def test_onnxsim_and_no_simplify(tiny_copy, tiny):
 # ------------------------------------------------------------------------------------ bad input
 
 def test_default_output_path_beside_the_checkpoint(tiny_copy):
-    result = api.export_checkpoint(tiny_copy, seed=7)
+    result = jobs.export_checkpoint(tiny_copy, settings=ExportSettings(seed=7))
     assert result.passed
     assert result.output == str(tiny_copy.with_suffix(".onnx"))
     assert listing(tiny_copy.parent) == ["train.onnx", "train.pth"]
@@ -415,7 +417,7 @@ def test_default_output_path_beside_the_checkpoint(tiny_copy):
 ])
 def test_bad_arguments_raise_before_any_work(tiny_copy, kwargs, words):
     with pytest.raises(XvolError) as info:
-        api.export_checkpoint(tiny_copy, tiny_copy.parent / "out.onnx", **kwargs)
+        jobs.export_checkpoint(tiny_copy, tiny_copy.parent / "out.onnx", ExportSettings(**kwargs))
     for word in words:
         assert word in str(info.value), (word, str(info.value))
     assert listing(tiny_copy.parent) == ["train.pth"]
@@ -425,9 +427,9 @@ def test_existing_output_is_refused_and_kept(tiny_copy):
     output = tiny_copy.parent / "out.onnx"
     output.write_bytes(b"an older graph")
     with pytest.raises(XvolError, match="already exists.*--force"):
-        api.export_checkpoint(tiny_copy, output, seed=8)
+        jobs.export_checkpoint(tiny_copy, output, ExportSettings(seed=8))
     assert output.read_bytes() == b"an older graph"
-    result = api.export_checkpoint(tiny_copy, output, seed=8, force=True)
+    result = jobs.export_checkpoint(tiny_copy, output, ExportSettings(seed=8, force=True))
     assert result.passed and onnx.load(str(output)).graph.node
     assert listing(tiny_copy.parent) == ["out.onnx", "train.pth"]
 
@@ -436,5 +438,5 @@ def test_data_of_another_image_size_needs_imgsz_or_dynamic(tiny_copy):
     data = tiny_copy.parent / "data.npz"
     np.savez(data, input=np.zeros((2, 3, 24, 24), np.float32))
     with pytest.raises(XvolError, match=r"--imgsz 32,32.*--dynamic"):
-        api.export_checkpoint(tiny_copy, tiny_copy.parent / "out.onnx", data=data)
+        jobs.export_checkpoint(tiny_copy, tiny_copy.parent / "out.onnx", ExportSettings(data=data))
     assert listing(tiny_copy.parent) == ["data.npz", "train.pth"]

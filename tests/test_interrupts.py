@@ -111,6 +111,25 @@ def test_a_signal_ends_the_run_with_its_code_one_line_and_no_files(dirs, name, m
 
 
 @posix
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_python_dash_m_handles_signals_while_torch_imports(dirs, name):
+    """``python -m xvol_export`` imports the package (torch with it) before its ``__main__``: the handlers are
+    installed by the package's first lines, so a signal during those seconds ends the run with its one line."""
+    out, tmp = dirs
+    proc = _start([sys.executable, "-m", "xvol_export", "export", str(SAMPLE), "-o", str(out / "m.onnx")], tmp)
+    _wait_for(lambda: _catches_sigterm(proc.pid), "SIGTERM handler", proc)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if maps.exists():  # Linux: the handler is there before torch's library is loaded, not after
+        assert "libtorch" not in maps.read_text()
+    proc.send_signal(getattr(signal, name))
+    stdout, stderr = proc.communicate(timeout=60)
+    stderr = ANSI.sub("", stderr)
+    assert proc.returncode == SIGNALS[name], (stdout, stderr)
+    assert stderr.splitlines() == [f"interrupted ({name})"], stderr
+    assert _listing(out) == [] and _listing(tmp) == []
+
+
+@posix
 @console_script
 def test_a_run_killed_while_writing_is_cleaned_up_by_the_next_one(dirs, tmp_path):
     out, tmp = dirs
@@ -154,6 +173,18 @@ def test_export_verify_and_bench_leave_tmpdir_empty(dirs):
         assert done.returncode == 0, (command, done.stdout, done.stderr)
         assert _listing(tmp) == [], (command, _listing(tmp))
     assert _listing(out) == ["m.onnx"]
+
+
+def test_library_use_leaves_tmpdir_empty(dirs):
+    """A Python user of the library (no CLI): an export and its ONNX Runtime check leave nothing in $TMPDIR, not even
+    ONNX Runtime's telemetry session file."""
+    out, tmp = dirs
+    script = ("from xvol_export.jobs import ExportSettings, export_checkpoint; "
+              f"assert export_checkpoint({str(SAMPLE)!r}, {str(out / 'm.onnx')!r}, ExportSettings(seed=0)).written")
+    proc = _start([sys.executable, "-c", script], tmp)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (stdout, stderr)
+    assert _listing(out) == ["m.onnx"] and _listing(tmp) == []
 
 
 def test_main_in_process_gives_back_signal_handlers_and_tmpdir(capsys, tmp_path, monkeypatch):

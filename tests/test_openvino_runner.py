@@ -195,7 +195,7 @@ def test_verify_and_bench_on_the_irs_say_what_ran(irs, capsys):
 
     import jsonschema
 
-    from xvol_export.bench.job import SCHEMA_PATH
+    from xvol_export.bench import SCHEMA_PATH
 
     from helpers import run_cli
 

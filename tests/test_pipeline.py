@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from xvol_export.errors import XvolError
-from xvol_export.pipeline import SCHEMA_PATH, PipelineSettings, load_config
+from xvol_export.jobs import FoldSettings
+from xvol_export.jobs.pipeline import PipelineSettings, load_config
+from xvol_export.pipeline import SCHEMA_PATH
 
 from helpers import run_cli
 
@@ -125,13 +127,13 @@ def test_config_files_are_read_and_checked(tmp_path):
 
 
 def test_deploy_checkpoints_are_byte_identical_under_source_date_epoch(tmp_path, monkeypatch):
-    from xvol_export.api import fold_checkpoint
+    from xvol_export.jobs import fold_checkpoint
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     first, second = tmp_path / "a.deploy.pth", tmp_path / "other-name.deploy.pth"
     for out in (first, second):
-        assert fold_checkpoint(SAMPLE, out, seed=0).written
+        assert fold_checkpoint(SAMPLE, out, FoldSettings(seed=0)).written
     assert first.read_bytes() == second.read_bytes()  # neither the time nor the file's name is inside
     monkeypatch.delenv("SOURCE_DATE_EPOCH")
-    assert fold_checkpoint(SAMPLE, tmp_path / "c.deploy.pth", seed=0).written
+    assert fold_checkpoint(SAMPLE, tmp_path / "c.deploy.pth", FoldSettings(seed=0)).written
     assert (tmp_path / "c.deploy.pth").read_bytes() != first.read_bytes()  # now: today's time is recorded

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from xvol_export.api import export_checkpoint
 from xvol_export.export import onnx_graph
 from xvol_export.export.int8 import parse_budget
-from xvol_export.export.job import Int8Options
+from xvol_export.jobs import ExportSettings, export_checkpoint
+from xvol_export.jobs.export import Int8Options
 from xvol_export.tensorrt.layers import expected_precisions
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -30,9 +30,9 @@ def exports(tmp_path_factory):
     class Exports(dict):
         def __missing__(self, key):
             precision, _, method = key.partition("-")
-            self[key] = export_checkpoint(CHECKPOINT, folder / f"digits.{key}.onnx", precision=precision,
-                                          calib=CALIB if precision == "int8" else None, data=HOLDOUT,
-                                          int8=Int8Options(method=method or "minmax"))
+            self[key] = export_checkpoint(CHECKPOINT, folder / f"digits.{key}.onnx",
+                ExportSettings(precision=precision, calib=CALIB if precision == "int8" else None, data=HOLDOUT,
+                               int8=Int8Options(method=method or "minmax")))
             return self[key]
 
     return Exports()
@@ -77,8 +77,8 @@ def test_int8_with_every_calibration_method_keeps_the_accuracy(exports, method):
 def test_int8_fallback_meets_its_budget_and_records_why(tmp_path):
     out = tmp_path / "digits.int8.onnx"
     budget = parse_budget("cosine=0.99999")
-    result = export_checkpoint(CHECKPOINT, out, precision="int8", calib=CALIB, data=HOLDOUT,
-                               int8=Int8Options(sensitivity=True, budget=budget))
+    result = export_checkpoint(CHECKPOINT, out,
+        ExportSettings(precision="int8", calib=CALIB, data=HOLDOUT, int8=Int8Options(sensitivity=True, budget=budget)))
     assert result.passed and result.written, result.failure_summary()
     sensitivity, fallback = result.int8["sensitivity"], result.int8["fallback"]
     assert len(sensitivity["ranking"]) == len(sensitivity["layers"]) > 10
@@ -96,8 +96,8 @@ def test_int8_budget_that_cannot_be_met_fails_with_the_figures(tmp_path):
     held = np.load(HOLDOUT)
     data = tmp_path / "some_digits.npz"
     np.savez(data, input=held["input"][:60], labels=held["labels"][:60])
-    result = export_checkpoint(CHECKPOINT, tmp_path / "never.onnx", precision="int8", calib=CALIB, data=data,
-                               int8=Int8Options(budget=parse_budget("cosine=1.0")))
+    result = export_checkpoint(CHECKPOINT, tmp_path / "never.onnx",
+        ExportSettings(precision="int8", calib=CALIB, data=data, int8=Int8Options(budget=parse_budget("cosine=1.0"))))
     assert not result.passed and not result.written
     assert "No INT8 graph meets cosine >= 1.000000" in result.failure_summary()
     assert "with every quantizable layer in float" in result.failure_summary()

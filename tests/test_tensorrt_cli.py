@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from xvol_export.jobs import ExportSettings
 from xvol_export.tensorrt.environment import engine_build_missing
 
 from helpers import run_cli
@@ -23,10 +24,10 @@ pytestmark = pytest.mark.skipif(engine_build_missing() is None, reason="TensorRT
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory) -> Path:
-    from xvol_export.api import export_checkpoint
+    from xvol_export.jobs import export_checkpoint
 
     folder = tmp_path_factory.mktemp("graph")
-    result = export_checkpoint(SAMPLE, folder / "digits.onnx", seed=0)
+    result = export_checkpoint(SAMPLE, folder / "digits.onnx", ExportSettings(seed=0))
     assert result.written and result.tensorrt_compatibility["compatible"], result.tensorrt_compatibility
     return folder / "digits.onnx"
 

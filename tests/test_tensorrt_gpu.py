@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from xvol_export.api import BenchSettings, bench_artifacts, export_checkpoint, verify_artifacts
 from xvol_export.errors import XvolError
+from xvol_export.jobs import (
+    BenchSettings,
+    ExportSettings,
+    VerifySettings,
+    bench_artifacts,
+    export_checkpoint,
+    verify_artifacts,
+)
 from xvol_export.tensorrt.environment import engine_build_missing
 from xvol_export.tensorrt.sidecar import sidecar_path
 
@@ -27,8 +34,9 @@ def engines(tmp_path_factory):
     folder = tmp_path_factory.mktemp("engines")
     built = {}
     for precision in ("fp32", "fp16", "int8"):
-        result = export_checkpoint(SAMPLE, folder / f"digits.{precision}.engine", format="engine", precision=precision,
-                                   calib=CALIB if precision == "int8" else None, data=HOLDOUT)
+        result = export_checkpoint(SAMPLE, folder / f"digits.{precision}.engine",
+            ExportSettings(format="engine", precision=precision, calib=CALIB if precision == "int8" else None,
+                           data=HOLDOUT))
         built[precision] = result
     return built
 
@@ -48,7 +56,7 @@ def test_engines_are_built_checked_and_judged_against_the_training_form(engines,
 
 def test_verify_and_bench_an_engine(engines, tmp_path):
     engine = Path(engines["fp16"].output)
-    report = verify_artifacts(SAMPLE, engine, data=HOLDOUT)
+    report = verify_artifacts(SAMPLE, engine, VerifySettings(data=HOLDOUT))
     assert report.passed and report.precision == "fp16"
     bench = bench_artifacts([engine], BenchSettings(device="cuda", batches=(1,), iterations=20, cuda_graph=True))
     case = bench.cases[0]
@@ -62,10 +70,10 @@ def test_a_sidecar_from_another_tensorrt_is_refused_and_a_damaged_engine_named(e
     sidecar = json.loads(sidecar_path(engine).read_text())
     sidecar_path(copy).write_text(json.dumps({**sidecar, "tensorrt": "10.0.0"}))
     with pytest.raises(XvolError, match="built with TensorRT 10.0.0"):
-        verify_artifacts(SAMPLE, copy, data=HOLDOUT)
+        verify_artifacts(SAMPLE, copy, VerifySettings(data=HOLDOUT))
     sidecar_path(copy).unlink()  # no sidecar: it runs, and the report says what could not be checked
-    report = verify_artifacts(SAMPLE, copy, data=HOLDOUT)
+    report = verify_artifacts(SAMPLE, copy, VerifySettings(data=HOLDOUT))
     assert report.passed and any("no sidecar (other.engine.json)" in note for note in report.notes)
     copy.write_bytes(b"damaged")
     with pytest.raises(XvolError, match="could not read this engine"):
-        verify_artifacts(SAMPLE, copy, data=HOLDOUT)
+        verify_artifacts(SAMPLE, copy, VerifySettings(data=HOLDOUT))

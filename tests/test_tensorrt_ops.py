@@ -17,7 +17,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import xvol_export
-from xvol_export.api import export_checkpoint
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
 from xvol_export.export.tensorrt_ops import (
@@ -26,6 +25,7 @@ from xvol_export.export.tensorrt_ops import (
     check_tensorrt_compatible,
     tensorrt_incompatibilities,
 )
+from xvol_export.jobs import ExportSettings, export_checkpoint
 
 from helpers import run_cli
 
@@ -94,8 +94,9 @@ def exports(tmp_path_factory):
         def __missing__(self, key):
             precision, dynamic = key
             out = folder / f"digits.{precision}.{'dynamic' if dynamic else 'static'}.onnx"
-            result = export_checkpoint(CHECKPOINT, out, precision=precision, dynamic=dynamic, seed=0,
-                                       calib=calib if precision == "int8" else None)
+            result = export_checkpoint(CHECKPOINT, out,
+                ExportSettings(precision=precision, dynamic=dynamic, seed=0,
+                               calib=calib if precision == "int8" else None))
             assert result.passed and result.written, result.failure_summary()
             self[key] = onnx.load(str(out))
             return self[key]

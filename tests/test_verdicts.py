@@ -14,9 +14,10 @@ import pytest
 import torch
 from photo_data import photo_crops, write_npz
 
-from xvol_export import api, create_model, fold
+from xvol_export import create_model, fold, jobs
 from xvol_export.checkpoint import DTYPES, load_model, save_checkpoint
 from xvol_export.inputs import InputData
+from xvol_export.jobs import ExportSettings, FoldSettings
 from xvol_export.testing import realistic_batchnorm
 from xvol_export.verify import Reference, verify
 
@@ -87,7 +88,8 @@ def test_one_kernel_perturbed_by_1e_4_fails_whatever_the_activation_scale(scaled
 def test_dynamic_fp32_graph_passes_at_an_odd_second_shape(tmp_path):
     path = tmp_path / "photo.pth"
     save_checkpoint(photo_model(), path)
-    result = api.export_checkpoint(path, tmp_path / "photo.onnx", dynamic=True, imgsz=(45, 39), batch=1, seed=3)
+    result = jobs.export_checkpoint(path, tmp_path / "photo.onnx",
+        ExportSettings(dynamic=True, imgsz=(45, 39), batch=1, seed=3))
     assert result.passed, result.failure_summary()
     other = result.dynamic_check
     assert other.input_shape == (3, 3, 57, 58) and other.float64 and other.passed
@@ -116,7 +118,8 @@ def test_fp16_graph_of_xvol_resnet50_passes_on_photo_crops(tmp_path):
     np.savez(data, input=crops[clear][:12])
     path = tmp_path / "r50.pth"
     save_checkpoint(model, path)
-    result = api.export_checkpoint(path, tmp_path / "r50.fp16.onnx", precision="fp16", imgsz=(64, 64), data=data)
+    result = jobs.export_checkpoint(path, tmp_path / "r50.fp16.onnx",
+        ExportSettings(precision="fp16", imgsz=(64, 64), data=data))
     assert result.passed, result.failure_summary()
     check = result.verification.checks[0]
     assert check.candidate.top1_agreement == 1.0
@@ -134,9 +137,10 @@ def test_fp16_graph_with_an_overflowing_layer_fails_and_its_fp32_graph_passes(tm
     path = tmp_path / "overflow.pth"
     save_checkpoint(model, path)
     data = write_npz(tmp_path, "holdout", 8)
-    fp32 = api.export_checkpoint(path, tmp_path / "o.onnx", imgsz=(64, 64), data=data)
+    fp32 = jobs.export_checkpoint(path, tmp_path / "o.onnx", ExportSettings(imgsz=(64, 64), data=data))
     assert fp32.passed, fp32.failure_summary()
-    fp16 = api.export_checkpoint(path, tmp_path / "o16.onnx", precision="fp16", imgsz=(64, 64), data=data)
+    fp16 = jobs.export_checkpoint(path, tmp_path / "o16.onnx",
+        ExportSettings(precision="fp16", imgsz=(64, 64), data=data))
     assert not fp16.passed and not fp16.written
     report = fp16.verification
     assert report.checks[0].baseline is not None and not report.checks[0].baseline.finite  # fp16 training form too
@@ -154,7 +158,8 @@ def test_int8_with_broken_calibration_fails_and_with_good_calibration_passes(tmp
     good = tmp_path / "good_calib.npz"
     np.savez(good, input=images)
     results = {
-        label: api.export_checkpoint(SAMPLE, tmp_path / f"{label}.onnx", precision="int8", calib=calib, data=HOLDOUT)
+        label: jobs.export_checkpoint(SAMPLE, tmp_path / f"{label}.onnx",
+                                      ExportSettings(precision="int8", calib=calib, data=HOLDOUT))
         for label, calib in (("broken", broken), ("good", good))
     }
     bad = results["broken"].verification
@@ -167,7 +172,7 @@ def test_int8_with_broken_calibration_fails_and_with_good_calibration_passes(tmp
 
 
 def test_int8_on_random_inputs_is_not_judged_and_says_so(tmp_path):
-    result = api.export_checkpoint(SAMPLE, tmp_path / "r.onnx", precision="int8", calib=CALIB, seed=0)
+    result = jobs.export_checkpoint(SAMPLE, tmp_path / "r.onnx", ExportSettings(precision="int8", calib=CALIB, seed=0))
     assert result.passed
     report = result.to_dict()["verification"]
     assert report["inputs"]["real_data"] is False
@@ -186,7 +191,7 @@ def test_checkpoints_of_every_float_dtype_fold_and_export(tmp_path, dtype):
     held = np.load(HOLDOUT)
     np.savez(data, input=held["input"][:48], labels=held["labels"][:48])  # fp16 convs are slow on CPUs
 
-    folded = api.fold_checkpoint(source, tmp_path / "deploy.pth", data=data)
+    folded = jobs.fold_checkpoint(source, tmp_path / "deploy.pth", FoldSettings(data=data))
     assert folded.passed and folded.written, folded.verification.failure_summary()
     report = folded.verification
     assert report.precision == dtype and report.float64
@@ -196,7 +201,7 @@ def test_checkpoints_of_every_float_dtype_fold_and_export(tmp_path, dtype):
     if dtype == "fp64":
         assert report.output.rel_l2 < 1e-12
 
-    exported = api.export_checkpoint(source, tmp_path / "digits.onnx", data=data)
+    exported = jobs.export_checkpoint(source, tmp_path / "digits.onnx", ExportSettings(data=data))
     assert exported.passed and exported.written, exported.failure_summary()
     assert exported.verification.precision == "fp32" and exported.verification.accuracy["candidate"] >= 0.97
 

@@ -94,3 +94,9 @@ def build_timestamp() -> str:
     moment = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch.isdigit()
               else datetime.datetime.now(datetime.timezone.utc))
     return moment.isoformat(timespec="seconds")
+
+
+def write_text(path: str | os.PathLike, text: str, force: bool = False) -> None:
+    """Write a text file (a Markdown summary) atomically."""
+    with atomic_write(path, force) as tmp:
+        tmp.write_text(text)

@@ -1,11 +1,2 @@
-"""Export: ONNX graphs (and their FP16/INT8 forms) from checkpoints, verified against the training form."""
-
-from xvol_export.export.job import (
-    FORMATS,
-    PRECISIONS,
-    ExportResult,
-    default_export_output,
-    export_checkpoint,
-)
-
-__all__ = ["FORMATS", "PRECISIONS", "ExportResult", "default_export_output", "export_checkpoint"]
+"""The export steps: ONNX graphs, their precisions (fp16, int8 Q/DQ), OpenVINO IR, TensorRT engines and the
+TensorRT compatibility table (the job that chains them is ``xvol_export.jobs.export``)."""

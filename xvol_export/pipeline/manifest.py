@@ -10,8 +10,8 @@ from pathlib import Path
 import xvol_export
 from xvol_export.doctor import cpu_name, package_versions
 from xvol_export.io import build_timestamp, sha256_file
+from xvol_export.jobs.pipeline import MANIFEST, PipelineResult
 from xvol_export.jsonio import write_json
-from xvol_export.pipeline.job import MANIFEST, PipelineResult
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xvol_export.compare import ErrorStats, Tolerance, compare_arrays
+from xvol_export.results import JobResult
 from xvol_export.verify.gates import Condition, Gate, default_gate, gate_conditions
 from xvol_export.verify.run import Outputs, Reference
 
@@ -60,7 +61,9 @@ class BlockCheck:
 
 
 @dataclass
-class VerifyReport:
+class VerifyReport(JobResult):
+    """A candidate judged against a reference: every output by name, every block, the gate and the inputs."""
+
     reference: str
     candidate: str
     precision: str
@@ -74,7 +77,6 @@ class VerifyReport:
     seed: int | None = None
     blocks: list[BlockCheck] = field(default_factory=list)
     accuracy: dict | None = None
-    notes: list[str] = field(default_factory=list)
     outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)  # raw outputs, not serialized
 
     @property
@@ -128,9 +130,9 @@ class VerifyReport:
     def to_dict(self) -> dict:
         worst = self.worst_block
         return {
+            **self.job_fields(),
             "reference": self.reference,
             "candidate": self.candidate,
-            "passed": self.passed,
             "precision": self.precision,
             "judged_by": self.judged_by,
             "float64_reference": self.float64,
@@ -143,7 +145,6 @@ class VerifyReport:
             "blocks": [b.to_dict() for b in self.blocks],
             "worst_block": worst.name if worst else None,
             "accuracy": self.accuracy,
-            "notes": self.notes,
         }
 
 

@@ -29,6 +29,7 @@ from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path, sha256_file
 from xvol_export.layers import XVolutionDeploy, onnx_options
 from xvol_export.limits import check_not_folder_syntax, check_output_name, check_seed
+from xvol_export.results import JobResult
 from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
 from xvol_export.runners.openvino_runner import PRECISION_OF_HINT
 from xvol_export.tensorrt.build import EngineSettings
@@ -54,7 +55,9 @@ class Int8Options:
 
 
 @dataclass
-class ExportResult:
+class ExportResult(JobResult):
+    """One export: the fold and every check (fold, graph, other shape, IR, engine), what was written and why not."""
+
     source: str
     source_sha256: str
     output: str
@@ -73,12 +76,9 @@ class ExportResult:
     ir_verification: VerifyReport | None = None  # --format openvino: the IR on OpenVINO
     graph: dict = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
-    files: list[str] = field(default_factory=list)
     written: bool = False
     failures: list[str] = field(default_factory=list)
     int8: dict | None = None  # calibration method, sensitivity report, fallback (kept-float layers and why)
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
     inference_precision: str | None = None  # --format openvino: what OpenVINO computed the IR in (read back)
     engine: dict | None = None  # --format engine: precision plan, profiles, layer precision check, build time
     engine_verification: VerifyReport | None = None  # --format engine: the engine on TensorRT
@@ -107,12 +107,11 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         return {
+            **self.job_fields(),
             "source": self.source,
             "source_sha256": self.source_sha256,
             "output": self.output,
-            "files": self.files,
             "written": self.written,
-            "passed": self.passed,
             "format": self.format,
             "precision": self.precision,
             "graph_precision": self.graph_precision,
@@ -135,8 +134,6 @@ class ExportResult:
             "metadata": self.metadata,
             "failures": self.failures,
             "int8": self.int8,
-            "timings_s": self.timings,
-            "notes": self.notes,
         }
 
 
@@ -149,32 +146,49 @@ def default_export_output(path: str | os.PathLike, precision: str, format: str =
     return check_output_name(path.with_name(f"{path.stem}{tag}{suffix}"), "-o", default=True)  # a name too long
 
 
-def export_checkpoint(
-    path: str | os.PathLike,
-    output: str | os.PathLike | None = None,
-    *,
-    format: str = "onnx",
-    precision: str = "fp32",
-    opset: int = onnx_graph.DEFAULT_OPSET,
-    exporter: str = "torchscript",
-    dynamic: bool = False,
-    batch: int = 1,
-    imgsz: tuple[int, int] | None = None,
-    simplify: bool = True,
-    simplifier: str = "onnxslim",
-    layout: str = "auto",
-    calib: str | os.PathLike | None = None,
-    data: str | os.PathLike | None = None,
-    seed: int | None = None,
-    tolerance: Tolerance | None = None,
-    force: bool = False,
-    load: LoadOptions = LoadOptions(),
-    int8: Int8Options = Int8Options(),
-    engine: EngineSettings | None = None,
-) -> ExportResult:
-    """Export a checkpoint to a verified ONNX graph; nothing is written unless every check passes.
+@dataclass(frozen=True)
+class ExportSettings:
+    """How ``xvol export`` makes an artifact; every field is one of its options.
 
-    ``format="engine"`` also builds a TensorRT engine from the written graph with ``engine``'s settings
+    ``format``: onnx, openvino or engine; ``precision``: fp32, fp16, int8 (Q/DQ, calibrated on ``calib``)
+    or bf16 (OpenVINO's inference precision on an fp32 IR); the graph is exported by ``exporter`` at
+    ``opset``, at ``batch`` and ``imgsz`` (default the model's) or ``dynamic``, simplified by ``simplifier``;
+    ``layout`` chooses how a training-form checkpoint folds; verification runs on ``data`` (``.npz``) or
+    random inputs drawn with ``seed``; ``tolerance`` (Polygraphy's) replaces the precision's default gate;
+    ``int8`` the calibration method, sensitivity report and fallback; ``engine`` TensorRT's build settings.
+    """
+
+    format: str = "onnx"
+    precision: str = "fp32"
+    opset: int = onnx_graph.DEFAULT_OPSET
+    exporter: str = "torchscript"
+    dynamic: bool = False
+    batch: int = 1
+    imgsz: tuple[int, int] | None = None
+    simplify: bool = True
+    simplifier: str = "onnxslim"
+    layout: str = "auto"
+    calib: str | os.PathLike | None = None
+    data: str | os.PathLike | None = None
+    seed: int | None = None
+    tolerance: Tolerance | None = None
+    force: bool = False
+    load: LoadOptions = LoadOptions()
+    int8: Int8Options = Int8Options()
+    engine: EngineSettings | None = None
+
+    def check(self) -> None:
+        """:class:`XvolError` for settings no run could satisfy, before any work."""
+        _check_choices(self.format, self.precision, self.simplifier, self.batch, self.imgsz)
+        if self.seed is not None:
+            check_seed(self.seed)
+
+
+def export_checkpoint(path: str | os.PathLike, output: str | os.PathLike | None = None,
+                      settings: ExportSettings = ExportSettings()) -> ExportResult:
+    """Export a checkpoint to a verified ONNX graph (or IR, or engine); nothing is written unless every check passes.
+
+    ``format="engine"`` also builds a TensorRT engine from the written graph with ``settings.engine``
     (its profiles default to ``batch`` and ``imgsz``), checks its layers' precisions and judges it
     against the same reference; ``path`` may then be an ``.onnx`` graph, judged against itself.
 
@@ -182,43 +196,41 @@ def export_checkpoint(
     exported as it is. The fold and the graph are judged against the training form (the deploy
     model when only that exists) run once in float64, next to a baseline of the graph's precision,
     on ``data`` (``.npz``) or seeded random inputs of the export shape; with ``dynamic`` also at a
-    second, different shape. ``tolerance`` (Polygraphy's) replaces the default gate of the
-    precision; ``int8`` chooses the calibration method, a sensitivity report and a fallback budget.
+    second, different shape. The in-memory core is :func:`prepare_export` then :func:`export_prepared`.
     """
-    _check_choices(format, precision, simplifier, batch, imgsz)
-    if seed is not None:
-        check_seed(seed)
+    s = settings
+    s.check()
     if output is not None:
         check_not_folder_syntax(output, "-o")  # "newdir/" would write a file named newdir
         check_output_name(output, "-o")
-    if format == "engine":
-        engine = dataclasses.replace(engine or EngineSettings(), batch=batch, imgsz=imgsz or (engine and engine.imgsz))
+    if s.format == "engine":
+        engine = dataclasses.replace(s.engine or EngineSettings(), batch=s.batch,
+                                     imgsz=s.imgsz or (s.engine and s.engine.imgsz))
         engine_step.check_engine_request(engine, str(path))
+        s = dataclasses.replace(s, engine=engine)
         if artifact_kind(path) == "onnx":
-            return _export_graph_engine(Path(path), output, engine, data, seed, tolerance, force)
+            return _export_graph_engine(Path(path), output, engine, s.data, s.seed, s.tolerance, s.force)
     elif artifact_kind(path) == "onnx":
         raise XvolError(f"{path}: is an ONNX graph already; xvol export makes graphs from checkpoints, and engines "
                         "from graphs (--format engine).")
-    onnx_graph.check_opset(opset, exporter)
-    if precision == "int8" and (int8.sensitivity or int8.budget is not None) and data is None:
+    onnx_graph.check_opset(s.opset, s.exporter)
+    int8 = s.int8
+    if s.precision == "int8" and (int8.sensitivity or int8.budget is not None) and s.data is None:
         raise XvolError("--int8-sensitivity and --int8-fallback measure the int8 graph on real images: pass --data "
                         "FILE.npz with held-out inputs (random inputs cannot judge an int8 graph).")
-    if precision != "int8" and (int8.sensitivity or int8.budget is not None):
+    if s.precision != "int8" and (int8.sensitivity or int8.budget is not None):
         raise XvolError("--int8-sensitivity and --int8-fallback go with --precision int8.")
-    if precision == "int8" and calib is None:
+    if s.precision == "int8" and s.calib is None:
         raise XvolError("--precision int8 needs calibration data: pass --calib FILE.npz with an 'input' array of "
                         "representative images (a few hundred, preprocessed like the model's inputs).")
-    output = Path(output) if output is not None else default_export_output(path, precision, format)
+    output = Path(output) if output is not None else default_export_output(path, s.precision, s.format)
     targets = {"openvino": openvino_ir.ir_files(output),
-               "engine": [*engine_step.engine_files(output), output.with_suffix(".onnx")]}.get(format, [output])
+               "engine": [*engine_step.engine_files(output), output.with_suffix(".onnx")]}.get(s.format, [output])
     for target in targets:
-        check_output_path(target, force)
-    prepared = prepare_export(path, load=load, batch=batch, imgsz=imgsz, data=data, seed=seed, layout=layout,
-                              exporter=exporter, opset=opset, dynamic=dynamic, simplify=simplify,
-                              simplifier=simplifier)
-    calibration = _load_calibration(calib, prepared.shape[1]) if precision == "int8" else None
-    return export_prepared(prepared, output, format=format, precision=precision, calibration=calibration, int8=int8,
-                           tolerance=tolerance, force=force, engine=engine)
+        check_output_path(target, s.force)
+    prepared = prepare_export(path, s)
+    calibration = _load_calibration(s.calib, prepared.shape[1]) if s.precision == "int8" else None
+    return export_prepared(prepared, output, s, calibration)
 
 
 @dataclass
@@ -269,13 +281,12 @@ class PreparedExport:
         return self._candidates
 
 
-def prepare_export(path: str | os.PathLike, *, load: LoadOptions = LoadOptions(), batch: int = 1,
-                   imgsz: tuple[int, int] | None = None, data: str | os.PathLike | None = None,
-                   seed: int | None = None, layout: str = "auto", exporter: str = "torchscript",
-                   opset: int = onnx_graph.DEFAULT_OPSET, dynamic: bool = False, simplify: bool = True,
-                   simplifier: str = "onnxslim") -> PreparedExport:
+def prepare_export(path: str | os.PathLike, settings: ExportSettings = ExportSettings()) -> PreparedExport:
     """Load ``path``, run the training form once in float64 on the verification inputs, and fold (verified):
-    what :func:`export_prepared` needs for every format and precision of one checkpoint."""
+    what :func:`export_prepared` needs for every format and precision of one checkpoint (the settings' load,
+    batch, imgsz, data, seed, layout and graph fields are used; format and precision are each export's)."""
+    load, batch, imgsz, data, seed = settings.load, settings.batch, settings.imgsz, settings.data, settings.seed
+    dynamic = settings.dynamic
     timings: dict[str, float] = {}
     clock = StepClock(timings)
     with clock("load"):
@@ -296,8 +307,9 @@ def prepare_export(path: str | os.PathLike, *, load: LoadOptions = LoadOptions()
                         f"{height}x{width}; pass --imgsz {height},{width} to match the data, or --dynamic.")
     with clock("reference"):  # the training form in float64, once for every check of this input set
         reference = Reference(model, data_in, "training form" if not ckpt.folded else "deploy form")
-    prepared = PreparedExport(Path(path), ckpt, model, model, shape, reference, used_seed, exporter, opset, dynamic,
-                              simplify, simplifier, notes=list(ckpt.notes), timings=timings)
+    prepared = PreparedExport(Path(path), ckpt, model, model, shape, reference, used_seed, settings.exporter,
+                              settings.opset, dynamic, settings.simplify, settings.simplifier, notes=list(ckpt.notes),
+                              timings=timings)
     deploy = model
     if ckpt.folded:
         prepared.notes.append("deploy checkpoint: exported as it is and verified against itself in float64 "
@@ -305,7 +317,8 @@ def prepare_export(path: str | os.PathLike, *, load: LoadOptions = LoadOptions()
     else:
         with clock("fold"):
             # Folded straight to fp32, the graph's precision: a half-precision checkpoint's fold is not rounded twice.
-            deploy, prepared.fold = fold(model, layout=layout, input_shape=(1, channels, height, width), dtype="fp32")
+            deploy, prepared.fold = fold(model, layout=settings.layout, input_shape=(1, channels, height, width),
+                                         dtype="fp32")
             prepared.fold_verification = verify(reference, deploy, "deploy form", seed=used_seed)
     # The graph is exported in fp32 (a half-precision deploy checkpoint is widened exactly); a precision
     # converts it. It gets the deploy blocks' fastest form for ONNX Runtime (same weights, same function).
@@ -314,15 +327,16 @@ def prepare_export(path: str | os.PathLike, *, load: LoadOptions = LoadOptions()
     return prepared
 
 
-def export_prepared(prepared: PreparedExport, output: str | os.PathLike, *, format: str = "onnx",
-                    precision: str = "fp32", calibration: np.ndarray | None = None, int8: Int8Options = Int8Options(),
-                    tolerance: Tolerance | None = None, force: bool = False,
-                    engine: EngineSettings | None = None) -> ExportResult:
+def export_prepared(prepared: PreparedExport, output: str | os.PathLike, settings: ExportSettings = ExportSettings(),
+                    calibration: np.ndarray | None = None) -> ExportResult:
     """One format and precision of a prepared checkpoint: convert, verify against the shared reference, write.
 
     The graph is exported and simplified once per :class:`PreparedExport`; the reference's baseline of
-    each precision is computed once too.
+    each precision is computed once too. From ``settings`` it takes the format, precision, int8 options,
+    tolerance, engine settings and force; ``calibration`` holds the int8 calibration images.
     """
+    format, precision, int8, tolerance = settings.format, settings.precision, settings.int8, settings.tolerance
+    force, engine = settings.force, settings.engine
     output = Path(output)
     timings = dict(prepared.timings)
     clock = StepClock(timings)

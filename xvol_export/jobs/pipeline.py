@@ -1,6 +1,6 @@
 """The pipeline job: load, fold and run the reference once, then every format and precision, then bench.
 
-Every graph is exported from one :class:`~xvol_export.export.job.PreparedExport` (one load, one fold,
+Every graph is exported from one :class:`~xvol_export.jobs.export.PreparedExport` (one load, one fold,
 one float64 reference, one export and simplification); each precision's ONNX graph is verified and
 written, and the OpenVINO IR and TensorRT engine of that precision are made from the written graph
 and judged against the same reference.
@@ -18,14 +18,16 @@ from pathlib import Path
 import onnx
 
 from xvol_export.backends import BACKENDS
-from xvol_export.bench import BenchReport, BenchSettings, bench_artifacts
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
-from xvol_export.export.job import (
+from xvol_export.io import check_output_path
+from xvol_export.jobs.bench import BenchReport, BenchSettings, bench_artifacts
+from xvol_export.jobs.export import (
     FORMATS,
     PRECISIONS,
     ExportResult,
+    ExportSettings,
     Int8Options,
     _load_calibration,
     add_engine,
@@ -34,7 +36,7 @@ from xvol_export.export.job import (
     prepare_export,
     save_openvino_ir,
 )
-from xvol_export.io import check_output_path
+from xvol_export.results import JobResult
 from xvol_export.tensorrt.build import EngineSettings
 from xvol_export.tensorrt.environment import engine_build_missing
 from xvol_export.utils import StepClock
@@ -64,6 +66,9 @@ class PipelineSettings:
     calib_method: str = "minmax"
     bench_iterations: int = 50
     bench_batches: tuple[int, ...] = (1,)
+    # how to read the checkpoint, and whether to overwrite: options of the run, not fields of a config file
+    load: LoadOptions = field(default=LoadOptions(), metadata={"config": False})
+    force: bool = field(default=False, metadata={"config": False})
 
     def check(self) -> None:
         """:class:`XvolError` for a request no run could satisfy, before any work."""
@@ -84,8 +89,9 @@ class PipelineSettings:
             raise XvolError(f"bench_iterations must be from 1 to 1000000, got {self.bench_iterations}.")
 
     def to_dict(self) -> dict:
+        """The config-file fields (what the manifest records)."""
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+                for f in config_fields()}
 
     @classmethod
     def from_sources(cls, config: str | os.PathLike | None = None, **given) -> "PipelineSettings":
@@ -93,6 +99,11 @@ class PipelineSettings:
         values = load_config(config) if config is not None else {}
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """The fields of :class:`PipelineSettings` a config file (and the manifest) holds."""
+    return [f for f in dataclasses.fields(PipelineSettings) if f.metadata.get("config", True)]
 
 
 def load_config(path: str | os.PathLike) -> dict:
@@ -111,7 +122,7 @@ def load_config(path: str | os.PathLike) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise XvolError(f"{path}: is not a readable TOML file ({err}).") from None
     data = data.get("pipeline", data)
-    known = {f.name: f for f in dataclasses.fields(PipelineSettings)}
+    known = {f.name: f for f in config_fields()}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise XvolError(f"{path}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(known)}.")
@@ -132,9 +143,9 @@ def load_config(path: str | os.PathLike) -> dict:
 
 
 @dataclass
-class PipelineResult:
+class PipelineResult(JobResult):
     """Everything a pipeline made and checked: the exports (one per format and precision), what was skipped
-    and why, the benchmark, and the failures."""
+    and why, the benchmark, and the failures; ``files`` are the exports' files (the manifest is written apart)."""
 
     source: str
     out_dir: str
@@ -143,7 +154,6 @@ class PipelineResult:
     skipped: list[dict] = field(default_factory=list)  # {"stage", "reason"}
     bench: list[BenchReport] = field(default_factory=list)  # the CPU artifacts; the engines on the GPU
     failures: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
     seed: int | None = None
 
     @property
@@ -155,16 +165,18 @@ class PipelineResult:
         parts += [f"{e.format} {e.precision}: {e.failure_summary()}" for e in self.exports if not e.passed]
         return "; ".join(parts)
 
-    @property
-    def files(self) -> list[str]:
-        return [f for e in self.exports for f in e.files]
+    def to_dict(self) -> dict:
+        """The result as JSON-plain data (the manifest, :func:`~xvol_export.pipeline.manifest`, is the full record)."""
+        return {**self.job_fields(), "source": self.source, "out_dir": self.out_dir,
+                "settings": self.settings.to_dict(), "seed": self.seed, "exports": [e.to_dict() for e in self.exports],
+                "skipped": self.skipped, "bench": [b.to_dict() for b in self.bench], "failures": self.failures}
 
 
 def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
-                 settings: PipelineSettings = PipelineSettings(), load: LoadOptions = LoadOptions(),
-                 force: bool = False) -> PipelineResult:
+                 settings: PipelineSettings = PipelineSettings()) -> PipelineResult:
     """Make and prove every requested format and precision of ``checkpoint`` in ``out_dir``; see the module."""
     settings.check()
+    force = settings.force
     out = Path(out_dir)
     if not out.parent.is_dir():
         raise XvolError(f"{out}: its folder '{out.parent}' does not exist. Create it first or choose another --out.")
@@ -178,19 +190,19 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         check_output_path(path, force)
     clock = StepClock(result.timings)
 
-    prepared = prepare_export(checkpoint, load=load, batch=settings.batch, imgsz=settings.imgsz, data=settings.data,
-                              seed=settings.seed, layout=settings.layout, exporter=settings.exporter,
-                              opset=settings.opset, dynamic=settings.dynamic, simplify=settings.simplify,
-                              simplifier=settings.simplifier)
+    export = ExportSettings(batch=settings.batch, imgsz=settings.imgsz, data=settings.data, seed=settings.seed,
+                            layout=settings.layout, exporter=settings.exporter, opset=settings.opset,
+                            dynamic=settings.dynamic, simplify=settings.simplify, simplifier=settings.simplifier,
+                            force=force, load=settings.load, int8=Int8Options(method=settings.calib_method))
+    prepared = prepare_export(checkpoint, export)
     result.seed = prepared.seed
     result.timings.update(prepared.timings)
     calibration = _load_calibration(settings.calib, prepared.shape[1]) if "int8" in settings.precisions else None
-    int8 = Int8Options(method=settings.calib_method)
     for precision in settings.precisions:
         before = set(result.timings)
         graph_output = out / default_export_output(Path(checkpoint), precision).name
-        exported = export_prepared(prepared, graph_output, precision=precision, calibration=calibration, int8=int8,
-                                   force=force)
+        exported = export_prepared(prepared, graph_output, dataclasses.replace(export, precision=precision),
+                                   calibration)
         result.exports.append(exported)
         result.timings.update({f"{precision} {k}": v for k, v in exported.timings.items()
                                if k not in prepared.timings and k not in before})
@@ -203,6 +215,7 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     if settings.bench and result.passed:
         with clock("bench"):
             result.bench = _bench(result, formats, settings)
+    result.files = [f for e in result.exports for f in e.files]
     return result
 
 
@@ -266,6 +279,7 @@ def _bench(result: PipelineResult, formats: list[str], settings: PipelineSetting
                                         (engines, "cuda", ["tensorrt"])):
         if artifacts:
             bench_settings = BenchSettings(device=device, batches=settings.bench_batches,
-                                           iterations=settings.bench_iterations, warmup=5, seed=settings.seed)
-            reports.append(bench_artifacts(artifacts, bench_settings, backend=",".join(backends)))
+                                           iterations=settings.bench_iterations, warmup=5, seed=settings.seed,
+                                           backend=",".join(backends))
+            reports.append(bench_artifacts(artifacts, bench_settings))
     return reports

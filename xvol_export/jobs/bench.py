@@ -21,13 +21,14 @@ from xvol_export.backends import (
     cuda_index,
     get_backend,
 )
-from xvol_export.bench.stats import LatencyStats, latency_stats
+from xvol_export.bench import LatencyStats, latency_stats
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.doctor import cpu_name, package_versions
 from xvol_export.errors import XvolError
 from xvol_export.fold import set_runtime_options
 from xvol_export.layers import DILATED_CONVS
 from xvol_export.limits import check_seed
+from xvol_export.results import JobResult
 from xvol_export.runners import Runner
 from xvol_export.tensorrt.build import EngineSettings
 from xvol_export.verify.run import check_batch_fits
@@ -36,7 +37,6 @@ SCHEMA_VERSION = 1
 MAX_DURATION_S = 86_400.0  # a day
 MAX_CALLS = 10_000_000
 MAX_THREADS_PER_CORE = 4
-SCHEMA_PATH = Path(__file__).with_name("schema.json")  # JSON Schema of BenchReport.to_dict() (+ command, status)
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class BenchSettings:
     # fp32, bf16 or fp16: what OpenVINO computes in (None: each artifact's own); beside openvino, the other
     # backends run their artifacts' own precision; alone, they refuse a different one
     precision: str | None = None
+    backend: str | None = None  # one backend, or several comma-separated (each artifact on each); None: its default
+    load: LoadOptions = LoadOptions()  # how to read checkpoints
 
 
 @dataclass
@@ -96,16 +98,18 @@ class BenchCase:
 
 
 @dataclass
-class BenchReport:
+class BenchReport(JobResult):
+    """Every case measured (artifact, backend, batch), on which machine; benchmarks have no verdict of their own."""
+
     settings: BenchSettings
     cases: list[BenchCase] = field(default_factory=list)
     machine: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         s = self.settings
         return {
+            **self.job_fields(),
             "schema_version": SCHEMA_VERSION,
             "settings": {
                 "device": s.device, "batches": list(s.batches), "imgsz": list(s.imgsz) if s.imgsz else None,
@@ -121,14 +125,13 @@ class BenchReport:
         }
 
 
-def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = BenchSettings(),
-                    backend: str | None = None, load: LoadOptions = LoadOptions()) -> BenchReport:
+def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = BenchSettings()) -> BenchReport:
     """Time every artifact at every batch size; artifacts of one batch run round-robin, call by call."""
     if not paths:
         raise XvolError("Give at least one artifact to benchmark.")
     _check_settings(settings)
     _check_device(settings.device)
-    plan = _plan(paths, backend)  # (path, backend) pairs, every one checked before anything is loaded
+    plan = _plan(paths, settings.backend)  # (path, backend) pairs, every one checked before anything is loaded
     report = BenchReport(settings, machine=_machine(settings.device))
     # Spinning idle threads of one runtime steal the cores from whatever runs in between (measured:
     # PyTorch 10x slower beside ONNX Runtime, and two ONNX graphs 1.6x slower beside each other).
@@ -138,7 +141,7 @@ def bench_artifacts(paths: list[str | os.PathLike], settings: BenchSettings = Be
                             precision=settings.precision,
                             # an .onnx on tensorrt: the engine built for it takes every batch of this run
                             engine=EngineSettings(batch=max(settings.batches), imgsz=settings.imgsz))
-    artifacts = [(open_artifact(p, load, _label(p, b, plan), b.name, _options_for(b, plan, options)), b)
+    artifacts = [(open_artifact(p, settings.load, _label(p, b, plan), b.name, _options_for(b, plan, options)), b)
                  for p, b in plan]
     if shared and any(b.name == "onnxruntime" for _, b in artifacts):
         report.notes.append("several artifacts share this process: ONNX Runtime's idle threads sleep instead of "
