@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["calibrate_batchnorm", "realistic_batchnorm", "input_dependence", "check_not_degenerate",
+__all__ = ["calibrate_batchnorm", "check_family", "realistic_batchnorm", "input_dependence", "check_not_degenerate",
            "DEGENERATE_BELOW"]
 
 # input_dependence of the logits on 64 held-out photo crops (samples/make_photo_crops.py), torch seeds
@@ -114,3 +114,56 @@ def check_not_degenerate(outputs, minimum: float = DEGENERATE_BELOW, label: str 
             f"BatchNorm statistics on real inputs (xvol_export.testing.realistic_batchnorm)."
         )
     return figure
+
+
+# --- the block-family conformance kit -----------------------------------------------------------------------
+
+
+def check_family(family, block: nn.Module | None = None, *, input_hw: tuple[int, int] = (7, 9), seed: int = 0,
+                 tolerance: float = 1e-12) -> list[str]:
+    """Check a :class:`~xvol_export.fold.family.BlockFamily` on ``block`` (default: each of its ``examples``) and
+    return what holds, one line per check; :class:`AssertionError` naming the first that does not.
+
+    With randomized BatchNorm statistics, in float64, on a batch of odd-sized inputs: the registry finds the
+    family from the block and from its deploy form; every layout folds to a deploy block whose output equals the
+    training block's in eval mode (relative L2 at most ``tolerance``); the fold leaves the block as it was; the
+    deploy configuration is JSON-plain and rebuilds, through ``build_deploy`` and a strict state-dict load, a
+    block with the same output; the descriptions are non-empty and the graph holds at least one Conv.
+    """
+    import copy
+    import json
+
+    from xvol_export.fold.family import FoldContext, deploy_family, families, training_family
+    from xvol_export.utils import randomize_batchnorm
+
+    registered = any(f is family for f in families())  # a family may be checked before it is registered
+    blocks = [block] if block is not None else list(family.examples() if family.examples else [])
+    assert blocks, f"family {family.name!r} gives no example block: pass one"
+    held = []
+    for index, sample in enumerate(blocks):
+        label = f"{family.name} example {index} ({type(sample).__name__})"
+        sample = randomize_batchnorm(copy.deepcopy(sample), seed=seed + index).eval().double()
+        assert not registered or training_family(sample) is family, f"{label}: the registry does not find it"
+        channels = next(m for m in sample.modules() if isinstance(m, nn.modules.conv._ConvNd)).in_channels
+        x = torch.randn(2, channels, *input_hw, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        before = {k: v.clone() for k, v in sample.state_dict().items()}
+        with torch.no_grad():
+            expected = sample(x)
+        for layout in family.layouts or ("",):
+            deploy = family.fold(sample, FoldContext(layout=layout)).eval()
+            assert all(torch.equal(before[k], v) for k, v in sample.state_dict().items()), f"{label}: fold changed it"
+            assert isinstance(deploy, family.deploy_types) and (not registered or deploy_family(deploy) is family), \
+                f"{label}: its deploy form is a {type(deploy).__name__}, not one of the family's deploy types"
+            with torch.no_grad():
+                got = deploy(x)
+            error = float((got - expected).norm() / expected.norm().clamp_min(1e-300))
+            assert error <= tolerance, f"{label}, layout {layout or '-'}: rel L2 {error:.3g} > {tolerance:g}"
+            config = json.loads(json.dumps(family.deploy_config(deploy)))
+            rebuilt = family.build_deploy(config).double().eval()
+            rebuilt.load_state_dict(deploy.state_dict(), strict=True)
+            with torch.no_grad():
+                assert torch.equal(rebuilt(x), got), f"{label}: build_deploy(deploy_config) computes differently"
+            assert family.describe_training(sample) and family.describe_deploy(deploy), f"{label}: no description"
+            assert family.graph_convs(deploy) >= 1, f"{label}: its deploy form holds no Conv"
+            held.append(f"{label}, layout {layout or '-'}: rel L2 {error:.2g}, config round trip, input unchanged")
+    return held

@@ -66,3 +66,109 @@ def add_branches(*branches: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Te
 def concat_1x1(*kernels: torch.Tensor) -> torch.Tensor:
     """Stack 1x1 convs that read the same input into one conv (outputs concatenated in order)."""
     return torch.cat(kernels, dim=0)
+
+
+def identity_kernel(channels: int, groups: int, kernel_size: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The ``k x k`` kernel of a grouped conv (``channels`` in and out) that returns its input unchanged."""
+    if channels % groups or kernel_size % 2 == 0:
+        raise ValueError(f"identity needs channels divisible by groups and an odd kernel, got {channels}, "
+                         f"{groups}, {kernel_size}")
+    per_group = channels // groups
+    kernel = torch.zeros(channels, per_group, kernel_size, kernel_size, dtype=dtype)
+    centre = kernel_size // 2
+    kernel[torch.arange(channels), torch.arange(channels) % per_group, centre, centre] = 1
+    return kernel
+
+
+def pad_kernel_to(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Zero-pad a ``kh x kw`` kernel to ``height x width``, centred (e.g. a ``1 x k`` or ``k x 1`` kernel into
+    ``k x k``); both differences must be even and non-negative."""
+    kh, kw = kernel.shape[-2:]
+    dh, dw = height - kh, width - kw
+    if dh < 0 or dw < 0 or dh % 2 or dw % 2:
+        raise ValueError(f"cannot centre a {kh}x{kw} kernel in {height}x{width}")
+    return F.pad(kernel, (dw // 2, dw // 2, dh // 2, dh // 2))
+
+
+def merge_1x1_kxk(
+    k1: torch.Tensor, b1: torch.Tensor, k2: torch.Tensor, b2: torch.Tensor, groups: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``k x k`` conv equal to a 1x1 conv ``(k1, b1)`` followed by an unpadded ``k x k`` conv ``(k2, b2)``,
+    both with ``groups``, when the intermediate is padded with ``b1`` (the 1x1's output for a zero input, as
+    DBB's BN-and-pad layer does): ``W = k2 . k1`` per group, ``b = b2 + sum(k2 * b1)``. The merged conv
+    zero-pads the input by the amount the intermediate was padded."""
+    out_ch, mid_per_group = k2.shape[:2]
+    mid, in_per_group = k1.shape[:2]
+    if k1.shape[-2:] != (1, 1) or mid % groups or out_ch % groups or mid // groups != mid_per_group:
+        raise ValueError(f"cannot chain a {tuple(k1.shape)} 1x1 kernel into a {tuple(k2.shape)} kernel "
+                         f"with {groups} groups")
+    w1 = k1.reshape(groups, mid // groups, in_per_group)
+    w2 = k2.reshape(groups, out_ch // groups, mid_per_group, *k2.shape[-2:])
+    kernel = torch.einsum("gomhw,gmi->goihw", w2, w1).reshape(out_ch, in_per_group, *k2.shape[-2:])
+    bias = b2 + torch.einsum("gomhw,gm->go", w2, b1.reshape(groups, mid_per_group)).reshape(out_ch)
+    return kernel, bias
+
+
+def avg_pool_kernel(
+    channels: int, kernel_size: int | tuple[int, int], groups: int = 1, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """The kernel of a grouped conv (``channels`` in and out) that computes average pooling with zero
+    padding counted (``count_include_pad=True``): ``1 / (kh kw)`` on each channel's own input."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    if channels % groups or kh < 1 or kw < 1:
+        raise ValueError(f"average pooling needs channels divisible by groups and a positive kernel, got "
+                         f"{channels}, {groups}, {kh}x{kw}")
+    per_group = channels // groups
+    kernel = torch.zeros(channels, per_group, kh, kw, dtype=dtype)
+    kernel[torch.arange(channels), torch.arange(channels) % per_group] = 1.0 / (kh * kw)
+    return kernel
+
+
+def merge_dilated(
+    branches: list[tuple[torch.Tensor, torch.Tensor, int]], size: int | tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum centred parallel convs ``(kernel, bias, dilation)`` of any sizes and dilations into one undilated
+    conv: each kernel is dilated, then centre-padded to ``size`` (default: the largest dilated size)."""
+    branches = list(branches)
+    if not branches:
+        raise ValueError("merge_dilated needs at least one branch")
+    dense = [(dilate_kernel(kernel, dilation), bias) for kernel, bias, dilation in branches]
+    if size is None:
+        height = max(k.shape[-2] for k, _ in dense)
+        width = max(k.shape[-1] for k, _ in dense)
+    else:
+        height, width = (size, size) if isinstance(size, int) else size
+    return add_branches(*((pad_kernel_to(k, height, width), b) for k, b in dense))
+
+
+def fuse_bn_transposed(
+    kernel: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor, shift: torch.Tensor, groups: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold ``BN(convtranspose(x)) = a * convtranspose(x) + c`` into a transposed conv whose ``kernel`` is
+    ``(in, out / groups, k...)``: output channel ``g * out_g + j`` is column ``j`` of group ``g``'s rows, so
+    ``W'[g, :, j] = a[g * out_g + j] W[g, :, j]``, ``b' = c + a b``."""
+    in_ch, out_g = kernel.shape[:2]
+    if in_ch % groups or scale.numel() != groups * out_g or shift.numel() != scale.numel():
+        raise ValueError(f"cannot scale the outputs of a {tuple(kernel.shape)} transposed kernel with {groups} "
+                         f"groups by {scale.numel()} channels")
+    grouped = kernel.reshape(groups, in_ch // groups, out_g, -1)
+    fused_kernel = (grouped * scale.reshape(groups, 1, out_g, 1)).reshape(kernel.shape)
+    fused_bias = shift if bias is None else shift + scale * bias
+    return fused_kernel, fused_bias
+
+
+def fuse_bn_before(
+    kernel: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor, shift: torch.Tensor, groups: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a BatchNorm on the input, ``conv(a * x + c)``, into a conv or linear of ``kernel``
+    ``(out, in / groups, k...)``: ``W' = W * a`` along each group's input channels, ``b' = b + sum(W * c)``
+    over input channels and taps. Exact for an unpadded conv, or one that pads with input values."""
+    out_ch, in_g = kernel.shape[:2]
+    if out_ch % groups or scale.numel() != groups * in_g or shift.numel() != scale.numel():
+        raise ValueError(f"cannot scale the inputs of a {tuple(kernel.shape)} kernel with {groups} groups by "
+                         f"{scale.numel()} channels")
+    grouped = kernel.reshape(groups, out_ch // groups, in_g, -1)
+    fused_kernel = (grouped * scale.reshape(groups, 1, in_g, 1)).reshape(kernel.shape)
+    extra = (grouped * shift.reshape(groups, 1, in_g, 1)).sum(dim=(2, 3)).reshape(out_ch)
+    fused_bias = extra if bias is None else bias + extra
+    return fused_kernel, fused_bias

@@ -1,5 +1,10 @@
-"""Layers: the X-volution operator in its training and deploy forms."""
+"""Layers: each block family's training and deploy forms (X-volution, RepVGG, ACB, DBB, MobileOne, dilated
+reparam), and the X-volution operator's parts. Operators only: runtime policy lives in each family's rule."""
 
+from xvol_export.layers.acb import ACBlock, ACBlockDeploy
+from xvol_export.layers.dbb import DiverseBranchBlock, DiverseBranchBlockDeploy
+from xvol_export.layers.dilated_reparam import DilatedReparamBlock, DilatedReparamBlockDeploy
+from xvol_export.layers.mobileone import MobileOneBlock, MobileOneBlockDeploy
 from xvol_export.layers.phase_conv import PhaseConv2d, conv2d_by_phases
 from xvol_export.layers.pssa import (
     PixelShiftAttention,
@@ -9,30 +14,35 @@ from xvol_export.layers.pssa import (
     shift_offsets,
     shifted_copies,
 )
+from xvol_export.layers.repvgg import RepVGGBlock, RepVGGBlockDeploy
 from xvol_export.layers.xvolution import (
     AGGREGATES,
     DILATED_CONVS,
     LAYOUTS,
-    ONNX_CONVS_MAX_BATCH,
-    TORCH_CPU_OPTIONS,
     XVolution,
     XVolutionDeploy,
-    onnx_options,
 )
 
 __all__ = [
+    "ACBlock",
+    "ACBlockDeploy",
+    "DilatedReparamBlock",
+    "DilatedReparamBlockDeploy",
+    "DiverseBranchBlock",
+    "DiverseBranchBlockDeploy",
+    "MobileOneBlock",
+    "MobileOneBlockDeploy",
+    "RepVGGBlock",
+    "RepVGGBlockDeploy",
     "AGGREGATES",
     "DILATED_CONVS",
     "LAYOUTS",
-    "ONNX_CONVS_MAX_BATCH",
     "PhaseConv2d",
     "PixelShiftAttention",
-    "TORCH_CPU_OPTIONS",
     "XVolution",
     "XVolutionDeploy",
     "conv2d_by_phases",
     "onehot_shift_kernel",
-    "onnx_options",
     "pssa_aggregate",
     "pssa_aggregate_by_convs",
     "shift_offsets",

@@ -6,8 +6,6 @@ of :class:`XVolution` are a checkpoint contract and must not change.
 
 from __future__ import annotations
 
-from types import MappingProxyType
-
 import torch
 from torch import nn
 
@@ -26,18 +24,6 @@ DILATED_CONVS = ("direct", "phases")
 # How a deploy block computes the attention aggregate's nine shifts: ``slices`` of a padded tensor
 # (fastest in PyTorch eager) or one-hot grouped ``convs`` (fewer ops: fastest on ONNX Runtime at small batches).
 AGGREGATES = ("slices", "convs")
-# The fastest options measured per runtime (2-core x86 CPU). Exported graphs: see ``onnx_options``.
-TORCH_CPU_OPTIONS = MappingProxyType({"dilated_conv": "phases", "aggregate": "slices"})
-# One-hot convs beat slices on ONNX Runtime at batch 1 and 2 and lose about 1 % from batch 4 on, where
-# their nine-fold copies of k and v (9 MB per stage-3 block at batch 4) no longer stay in cache.
-ONNX_CONVS_MAX_BATCH = 2
-
-
-def onnx_options(batch: int, dynamic: bool = False) -> dict[str, str]:
-    """The deploy-block options for a graph exported at ``batch``. A ``dynamic`` batch may be large, so it
-    keeps the slices, which cost a few per cent at batch 1 but nothing at large batches."""
-    small = not dynamic and batch <= ONNX_CONVS_MAX_BATCH
-    return {"dilated_conv": "direct", "aggregate": "convs" if small else "slices"}
 # The constructor arguments both forms share; ``config()`` returns them so a block can be rebuilt.
 GEOMETRY = ("in_channels", "out_channels", "stride", "groups", "dilation", "shift", "attn_channels", "attention",
             "dilated_branch")

@@ -1,6 +1,6 @@
 """Reference networks and the architecture registry."""
 
-from xvol_export.models import resnet  # noqa: F401  (registers the ResNets)
+from xvol_export.models import mobileone, repvgg, resnet  # noqa: F401  (each registers its networks)
 from xvol_export.models.registry import (
     ModelSize,
     create_model,

@@ -1,0 +1,94 @@
+"""The ACB family (ACNet's Asymmetric Convolution Block): ``k x k``, ``k x 1`` and ``1 x k`` convs with
+BatchNorm fold into one ``k x k`` conv with bias."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from xvol_export.fold.arithmetic import add_branches, fuse_bn, pad_kernel_to
+from xvol_export.fold.blocks import _assign, bn_affine64
+from xvol_export.fold.family import BlockFamily, FoldContext, register_family
+from xvol_export.layers.acb import ACBlock, ACBlockDeploy
+
+DEPLOY_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+
+
+def conv_label(kh: int, kw: int, stride: int = 1, dilation: int = 1, groups: int = 1, in_channels: int = 0) -> str:
+    """``conv3x1``, ``dwconv3x3`` (depthwise), ``conv3x3/g2``, with ``/d2`` (dilation) and ``/s2`` (stride): the
+    labels of the other built-in families."""
+    depthwise = groups > 1 and groups == in_channels
+    label = f"{'dw' if depthwise else ''}conv{kh}x{kw}"
+    if groups > 1 and not depthwise:
+        label += f"/g{groups}"
+    if dilation > 1 and (kh > 1 or kw > 1):
+        label += f"/d{dilation}"
+    return label + (f"/s{stride}" if stride > 1 else "")
+
+
+def checked_config(config: dict[str, Any], names: tuple[str, ...], family: str) -> dict[str, Any]:
+    """``config`` if it is a dict with exactly ``names`` as keys, else a ValueError naming the difference."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a {family} deploy config must be a dict, got {type(config).__name__}")
+    missing, unknown = sorted(set(names) - set(config)), sorted(set(config) - set(names))
+    if missing or unknown:
+        raise ValueError(f"bad {family} deploy config: missing {missing}, unknown {unknown}; it takes {list(names)}")
+    return config
+
+
+def _branch(conv: nn.Conv2d, bn: nn.BatchNorm2d, size: int):
+    bias = None if conv.bias is None else conv.bias.detach().double()
+    kernel, bias = fuse_bn(conv.weight.detach().double(), bias, *bn_affine64(bn))
+    return pad_kernel_to(kernel, size, size), bias
+
+
+def fold_acb(block: ACBlock, context: FoldContext | None = None) -> ACBlockDeploy:
+    """The deploy form of an eval-mode ``ACBlock``: each branch's BN fused into its conv (bias kept), the
+    ``k x 1`` and ``1 x k`` kernels centre-padded to ``k x k``, all summed, in float64; ``block`` is unchanged."""
+    k = block.kernel_size
+    kernel, bias = add_branches(_branch(block.square_conv, block.square_bn, k),
+                                _branch(block.ver_conv, block.ver_bn, k),
+                                _branch(block.hor_conv, block.hor_bn, k))
+    weight = block.square_conv.weight
+    cfg = block.config()
+    deploy = ACBlockDeploy(**{name: cfg[name] for name in DEPLOY_ARGS})
+    deploy = deploy.to(device=weight.device, dtype=weight.dtype).eval()
+    _assign(deploy.fused_conv, weight=kernel, bias=bias)
+    return deploy
+
+
+def deploy_config(deploy: ACBlockDeploy) -> dict[str, Any]:
+    """The JSON-plain constructor arguments of a deploy block."""
+    return deploy.config()
+
+
+def build_deploy(config: dict[str, Any]) -> ACBlockDeploy:
+    """An empty deploy block from :func:`deploy_config`'s output (ValueError on missing or unknown keys)."""
+    return ACBlockDeploy(**checked_config(config, DEPLOY_ARGS, "acb"))
+
+
+def describe_training(block: ACBlock) -> str:
+    """The training block's branches, e.g. ``conv3x3+BN + ...``."""
+    k, args = block.kernel_size, (block.stride, block.dilation, block.groups, block.in_channels)
+    return f"{conv_label(k, k, *args)}+BN + {conv_label(k, 1, *args)}+BN + {conv_label(1, k, *args)}+BN"
+
+
+def describe_deploy(deploy: ACBlockDeploy) -> str:
+    """The deploy conv, e.g. ``conv3x3``."""
+    conv = deploy.fused_conv
+    return conv_label(*conv.kernel_size, conv.stride[0], conv.dilation[0], conv.groups, conv.in_channels)
+
+
+FAMILY = register_family(BlockFamily(
+    name="acb",
+    description="ACB (ACNet): kxk+BN + kx1+BN + 1xk+BN -> one kxk conv with bias",
+    training_types=(ACBlock,),
+    deploy_types=(ACBlockDeploy,),
+    fold=fold_acb,
+    deploy_config=deploy_config,
+    build_deploy=build_deploy,
+    describe_training=describe_training,
+    describe_deploy=describe_deploy,
+    examples=lambda: [ACBlock(8, 8, 3, padding=1, groups=2), ACBlock(4, 6, 5, stride=2, padding=2, bias=True)],
+))
