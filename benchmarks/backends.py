@@ -42,8 +42,8 @@ from xvol_export.compare import compare_arrays  # noqa: E402
 from xvol_export.export import onnx_graph  # noqa: E402
 from xvol_export.export.precision import to_int8_qdq  # noqa: E402
 from xvol_export.fold import set_runtime_options  # noqa: E402
+from xvol_export.fold.families.xvolution import onnx_options  # noqa: E402
 from xvol_export.inputs import InputData  # noqa: E402
-from xvol_export.layers import onnx_options  # noqa: E402
 from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner, Runner  # noqa: E402
 from xvol_export.verify import Reference, run_batches  # noqa: E402
 

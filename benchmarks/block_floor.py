@@ -191,7 +191,7 @@ def main() -> None:
     assert max(rel_l2.values()) < 1e-5, f"a rewrite is not exact: {rel_l2}"
 
     macs = profile_model(models["deploy split"], (1, c, hw, hw)).macs
-    aggregate = next(v for k, v in macs.items() if k.endswith("<aggregate>"))
+    aggregate = next(v for k, v in macs.items() if k.endswith("<extra>"))
     conv_macs = sum(macs.values()) - aggregate
     a = block.attn_channels
     aggregate_bytes = 4 * (2 * a + 2 * c) * hw * hw  # q, k, v read once; output written once

@@ -34,7 +34,7 @@ from torch import nn
 from xvol_export import XVolution, create_model, fold
 from xvol_export.export import onnx_graph
 from xvol_export.fold import fold_xvolution, set_runtime_options
-from xvol_export.layers import TORCH_CPU_OPTIONS, onnx_options
+from xvol_export.fold.families.xvolution import TORCH_CPU_OPTIONS, onnx_options
 from xvol_export.runners import OnnxRuntimeRunner, TorchRunner
 from xvol_export.utils import randomize_batchnorm
 

@@ -26,7 +26,7 @@ import torch
 from xvol_export import create_model, fold
 from xvol_export.export import onnx_graph
 from xvol_export.fold import set_runtime_options
-from xvol_export.layers import TORCH_CPU_OPTIONS, onnx_options
+from xvol_export.fold.families.xvolution import TORCH_CPU_OPTIONS, onnx_options
 from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner
 from xvol_export.utils import randomize_batchnorm
 

@@ -47,7 +47,7 @@ from xvol_export.export.int8 import (  # noqa: E402
     quantize_with_fallback,
 )
 from xvol_export.export.precision import CALIBRATION_METHODS, shift_conv_names, to_int8_qdq  # noqa: E402
-from xvol_export.layers import onnx_options  # noqa: E402
+from xvol_export.fold.families.xvolution import onnx_options  # noqa: E402
 
 from _common import machine, photo_crops, realistic_model, write_json  # noqa: E402
 

@@ -57,20 +57,33 @@ def render_inspect(console: Console, report: InspectReport) -> None:
     )
     if report.blocks:
         table = Table(title="Re-parameterizable blocks", show_lines=False)
-        for column in ("block", "C→O s g d L A", "training form", "params", "MACs", "fold",
-                       "deploy form", "params", "MACs"):
+        for column in ("block", "family", "training form", "params", "MACs", "fold", "deploy form", "params",
+                       "MACs"):
             table.add_column(column)
         for b in report.blocks:
-            c = b.config
-            geometry = (f"{c['in_channels']}→{c['out_channels']} {c['stride']} {c['groups']} {c['dilation']} "
-                        f"{c['shift']} {c['attn_channels']}")
-            table.add_row(b.name, geometry, b.ops_before, _num(b.params_before), _num(b.macs_before),
-                          b.reason, b.ops_after, _num(b.params_after), _num(b.macs_after))
+            fold = escape(b.reason) if b.layout or not b.rule else escape(b.rule)
+            table.add_row(escape(b.name or "(the model)"), escape(b.family), escape(b.ops_before),
+                          _num(b.params_before), _num(b.macs_before), fold, escape(b.ops_after),
+                          _num(b.params_after), _num(b.macs_after))
         console.print(table)
+    if report.fused:
+        pairs = Table(title="Norms folded into their neighbour")
+        for column in ("kind", "layer", "norm"):
+            pairs.add_column(column)
+        for pair in report.fused:
+            pairs.add_row(pair["kind"], escape(pair["layer"]), escape(pair["norm"]))
+        console.print(pairs)
+    if report.left:
+        left = Table(title="Left as it is")
+        for column in ("module", "why"):
+            left.add_column(column)
+        for entry in report.left:
+            left.add_row(escape(entry["name"] or "(the model)"), escape(entry["reason"]))
+        console.print(left)
     if report.params_after is not None:
         console.print(
             f"after fold: {_num(report.params_after)} params, {_num(report.macs_after, ' MACs')}, "
-            f"{report.conv_bn_pairs} conv+BatchNorm pair(s) fused, {report.batchnorms_after} BatchNorm(s) left"
+            f"{report.conv_bn_pairs} norm(s) folded into a conv or linear, {report.batchnorms_after} BatchNorm(s) left"
         )
     for note in report.notes:
         console.print(f"note: {escape(note)}")
@@ -134,13 +147,14 @@ def render_fold(console: Console, result: FoldResult) -> None:
     fold = result.fold
     if fold is not None:
         table = Table(title=f"Fold of {escape(result.source)} (layout {fold.layout})")
-        for column in ("block", "layout", "why", "params"):
+        for column in ("block", "family", "layout", "why", "params"):
             table.add_column(column)
         for b in fold.blocks:
-            table.add_row(b.name, b.layout, escape(b.reason), f"{_num(b.params_before)} → {_num(b.params_after)}")
+            table.add_row(escape(b.name or "(the model)"), escape(b.family), b.layout or "-", escape(b.reason or "-"),
+                          f"{_num(b.params_before)} → {_num(b.params_after)}")
         console.print(table)
         console.print(
-            f"{len(fold.blocks)} X-volution block(s) folded, {len(fold.fused_conv_bn)} conv+BatchNorm pair(s) fused, "
+            f"{len(fold.blocks)} block(s) folded, {len(fold.fused_conv_bn)} norm(s) fused into a conv or linear, "
             f"{len(fold.remaining_batchnorms)} BatchNorm(s) left; params {_num(fold.params_before)} → "
             f"{_num(fold.params_after)}"
         )

@@ -22,9 +22,9 @@ from xvol_export.checkpoint import load_checkpoint, load_model, save_checkpoint
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
+from xvol_export.fold.families.xvolution import ONNX_CONVS_MAX_BATCH
 from xvol_export.inputs import InputShape
 from xvol_export.jobs import ExportSettings, FoldSettings, VerifySettings
-from xvol_export.layers import ONNX_CONVS_MAX_BATCH
 
 from helpers import randomize_bn, rel_l2
 

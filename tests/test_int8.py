@@ -36,7 +36,7 @@ from xvol_export.export.int8 import (
     quantize_with_fallback,
 )
 from xvol_export.export.precision import CALIBRATION_METHODS, shift_conv_names, to_int8_qdq
-from xvol_export.layers import onnx_options
+from xvol_export.fold.families.xvolution import onnx_options
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 QDQ = ("QuantizeLinear", "DequantizeLinear")

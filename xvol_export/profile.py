@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from xvol_export.layers import XVolution, XVolutionDeploy
-
-BLOCK_TYPES = (XVolution, XVolutionDeploy)
-
-
-def aggregate_macs(attn_channels: int, out_channels: int, height: int, width: int) -> int:
-    """Multiply-adds of the PSSA aggregate: nine ``A``-long dot products and nine ``O``-wide sums per pixel."""
-    return 9 * (attn_channels + out_channels) * height * width
+from xvol_export.fold.family import block_types, deploy_family, training_family
 
 
 @dataclass
@@ -39,22 +33,25 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...]) -> Profile:
     hooks = []
 
     def record(name: str, module: nn.Module):
+        family = training_family(module) or deploy_family(module)
+
         def hook(_module, _inputs, output):
             profile.output_shapes[name] = tuple(output.shape)
             per_item = output.numel() // batch
-            if isinstance(module, nn.Conv2d):
-                kh, kw = module.kernel_size
-                profile.macs[name] = per_item * (module.in_channels // module.groups) * kh * kw
+            if isinstance(module, nn.modules.conv._ConvNd):
+                taps = math.prod(module.kernel_size)
+                profile.macs[name] = per_item * (module.in_channels // module.groups) * taps
             elif isinstance(module, nn.Linear):
                 profile.macs[name] = per_item * module.in_features
-            elif isinstance(module, BLOCK_TYPES) and module.attention:
-                h, w = output.shape[-2:]
-                profile.macs[name + ".<aggregate>"] = aggregate_macs(module.attn_channels, module.out_channels, h, w)
+            elif family is not None and family.extra_macs is not None:
+                extra = family.extra_macs(module, tuple(_inputs[0].shape), tuple(output.shape))
+                if extra:
+                    profile.macs[name + ".<extra>"] = extra
 
         return hook
 
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear) + BLOCK_TYPES):
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear) + block_types()):
             hooks.append(module.register_forward_hook(record(name, module)))
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32

@@ -27,7 +27,7 @@ from xvol_export.export.precision import (
     CALIBRATION_METHODS,
     INT8_OP_TYPES,
     _named_nodes,
-    shift_conv_names,
+    int8_float_nodes,
     to_int8_qdq,
 )
 
@@ -175,7 +175,7 @@ def quantizable_layers(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes :func:`to_int8_qdq` quantizes (Conv/Gemm/MatMul other than one-hot shift convs),
     in graph order. Unnamed or duplicate names are those :func:`to_int8_qdq` gives (``OpType_xvol_INDEX``)."""
     model = _named_nodes(model)
-    shifts = set(shift_conv_names(model))
+    shifts = set(int8_float_nodes(model))
     return [n.name for n in model.graph.node if n.op_type in INT8_OP_TYPES and n.name not in shifts]
 
 

@@ -116,7 +116,7 @@ def to_int8_qdq(
         "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES),
     }
     model = _named_nodes(model)
-    shift_convs = shift_conv_names(model)
+    shift_convs = int8_float_nodes(model)
     if isinstance(nodes_to_exclude, str):
         nodes_to_exclude = [nodes_to_exclude]
     unknown = sorted(set(nodes_to_exclude) - {node.name for node in model.graph.node})
@@ -211,6 +211,15 @@ def _entropy_ranges(source: str, folder: str, reader, large: bool, excluded: set
     path = os.path.join(folder, "entropy-ranges.json")
     save_tensors_data(calibrator.compute_data(), path)
     return path
+
+
+def int8_float_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes every registered block family needs kept in float under INT8 (X-volution: the one-hot shift
+    convs), in graph order."""
+    from xvol_export.fold.family import families
+
+    kept = {name for family in families() if family.int8_float_nodes for name in family.int8_float_nodes(model)}
+    return [node.name for node in model.graph.node if node.name in kept]
 
 
 def shift_conv_names(model: onnx.ModelProto) -> list[str]:

@@ -1,6 +1,10 @@
-"""Structural re-parameterization: pure fold arithmetic, per-block folds and the model walker."""
+"""Structural re-parameterization: pure fold arithmetic, the block-family registry and the model walker."""
 
 from xvol_export.fold.blocks import fold_conv_bn, fold_xvolution
-from xvol_export.fold.model import LAYOUT_CHOICES, BlockFold, FoldReport, fold, set_runtime_options
+from xvol_export.fold.family import BlockFamily, FoldContext, RuntimeTarget, families, get_family, register_family
+from xvol_export.fold.model import BlockFold, FoldReport, fold, runtime_options, set_runtime_options
+from xvol_export.fold.plan import FoldPlan, apply_plan
 
-__all__ = ["LAYOUT_CHOICES", "BlockFold", "FoldReport", "fold", "fold_conv_bn", "fold_xvolution", "set_runtime_options"]
+__all__ = ["BlockFamily", "BlockFold", "FoldContext", "FoldPlan", "FoldReport", "RuntimeTarget", "apply_plan",
+           "families", "fold", "fold_conv_bn", "fold_xvolution", "get_family", "register_family", "runtime_options",
+           "set_runtime_options"]

@@ -24,10 +24,10 @@ from xvol_export.export import onnx_graph, openvino_ir
 from xvol_export.export import precision as precision_step
 from xvol_export.export.int8 import CALIBRATION_KEY, AccuracyBudget
 from xvol_export.export.tensorrt_ops import TENSORRT_OPS_SOURCE, tensorrt_incompatibilities
-from xvol_export.fold import FoldReport, fold, set_runtime_options
+from xvol_export.fold import FoldReport, RuntimeTarget, fold, runtime_options, set_runtime_options
+from xvol_export.fold.family import deploy_family
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path, sha256_file
-from xvol_export.layers import XVolutionDeploy, onnx_options
 from xvol_export.limits import check_not_folder_syntax, check_output_name, check_seed
 from xvol_export.results import JobResult
 from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
@@ -322,7 +322,7 @@ def prepare_export(path: str | os.PathLike, settings: ExportSettings = ExportSet
             prepared.fold_verification = verify(reference, deploy, "deploy form", seed=used_seed)
     # The graph is exported in fp32 (a half-precision deploy checkpoint is widened exactly); a precision
     # converts it. It gets the deploy blocks' fastest form for ONNX Runtime (same weights, same function).
-    prepared.deploy_options = onnx_options(batch, dynamic)
+    prepared.deploy_options = runtime_options(deploy, RuntimeTarget("onnxruntime", "cpu", batch, dynamic))
     prepared.deploy = set_runtime_options(deploy, **prepared.deploy_options).float()
     return prepared
 
@@ -552,10 +552,19 @@ def _graph_summary(graph: onnx.ModelProto, deploy: nn.Module) -> dict:
 
 
 def _planned_convs(deploy: nn.Module) -> int:
-    """Conv modules, plus the two one-hot shift convs of each deploy block whose aggregate runs by convs."""
-    shift_convs = sum(2 for m in deploy.modules()
-                      if isinstance(m, XVolutionDeploy) and m.attention and m.aggregate == "convs")
-    return sum(isinstance(m, nn.Conv2d) for m in deploy.modules()) + shift_convs
+    """The Conv nodes the graph should hold: each deploy block's, as its family counts them, and every other
+    conv module."""
+    planned, inside = 0, ()
+    for name, module in deploy.named_modules():
+        if inside and any(name.startswith(f"{b}.") or not b for b in inside):
+            continue
+        family = deploy_family(module)
+        if family is not None:
+            planned += family.graph_convs(module)
+            inside += (name,)
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            planned += 1
+    return planned
 
 
 def _structural_failures(summary: dict) -> list[str]:

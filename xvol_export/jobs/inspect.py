@@ -10,9 +10,8 @@ from torch import nn
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.errors import XvolError
 from xvol_export.fold import fold
-from xvol_export.fold.model import describe_deploy
+from xvol_export.fold.family import deploy_family, get_family
 from xvol_export.inputs import InputShape
-from xvol_export.layers import XVolutionDeploy
 from xvol_export.limits import check_input_file
 from xvol_export.profile import count_params, profile_model
 from xvol_export.results import JobResult
@@ -31,6 +30,8 @@ class InspectSettings:
 
 @dataclass
 class BlockPlan:
+    """One foldable block: its family and rule, what it is before and after, its size and cost."""
+
     name: str
     config: dict
     ops_before: str
@@ -41,6 +42,8 @@ class BlockPlan:
     ops_after: str
     params_after: int
     macs_after: int | None
+    family: str = ""
+    rule: str = ""  # the family's one-line description of its fold
 
 
 @dataclass
@@ -58,6 +61,8 @@ class InspectReport(JobResult):
     batchnorms: int
     blocks: list[BlockPlan] = field(default_factory=list)
     conv_bn_pairs: int = 0
+    fused: list[dict] = field(default_factory=list)  # {kind, layer, norm}: every norm the fold absorbs
+    left: list[dict] = field(default_factory=list)  # {name, reason}: what stays as it is, and why
     batchnorms_after: int | None = None
     params_after: int | None = None
     macs_after: int | None = None
@@ -100,21 +105,27 @@ def inspect_model(model: nn.Module, ckpt, settings: InspectSettings = InspectSet
         profile = profile_model(model, shape)
         report.macs = profile.total_macs
         for name, block in model.named_modules():
-            if isinstance(block, XVolutionDeploy):
-                ops, params, macs = describe_deploy(block), count_params(block), profile.macs_under(name)
-                report.blocks.append(BlockPlan(name, block.config(), ops, params, macs, block.layout, "folded",
-                                               ops, params, macs))
+            family = deploy_family(block)
+            if family is not None:
+                ops, params, macs = family.describe_deploy(block), count_params(block), profile.macs_under(name)
+                config = family.deploy_config(block)
+                report.blocks.append(BlockPlan(name, config, ops, params, macs, config.get("layout", ""), "folded",
+                                               ops, params, macs, family.name, family.description))
         report.notes.append("already folded: fold has nothing to do")
         return report
     _, fold_report = fold(model, layout=settings.layout, input_shape=shape)  # it profiles before and after
     report.macs = fold_report.macs_before
     for planned in fold_report.blocks:
+        spec = fold_report.plan.blocks.get(planned.name)
+        rule = get_family(spec["family"]).description if spec else planned.reason
         report.blocks.append(BlockPlan(
-            planned.name, model.get_submodule(planned.name).config(), planned.ops_before, planned.params_before,
+            planned.name, spec["config"] if spec else {}, planned.ops_before, planned.params_before,
             planned.macs_before, planned.layout, planned.reason, planned.ops_after, planned.params_after,
-            planned.macs_after,
+            planned.macs_after, planned.family, rule,
         ))
-    report.conv_bn_pairs = len(fold_report.fused_conv_bn)
+    report.conv_bn_pairs = len(fold_report.fused)
+    report.fused = list(fold_report.fused)
+    report.left = list(fold_report.left)
     report.batchnorms_after = len(fold_report.remaining_batchnorms)
     report.params_after = fold_report.params_after
     report.macs_after = fold_report.macs_after

@@ -15,7 +15,6 @@ from xvol_export.runners import Runner
 from xvol_export.verify.gates import DEFAULT_GATES, PRECISIONS, Condition, Gate, default_gate
 from xvol_export.verify.report import BlockCheck, Check, VerifyReport, judge
 from xvol_export.verify.run import (
-    BLOCK_TYPES,
     Outputs,
     Reference,
     eval_copy,
@@ -76,7 +75,7 @@ def _unwrap(side: Runner | nn.Module) -> Runner | nn.Module:
 
 
 __all__ = [
-    "BLOCK_TYPES", "BlockCheck", "Check", "Condition", "DEFAULT_GATES", "Gate", "Outputs", "PRECISIONS", "Reference",
+    "BlockCheck", "Check", "Condition", "DEFAULT_GATES", "Gate", "Outputs", "PRECISIONS", "Reference",
     "VerifyReport", "candidate_precision", "default_gate", "eval_copy", "judge",
     "model_precision", "run_batches", "verify", "verify_models", "verify_runners",
 ]

@@ -15,13 +15,12 @@ import torch
 from torch import nn
 
 from xvol_export.dtypes import DTYPES, dtype_name
+from xvol_export.fold.family import block_types
 from xvol_export.inputs import InputData
-from xvol_export.layers import XVolution, XVolutionDeploy
 from xvol_export.layers.phase_conv import PhaseConv2d
 from xvol_export.models.registry import input_cost
 from xvol_export.runners import Runner
 
-BLOCK_TYPES = (XVolution, XVolutionDeploy)
 # PyTorch on a CPU has only a naive dilated conv for these dtypes (25x slower than fp32 on the sample)
 _SLOW_DILATED = (torch.float64, torch.float16)
 
@@ -138,7 +137,7 @@ def eval_copy(model: nn.Module) -> tuple[nn.Module, bool]:
 
 
 def block_names(model: nn.Module) -> tuple[str, ...]:
-    return tuple(name for name, m in model.named_modules() if isinstance(m, BLOCK_TYPES))
+    return tuple(name for name, m in model.named_modules() if isinstance(m, block_types()))
 
 
 class Reference:
@@ -191,7 +190,7 @@ class Reference:
         if isinstance(candidate, nn.Module):
             candidate, _ = eval_copy(candidate)
             modules = dict(candidate.named_modules())
-            blocks = tuple(b for b in self.blocks if isinstance(modules.get(b), BLOCK_TYPES))
+            blocks = tuple(b for b in self.blocks if isinstance(modules.get(b), block_types()))
             outputs, _ = run_model(candidate, self.data.inputs, blocks=blocks,
                                    block_inputs={b: self.block_inputs[b] for b in blocks},
                                    batch_size=self.batch_size)
