@@ -14,7 +14,7 @@ import typer
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.compare import ERROR_STATS, Tolerance, parse_tolerance
 from xvol_export.errors import XvolError
-from xvol_export.fold import LAYOUT_CHOICES
+from xvol_export.fold.family import layout_choices
 from xvol_export.inputs import InputShape, parse_shape
 from xvol_export.io import check_outputs as io_check_outputs
 from xvol_export.limits import check_output_name
@@ -22,7 +22,8 @@ from xvol_export.limits import check_output_name
 JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 Layout = Annotated[str, typer.Option(
-    "--layout", help=f"Static-conv layout of folded blocks: {', '.join(LAYOUT_CHOICES)} (auto: per block, by cost).")]
+    "--layout", help=f"Layout of folded blocks whose family has layouts: {', '.join(layout_choices())} (auto: per "
+    "block, by the family's cost model).")]
 InputShapeOpt = Annotated[Optional[str], typer.Option(
     "--input-shape", help="Input shape: 1x3x224x224, [1,3,224,224] or 1,3,224,224, optional 'name:' prefix.")]
 Data = Annotated[Optional[Path], typer.Option(
@@ -37,9 +38,15 @@ ErrorStat = Annotated[Optional[str], typer.Option(
     "(default elemwise; median for int8).")]
 TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow checkpoints that need full unpickling (runs code from the file).")]
-Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a bare state dict (see 'xvol doctor').")]
+Arch = Annotated[Optional[str], typer.Option(
+    "--arch", help="Registered architecture of a bare state dict (see 'xvol doctor'); as --model.")]
 ArchConfig = Annotated[Optional[str], typer.Option(
     "--arch-config", help="Constructor arguments of --arch as JSON, e.g. '{\"num_classes\": 10}'.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="The model of a state dict: a registered name, or your own package.module:factory (imported "
+    "from the current folder or PYTHONPATH; needed again to read a checkpoint of it).")]
+ModelKwargs = Annotated[Optional[str], typer.Option(
+    "--model-kwargs", help="Arguments of --model as a JSON object, e.g. '{\"num_classes\": 10}'.")]
 Ema = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of a training checkpoint.")]
 
 
@@ -88,8 +95,8 @@ def float_list_option(text: str, name: str) -> tuple[float, ...]:
 
 
 def layout_option(layout: str) -> str:
-    if layout not in LAYOUT_CHOICES:
-        raise XvolError(f"Unknown layout '{layout}'. Choose one of: {', '.join(LAYOUT_CHOICES)}.")
+    if layout not in layout_choices():
+        raise XvolError(f"Unknown layout '{layout}'. Choose one of: {', '.join(layout_choices())}.")
     return layout
 
 
@@ -102,16 +109,27 @@ def tolerance_option(atol: float | None, rtol: float | None, stat: str | None,
     return parse_tolerance(precision, atol, rtol, stat)
 
 
-def load_options(trust_pickle: bool, arch: str | None, arch_config: str | None, ema: bool) -> LoadOptions:
-    config = None
-    if arch_config is not None:
-        try:
-            config = json.loads(arch_config)
-        except json.JSONDecodeError as err:
-            raise XvolError(f"--arch-config is not valid JSON ({err}). Example: '{{\"num_classes\": 10}}'.") from None
-        if not isinstance(config, dict):
-            raise XvolError("--arch-config must be a JSON object, e.g. '{\"num_classes\": 10}'.")
-    return LoadOptions(trust_pickle=trust_pickle, arch=arch, config=config, use_ema=ema)
+def load_options(trust_pickle: bool, arch: str | None, arch_config: str | None, ema: bool,
+                 model: str | None = None, model_kwargs: str | None = None) -> LoadOptions:
+    from xvol_export.models.spec import ModelSpec
+
+    for option, text in (("--arch", arch), ("--model", model)):
+        if text is not None:
+            ModelSpec.parse(text, option)  # its syntax only: a factory is imported when the checkpoint is read
+    return LoadOptions(trust_pickle=trust_pickle, arch=arch, config=_json_object(arch_config, "--arch-config"),
+                       use_ema=ema, model=model, model_kwargs=_json_object(model_kwargs, "--model-kwargs"))
+
+
+def _json_object(text: str | None, option: str) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise XvolError(f"{option} is not valid JSON ({err}). Example: '{{\"num_classes\": 10}}'.") from None
+    if not isinstance(value, dict):
+        raise XvolError(f"{option} must be a JSON object, e.g. '{{\"num_classes\": 10}}'.")
+    return value
 
 
 def dtype_option(dtype: str | None) -> str | None:
@@ -185,8 +203,8 @@ def with_options(**groups: OptionGroup):
 
 
 def _load_group(trust_pickle: TrustPickle = False, arch: Arch = None, arch_config: ArchConfig = None,
-                ema: Ema = False) -> LoadOptions:
-    return load_options(trust_pickle, arch, arch_config, ema)
+                ema: Ema = False, model: ModelOpt = None, model_kwargs: ModelKwargs = None) -> LoadOptions:
+    return load_options(trust_pickle, arch, arch_config, ema, model, model_kwargs)
 
 
 @dataclass(frozen=True)

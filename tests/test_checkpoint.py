@@ -15,13 +15,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from xvol_export import XVolution, XVolutionDeploy, create_model, fold
 from xvol_export.checkpoint import (
     FORMAT,
+    FORMAT_VERSION,
     build_model,
     is_folded,
     load_checkpoint,
     load_model,
+    plan_layouts,
     save_checkpoint,
 )
 from xvol_export.errors import XvolError
+from xvol_export.fold.plan import FoldPlan
 
 from helpers import randomize_bn
 
@@ -140,8 +143,13 @@ def test_pth_is_a_plain_dict_for_weights_only_load(tmp_path, models, form):
     assert isinstance(obj, dict)
     assert obj["format"] == FORMAT
     assert obj["architecture"] == ARCH
+    assert obj["format_version"] == FORMAT_VERSION == 2
     assert obj["folded"] is (form != "train")
-    assert obj["layouts"] == _layouts(models[form])
+    assert "layouts" not in obj
+    if form == "train":
+        assert obj["fold_plan"] is None
+    else:
+        assert plan_layouts(FoldPlan.from_dict(obj["fold_plan"])) == _layouts(models[form])
     assert all(isinstance(v, torch.Tensor) for v in obj["state_dict"].values())
     json.dumps({k: v for k, v in obj.items() if k != "state_dict"})  # the rest is plain JSON data
 
@@ -154,7 +162,7 @@ def test_safetensors_header(tmp_path, models):
         header = json.loads(handle.metadata()["xvol"])
         keys = set(handle.keys())
     assert header["format"] == FORMAT and header["folded"] is True
-    assert header["layouts"] == _layouts(models["mixed"])
+    assert plan_layouts(FoldPlan.from_dict(header["fold_plan"])) == _layouts(models["mixed"])
     assert keys == set(models["mixed"].state_dict())
 
 
@@ -463,3 +471,95 @@ def test_written_files_get_the_usual_permissions(tmp_path, models):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
+# -------------------------------------------------------------------------------- format version 2: fold plans
+
+def _deploy_edited(tmp_path, models, edit, name="edited.pth"):
+    """Save the mixed deploy checkpoint, ``edit`` its plain dict, torch.save it again."""
+    obj = torch.load(save_checkpoint(models["mixed"], tmp_path / "good_deploy.pth"), weights_only=True)
+    edit(obj)
+    torch.save(obj, tmp_path / name)
+    return tmp_path / name
+
+
+def test_deploy_checkpoint_rebuilds_from_the_training_skeleton_and_its_plan(tmp_path, models):
+    deploy = models["mixed"]
+    path = save_checkpoint(deploy, tmp_path / "deploy.pth")
+    raw = torch.load(path, weights_only=True)
+    plan = FoldPlan.from_dict(raw["fold_plan"])
+    assert set(plan.blocks) == set(BLOCKS) and {b["family"] for b in plan.blocks.values()} == {"xvolution"}
+    assert {(f["layer"], f["norm"]) for f in plan.fused} >= {("conv1", "bn1"), ("layer1.0.conv1", "layer1.0.bn1")}
+    model, ckpt = load_model(path)
+    assert ckpt.plan.to_dict() == raw["fold_plan"] and ckpt.format_version == 2
+    assert model.xvol_fold_plan.to_dict() == raw["fold_plan"]
+    assert model.xvol_arch == deploy.xvol_arch and model.input_size == deploy.input_size
+    assert set(model.state_dict()) == set(deploy.state_dict())
+
+
+def test_plan_follows_blocks_changed_after_the_fold(tmp_path, models):
+    # "mixed" is a copy of the split fold with one block swapped for its dense form: the plan says what it is now
+    ckpt = load_checkpoint(save_checkpoint(models["mixed"], tmp_path / "mixed.pth"))
+    assert ckpt.plan.blocks["layer2.1.conv1"]["config"]["layout"] == "dense"
+    stale = copy.deepcopy(models["split"])
+    stale.layer2[0].conv1 = nn.Conv2d(16, 32, 3)
+    with pytest.raises(XvolError, match=r"block 'layer2.0.conv1' as a xvolution deploy block, but it is Conv2d"):
+        save_checkpoint(stale, tmp_path / "stale.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.pth"]
+
+
+def test_deploy_model_built_directly_gets_a_plan(tmp_path, models):
+    """``create_model(deploy=True)`` carries no plan: it is worked out from the training form's fold."""
+    deploy = create_model(ARCH, deploy=True, stages=(2, 3))
+    assert is_folded(deploy) and not hasattr(deploy, "xvol_fold_plan")
+    deploy.load_state_dict(models["split"].state_dict())
+    model, ckpt = load_model(save_checkpoint(deploy, tmp_path / "direct.pth"))
+    assert ckpt.folded and set(ckpt.layouts.values()) == {"split"}
+    assert ckpt.plan.fused == models["split"].xvol_fold_plan.fused
+    assert torch.equal(_out(model, models["x"]), _out(models["split"], models["x"]))
+
+
+def test_non_persistent_buffers_of_a_deploy_block_are_rebuilt(tmp_path, models):
+    deploy, _ = fold(models["train"], layout="split", aggregate="convs")
+    assert any(n.endswith("k_shift_kernel") for n, _ in deploy.named_buffers())
+    model, ckpt = load_model(save_checkpoint(deploy, tmp_path / "convs.pth"))
+    assert not any(t.is_meta for t in model.buffers())
+    torch.testing.assert_close(_out(model, models["x"]), _out(deploy, models["x"]), rtol=0, atol=0)
+
+
+def test_models_without_batchnorm_are_not_folded():
+    assert not is_folded(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.LayerNorm(4 * 36)))
+    assert not is_folded(create_model(ARCH, stages=(2, 3)))
+    assert is_folded(create_model(ARCH, stages=(2, 3), deploy=True))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda o: o.pop("fold_plan"), ["fold_plan", "missing or malformed"]),
+    (lambda o: o.update(fold_plan=None), ["folded", "fold_plan is null"]),
+    (lambda o: o.update(fold_plan=[1, 2]), ["fold_plan is malformed", "list, not a mapping"]),
+    (lambda o: o["fold_plan"].update(version=7), ["fold_plan is malformed", "version 7"]),
+    (lambda o: o["fold_plan"].update(blocks=["layer2.0.conv1"]), ["fold_plan is malformed", "blocks"]),
+    (lambda o: o["fold_plan"]["fused"].append({"kind": "conv_gn", "layer": "a", "norm": "b"}),
+     ["fold_plan is malformed", "fused"]),
+    (lambda o: o["fold_plan"]["blocks"].update({"layer9.conv": o["fold_plan"]["blocks"]["layer2.0.conv1"]}),
+     ["fold plan does not fit", "layer9.conv"]),
+    (lambda o: o["fold_plan"]["blocks"]["layer2.0.conv1"].update(family="hexvolution"),
+     ["fold plan does not fit", "hexvolution"]),
+    (lambda o: o["fold_plan"]["blocks"]["layer2.0.conv1"]["config"].update(layout="diagonal"),
+     ["fold plan does not fit", "diagonal"]),
+    (lambda o: o["fold_plan"]["fused"].append({"kind": "conv_bn", "layer": "conv1", "norm": "no.such.bn"}),
+     ["fold plan does not fit", "no.such.bn"]),
+    (lambda o: o.update(folded=False), ["holds a fold_plan but says it is not folded"]),
+], ids=["no-plan", "null-plan", "list", "version", "blocks", "fusion-kind", "unknown-block", "unknown-family",
+        "bad-config", "unknown-norm", "plan-on-training"])
+def test_malformed_fold_plan_is_refused_naming_the_file(tmp_path, models, edit, words):
+    path = _deploy_edited(tmp_path, models, edit)
+    _expect_error(path, *words)
+
+
+def test_deploy_weights_under_a_training_header_are_named(tmp_path, models):
+    def edit(obj):
+        obj.update(folded=False, fold_plan=None)
+
+    path = _deploy_edited(tmp_path, models, edit)
+    _expect_error(path, "holds the weights of a deploy (folded) form", "layer2.0.conv1.conv.bias", "conv1.bias")

@@ -1,9 +1,13 @@
-"""The xvol checkpoint: architecture, constructor arguments, state dict, fold state and metadata.
+"""The xvol checkpoint: architecture, constructor arguments, state dict, fold plan and metadata.
 
 Saved as ``.pth`` (a plain dict, loadable with ``torch.load(weights_only=True)``) or
-``.safetensors`` (tensors, with the rest as JSON in the header's metadata). A deploy checkpoint
-rebuilds the deploy model directly. Loading is strict: every missing, unexpected or misshapen
-key is reported by name, and weights with NaN/Inf or negative running variances are refused.
+``.safetensors`` (tensors, with the rest as JSON in the header's metadata). The header (format version 2):
+``format``, ``format_version``, ``architecture`` (a registered name or a user's ``package.module:factory``),
+``config`` (its JSON-plain arguments), ``folded``, ``fold_plan`` (:class:`~xvol_export.fold.plan.FoldPlan` as a
+dict for a deploy checkpoint, else null) and ``metadata``. A deploy checkpoint is rebuilt from the training
+skeleton with its fold plan applied; version-1 files (``layouts`` instead of the plan) are still read. Loading is
+strict: every missing, unexpected or misshapen key is reported by name (weights of the other form, deploy or
+training, are recognized as such), and weights with NaN/Inf or negative running variances are refused.
 
 Weights of any floating dtype (fp16, bf16, fp32, fp64; :data:`DTYPES`) load and build the model in
 that dtype; a file must hold one floating dtype, and a tensor of another kind (integer, bool,
@@ -20,6 +24,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -27,13 +32,16 @@ from torch import nn
 import xvol_export
 from xvol_export.dtypes import DTYPES, describe_dtype, dtype_kind, dtype_name, resolve_dtype
 from xvol_export.errors import XvolError
+from xvol_export.fold.plan import FoldPlan
 from xvol_export.io import atomic_write, build_timestamp, sha256_file
-from xvol_export.layers import LAYOUTS, XVolution, XVolutionDeploy
+from xvol_export.layers.xvolution import LAYOUTS, XVolutionDeploy
 from xvol_export.limits import check_fits, check_input_file, format_bytes
 from xvol_export.models import create_model, get_model_entry
+from xvol_export.models.registry import FORM_ARGS
+from xvol_export.models.spec import ModelSpec, config_problems, is_json_plain, is_user_spec, plain_config
 
 FORMAT = "xvol.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fold_plan; 1: layouts (X-volution blocks only), still read
 SUFFIXES = (".pth", ".pt", ".safetensors")
 # Prefixes that training wrappers add to every key (DataParallel/DDP, Lightning, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -41,11 +49,20 @@ _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 _EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
 _KIND_WORDS = {"float": "a floating-point", "int": "an integer", "bool": "a bool", "complex": "a complex"}
+# Names that deploy forms of common re-parameterizable blocks give their folded layers (RepVGG, MobileOne/FastViT,
+# ACNet, DBB, UniRepLKNet): recognized even in a user's own block that xvol cannot fold on the meta device.
+_DEPLOY_NAMES = ("rbr_reparam", "reparam_conv", "fused_conv", "dbb_reparam")
+_DEPLOY_SUFFIXES = ("lk_origin.bias",)
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint, before any model is built."""
+    """A loaded checkpoint, before any model is built.
+
+    ``plan`` is the fold plan of a deploy checkpoint (None for a training one, and for a version-1 file until its
+    model is built); ``layouts`` the X-volution blocks' layouts (a version-1 header's, else the plan's).
+    ``format_version`` is the version of the file read (None for a checkpoint made in memory).
+    """
 
     architecture: str
     config: dict
@@ -56,6 +73,12 @@ class Checkpoint:
     path: Path | None = None
     sha256: str | None = None
     notes: list[str] = field(default_factory=list)
+    plan: FoldPlan | None = None
+    format_version: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.plan is not None and not self.layouts:
+            self.layouts = plan_layouts(self.plan)
 
     @property
     def label(self) -> str:
@@ -74,50 +97,92 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to read a checkpoint: ``arch``/``config`` for bare state dicts, pickles only if trusted."""
+    """How to read a checkpoint.
+
+    ``model`` (``--model``): a registered name or a user's ``package.module:factory``, for a plain state dict or
+    a training script's dict, and required to read back a checkpoint of a user's model (a factory a file names is
+    never imported unless given here); ``model_kwargs`` (``--model-kwargs``): its JSON-plain arguments. ``arch`` and
+    ``config`` (``--arch``, ``--arch-config``) are the same for registered names. ``use_ema``: the EMA weights of a
+    training script's dict; ``trust_pickle``: allow files that need full unpickling.
+    """
 
     trust_pickle: bool = False
     arch: str | None = None
     config: dict | None = None
     use_ema: bool = False
+    model: str | None = None
+    model_kwargs: dict | None = None
 
     def load(self, path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
         return load_model(path, trust_pickle=self.trust_pickle, arch=self.arch, config=self.config,
-                          use_ema=self.use_ema)
+                          use_ema=self.use_ema, model=self.model, model_kwargs=self.model_kwargs)
+
+
+def plan_layouts(plan: FoldPlan) -> dict[str, str]:
+    """``{block: layout}`` of a plan's X-volution blocks (what version-1 headers called ``layouts``)."""
+    return {name: block["config"]["layout"] for name, block in plan.blocks.items()
+            if block.get("family") == "xvolution" and "layout" in block.get("config", {})}
 
 
 def is_folded(model: nn.Module) -> bool:
-    """A model is in deploy form when it holds no XVolution and no BatchNorm."""
-    return not any(isinstance(m, (XVolution, nn.modules.batchnorm._BatchNorm)) for m in model.modules())
+    """Whether ``model`` is a deploy form: it carries a fold plan (``xvol_fold_plan``, set by the fold and by
+    loading a deploy checkpoint), or holds a registered family's deploy block (``create_model(deploy=True)``)."""
+    if isinstance(getattr(model, "xvol_fold_plan", None), FoldPlan):
+        return True
+    from xvol_export.fold.family import deploy_family
+
+    return any(deploy_family(m) is not None for m in model.modules())
 
 
 def checkpoint_from_model(model: nn.Module, metadata: dict | None = None) -> Checkpoint:
+    """The checkpoint of a model built by :func:`~xvol_export.create_model` or a :class:`ModelSpec` (its
+    ``xvol_arch``), in the training form or folded (its ``xvol_fold_plan``, brought up to date with its blocks)."""
     arch = getattr(model, "xvol_arch", None)
     if not arch:
         raise XvolError(
             "The model carries no architecture record (xvol_arch): build it with "
-            "xvol_export.create_model so that a checkpoint can rebuild it."
+            "xvol_export.create_model (or, for your own model, xvol_export.models.spec.ModelSpec"
+            "('package.module:factory').build()) so that a checkpoint can rebuild it."
         )
-    layouts = {n: m.layout for n, m in model.named_modules() if isinstance(m, XVolutionDeploy)}
+    plan = getattr(model, "xvol_fold_plan", None)
+    if isinstance(plan, dict):
+        plan = FoldPlan.from_dict(plan)
+    if plan is not None:
+        plan = _current_plan(model, plan)
+    elif is_folded(model):
+        spec = ModelSpec(arch["name"])
+        try:
+            plan = derive_plan(lambda: spec.build(arch["config"]), model)
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
+            raise XvolError(
+                f"The model is in its deploy form but carries no fold plan (xvol_fold_plan), and how it was folded "
+                f"cannot be worked out ({_reason(err)}). Fold the training model with xvol_export.fold, whose "
+                "deploy model carries its plan."
+            ) from None
     return Checkpoint(
         architecture=arch["name"],
         config=dict(arch["config"]),
         state_dict={k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        folded=is_folded(model),
-        layouts=layouts,
+        folded=plan is not None,
         metadata=dict(metadata or {}),
+        plan=plan,
     )
 
 
 def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLike, *,
                     metadata: dict | None = None, force: bool = False, dtype: str | torch.dtype | None = None) -> Path:
-    """Write a checkpoint atomically (``.safetensors`` by suffix, else ``.pth``); return its path.
+    """Write a checkpoint atomically (``.safetensors`` by suffix, else ``.pth``), in format version 2; return its path.
 
     ``dtype`` (``fp16``, ``bf16``, ``fp32``, ``fp64`` or the torch dtype; ``ValueError`` otherwise)
     writes every floating tensor in that dtype; default: as they are. Integer buffers are unchanged.
+    A config that JSON cannot hold (say a factory's default ``act_layer=nn.ReLU``) is refused by name.
     """
     target = resolve_dtype(dtype) if dtype is not None else None  # a bad name fails before any work
     ckpt = model_or_ckpt if isinstance(model_or_ckpt, Checkpoint) else checkpoint_from_model(model_or_ckpt, metadata)
+    _check_recordable(ckpt)
+    plan = ckpt.plan
+    if ckpt.folded and plan is None:  # read from a version-1 file: its plan is worked out once
+        plan = ckpt.plan = _version1_plan(ckpt)
     state_dict = ckpt.state_dict
     if target is not None:
         state_dict = {k: v.to(target) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
@@ -131,9 +196,9 @@ def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLi
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": ckpt.architecture,
-        "config": ckpt.config,
+        "config": plain_config(ckpt.config),
         "folded": ckpt.folded,
-        "layouts": ckpt.layouts,
+        "fold_plan": _plain_plan(plan) if ckpt.folded else None,
         "metadata": meta,
     }
     path = Path(path)
@@ -152,12 +217,16 @@ def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLi
 
 
 def load_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, arch: str | None = None,
-                    config: dict | None = None, use_ema: bool = False) -> Checkpoint:
+                    config: dict | None = None, use_ema: bool = False, model: str | None = None,
+                    model_kwargs: dict | None = None) -> Checkpoint:
     """Read and check a checkpoint file (no model is built yet).
 
-    ``arch``/``config`` name the architecture of a bare state dict. ``trust_pickle`` allows
-    files that need full unpickling (it runs code from the file: only for files you trust).
+    ``model`` (or ``arch``) names the model of a plain state dict: a registered name or ``package.module:factory``;
+    ``model_kwargs`` (or ``config``) its arguments. A checkpoint of a user's model is read only when ``model``
+    names the same factory. ``trust_pickle`` allows files that need full unpickling (it runs code from the file:
+    only for files you trust).
     """
+    spec, kwargs = _requested_model(arch, config, model, model_kwargs)
     path = check_input_file(path, "checkpoint")  # a named pipe would block for ever
     if not path.exists():
         raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
@@ -166,41 +235,54 @@ def load_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, arch
     if _is_safetensors(path):
         ckpt = _read_safetensors(path)
     else:
-        ckpt = _read_pth(path, trust_pickle, arch, config, use_ema)
+        ckpt = _read_pth(path, trust_pickle, spec, kwargs, use_ema)
     ckpt.path = path
     ckpt.sha256 = sha256_file(path)
-    if arch is not None and arch != ckpt.architecture:
-        raise XvolError(f"{path}: holds architecture '{ckpt.architecture}', not '{arch}'. Drop --arch.")
+    if is_user_spec(ckpt.architecture) and spec != ckpt.architecture:
+        named = f"; you named '{spec}'" if spec else ""
+        raise XvolError(
+            f"{path}: holds a model built by '{ckpt.architecture}', code that the file names{named}. xvol never "
+            f"imports code because a file names it: pass --model {ckpt.architecture} to build it (that module is "
+            "then imported: only if you trust it)."
+        )
+    if spec is not None and spec != ckpt.architecture:
+        raise XvolError(f"{path}: holds architecture '{ckpt.architecture}', not '{spec}'. Drop --model/--arch.")
+    if kwargs is not None and ckpt.format_version is not None and plain_config(kwargs) != ckpt.config:
+        ckpt.notes.append("--model-kwargs not used: the checkpoint records its model's config")
     return ckpt
 
 
 def build_model(ckpt: Checkpoint) -> nn.Module:
-    """Build the checkpoint's model (deploy form directly when folded) and load it strictly.
+    """Build the checkpoint's model and load it strictly: the training form, or its deploy form (the training
+    skeleton with the fold plan applied; a version-1 file: the deploy architecture with its layouts).
 
     The model is built in the dtype of the file's floating tensors (fp16, bf16, fp32 or fp64).
     """
+    user = is_user_spec(ckpt.architecture)
     try:
-        get_model_entry(ckpt.architecture)  # unknown architecture: a clear error first
-        _check_size(ckpt)  # absurd configs: refused from arithmetic, before any module is built
-        # Built on the meta device: no time spent initializing weights that the file replaces.
-        with torch.device("meta"):
-            model = _construct(ckpt)
+        if not user:
+            get_model_entry(ckpt.architecture)  # unknown architecture: a clear error first
+            _check_size(ckpt)  # absurd configs: refused from arithmetic, before any module is built
+        model = _construct_on_meta(ckpt)  # no time spent initializing weights that the file replaces
     except XvolError as err:
         raise XvolError(f"{ckpt.label}: {err}") from None
     except (TypeError, ValueError) as err:
         raise XvolError(f"{ckpt.label}: its config does not build '{ckpt.architecture}': {err}.") from None
-    check_state_dict(model, ckpt.state_dict, ckpt.label)  # keys, shapes and kinds (float / int / ...)
+    # keys (the other form's weights recognized as such), shapes and kinds (float / int / ...)
+    check_state_dict(model, ckpt.state_dict, ckpt.label, hint=_form_hint(ckpt))
     dtype = weights_dtype(ckpt.state_dict, ckpt.label)  # one floating dtype, one xvol reads
     if dtype is not None:
         model = model.to(dtype)
     model.load_state_dict(ckpt.state_dict, strict=True, assign=True)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         # state the file does not hold (non-persistent buffers): build for real, in the file's dtype
-        model = _construct(ckpt)
+        model = _labelled(ckpt, _construct, ckpt)
         if dtype is not None:
             model = model.to(dtype)
         load_state_dict_strict(model, ckpt.state_dict, ckpt.label)
     check_weights(model, ckpt.label)
+    if ckpt.folded and _is_version1(ckpt):
+        _attach_version1_plan(model, ckpt)
     return model.eval()
 
 
@@ -225,7 +307,7 @@ def _check_size(ckpt: Checkpoint) -> None:
         raise XvolError(
             f"its config describes a model of at least {size.values:,} values ({size.summary}), but the file holds "
             f"{held:,}. The config is not the one these weights were trained with (or was edited); use the original "
-            "checkpoint, or pass --arch-config with the training config."
+            "checkpoint, or pass --model-kwargs (--arch-config) with the training config."
         )
     check_fits(size.values * itemsize + size.activation_bytes,
                f"the model its config describes ({size.values:,} values of {itemsize} bytes, and "
@@ -234,11 +316,67 @@ def _check_size(ckpt: Checkpoint) -> None:
 
 
 def _construct(ckpt: Checkpoint) -> nn.Module:
+    """The model of ``ckpt``'s header: the training form, the training skeleton with the fold plan applied, or
+    (version 1) the deploy architecture with its layouts."""
     if not ckpt.folded:
-        return create_model(ckpt.architecture, **ckpt.config)
-    model = create_model(ckpt.architecture, deploy=True, **ckpt.config)
-    _apply_layouts(model, ckpt)
+        return _training_model(ckpt)
+    if _is_version1(ckpt):
+        model = create_model(ckpt.architecture, deploy=True, **ckpt.config)
+        _apply_layouts(model, ckpt)
+        return model
+    skeleton = _training_model(ckpt)
+    arch, size = skeleton.xvol_arch, getattr(skeleton, "input_size", None)
+    try:
+        model = apply_fold_plan(skeleton, ckpt.plan)
+    except ValueError as err:
+        raise XvolError(
+            f"its fold plan does not fit {ModelSpec(ckpt.architecture).label} with its config: {err}. The file "
+            "was edited, or its config is not the one it was folded with; fold the training checkpoint again."
+        ) from None
+    model.xvol_arch = arch  # the plan may have replaced the root module
+    if size is not None and getattr(model, "input_size", None) is None:
+        model.input_size = size
+    model.xvol_fold_plan = ckpt.plan
     return model
+
+
+def _construct_on_meta(ckpt: Checkpoint) -> nn.Module:
+    try:
+        with torch.device("meta"):
+            return _construct(ckpt)
+    except XvolError:
+        if not is_user_spec(ckpt.architecture):
+            raise
+    # a user's factory that cannot build on the meta device (it reads values, say): built for real
+    return _construct(ckpt)
+
+
+def _training_model(ckpt: Checkpoint) -> nn.Module:
+    return ModelSpec(ckpt.architecture).build(ckpt.config)
+
+
+def _labelled(ckpt: Checkpoint, function: Callable, *args):
+    try:
+        return function(*args)
+    except XvolError as err:
+        raise XvolError(f"{ckpt.label}: {err}") from None
+
+
+def _is_version1(ckpt: Checkpoint) -> bool:
+    return ckpt.format_version == 1 or (ckpt.folded and ckpt.plan is None)
+
+
+def apply_fold_plan(skeleton: nn.Module, plan: FoldPlan) -> nn.Module:
+    """:func:`~xvol_export.fold.plan.apply_plan`, with every way a plan can fail to fit as :class:`ValueError`
+    (a family that is not registered, a deploy config its family refuses)."""
+    from xvol_export.fold.plan import apply_plan
+
+    try:
+        return apply_plan(skeleton, plan)
+    except KeyError as err:  # get_family: no such family
+        raise ValueError(err.args[0] if err.args else str(err)) from None
+    except (TypeError, AttributeError, RuntimeError) as err:
+        raise ValueError(_reason(err)) from None
 
 
 def weights_dtype(state_dict: dict[str, torch.Tensor], label: str) -> torch.dtype | None:
@@ -296,6 +434,9 @@ def check_refold(ckpt: Checkpoint, layout: str) -> None:
 
 def _single_form_blocks(ckpt: Checkpoint) -> set[str]:
     """Deploy blocks without a dilated branch: one 3x3 conv whatever layout was asked for."""
+    if ckpt.plan is not None:
+        return {name for name, block in ckpt.plan.blocks.items()
+                if block.get("family") == "xvolution" and block.get("config", {}).get("dilated_branch") is False}
     try:
         _check_size(ckpt)
         with torch.device("meta"):
@@ -320,10 +461,17 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict, label: str, assig
     model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
-def check_state_dict(model: nn.Module, state_dict: dict, label: str) -> None:
+# what a hint returns: the sentence saying what the file holds, and the fix
+Hint = Callable[[set, list, list], "tuple[str, str] | None"]
+
+
+def check_state_dict(model: nn.Module, state_dict: dict, label: str, hint: Hint | None = None) -> None:
     """:class:`XvolError` naming every missing, unexpected and misshapen key, then every key whose
     tensor is of another kind than the model's (integer, bool or complex where the model has a
-    floating tensor, or floating where it has an integer one). Floating dtypes may differ."""
+    floating tensor, or floating where it has an integer one). Floating dtypes may differ.
+
+    ``hint(model_keys, missing, unexpected)`` may recognize what the keys are (the other form's weights, say):
+    its sentence and fix then frame the listing."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -340,10 +488,10 @@ def check_state_dict(model: nn.Module, state_dict: dict, label: str) -> None:
     if misshapen:
         problems.append(f"{len(misshapen)} key(s) of the wrong shape: {_listing(misshapen)}")
     if problems:
-        raise XvolError(
-            f"{label}: the weights do not match the architecture: " + "; ".join(problems)
-            + ". Check that the checkpoint's architecture and config are the ones it was trained with."
-        )
+        found = hint(set(expected), missing, unexpected) if hint is not None and (missing or unexpected) else None
+        what, fix = found or ("the weights do not match the architecture",
+                              "Check that the checkpoint's architecture and config are the ones it was trained with.")
+        raise XvolError(f"{label}: {what}: " + "; ".join(problems) + f". {fix}")
     wrong_kind = [
         f"{k} ({describe_dtype(state_dict[k].dtype)} where the model has "
         f"{_KIND_WORDS[dtype_kind(expected[k].dtype)]} tensor)"
@@ -355,6 +503,215 @@ def check_state_dict(model: nn.Module, state_dict: dict, label: str) -> None:
             f"{label}: {len(wrong_kind)} tensor(s) of the wrong kind: {_listing(wrong_kind)}. The file is damaged "
             "or not this architecture's weights; use the original checkpoint of this architecture."
         )
+
+
+# ------------------------------------------------------------------------------ training form or deploy form
+
+def recognize_form(make_training: Callable[[], nn.Module], model_keys: set[str], built_deploy: bool,
+                   missing: list[str], unexpected: list[str]) -> str | None:
+    """What a state dict that does not fit a model (of ``model_keys``, its deploy form if ``built_deploy``) holds:
+    ``"deploy"`` (the folded form's weights, given to the training form), ``"training"`` (the reverse), or None
+    (neither: other weights, another config).
+
+    ``make_training()`` builds the training form (it is called on the meta device). Its deploy forms are the
+    fold's, on meta copies, for every layout the registered families offer: deploy weights are those whose
+    unexpected keys all belong to some deploy form and whose missing keys each are absent from one. Where
+    that fold is not possible, the names that common blocks give their folded layers decide.
+    """
+    if not missing or not unexpected:
+        return None
+    missing_set, unexpected_set = set(missing), set(unexpected)
+    with torch.device("meta"):
+        training = set(make_training().state_dict())
+    if built_deploy:  # missing: deploy-only keys; unexpected: training-only keys
+        deploy = model_keys
+        if missing_set <= deploy - training and unexpected_set <= training - deploy:
+            return "training"
+        return None
+    forms = _deploy_key_sets(make_training)
+    if forms:
+        union, shared = forms
+        if unexpected_set <= union - training and missing_set <= training - shared:
+            return "deploy"
+    if any(_deploy_name(k) for k in unexpected):
+        return "deploy"
+    return None
+
+
+def _deploy_key_sets(make_training: Callable[[], nn.Module]) -> tuple[set[str], set[str]] | None:
+    """The state-dict keys of the training form's deploy forms, one per layout the families offer: (every key
+    some form has, the keys all forms have); None when the fold cannot run on the meta device."""
+    from xvol_export.fold.family import families
+
+    layouts = sorted({layout for family in families() for layout in family.layouts}) or ["auto"]
+    union: set[str] = set()
+    shared: set[str] | None = None
+    for layout in layouts:
+        try:
+            keys = set(_meta_fold(make_training, layout).state_dict())
+        except Exception:  # noqa: BLE001 - a block's own fold may not run on the meta device; the names decide then
+            return None
+        union |= keys
+        shared = keys if shared is None else shared & keys
+    return union, shared or set()
+
+
+def _meta_fold(make_training: Callable[[], nn.Module], layout: str) -> nn.Module:
+    """The fold of a training form built on the meta device (no weights, no profile: structure only)."""
+    from xvol_export.fold import fold
+
+    with torch.device("meta"):
+        model = make_training()
+        vars(model).pop("input_size", None)  # nothing is profiled on the meta device
+        deploy, _ = fold(model, layout=layout)
+    return deploy
+
+
+def _deploy_name(key: str) -> bool:
+    parts = key.split(".")
+    return any(name in parts for name in _DEPLOY_NAMES) or key.endswith(_DEPLOY_SUFFIXES)
+
+
+def _form_hint(ckpt: Checkpoint) -> Hint:
+    def hint(model_keys: set, missing: list, unexpected: list) -> tuple[str, str] | None:
+        try:
+            form = recognize_form(lambda: _training_model(ckpt), model_keys, ckpt.folded, missing, unexpected)
+        except Exception:  # noqa: BLE001 - recognition only adds words to the listing, which follows anyway
+            return None
+        what = ModelSpec(ckpt.architecture).label
+        if form == "deploy":
+            return (f"holds the weights of a deploy (folded) form, but {what} is built in its training form",
+                    "xvol folds and verifies from the training weights: give the training checkpoint, or the deploy "
+                    "checkpoint that xvol fold wrote (it records the fold plan that rebuilds the deploy form).")
+        if form == "training":
+            return ("holds the weights of the training form, but its header says it is folded (a deploy checkpoint)",
+                    "The file was edited or damaged: use the training checkpoint (xvol fold folds it), or the "
+                    "deploy checkpoint as xvol fold wrote it.")
+        return None
+
+    return hint
+
+
+def derive_plan(make_training: Callable[[], nn.Module], deploy: nn.Module) -> FoldPlan:
+    """The fold plan that turns the training form ``make_training()`` builds into ``deploy`` (a deploy model that
+    carries none: a version-1 file's, or one built with ``deploy=True``): the fold's plan on a meta copy, with
+    each block's deploy config read from ``deploy``. :class:`ValueError` when the plan does not give ``deploy``'s
+    weights (the same keys)."""
+    from xvol_export.fold.family import deploy_family
+
+    found = getattr(_meta_fold(make_training, "auto"), "xvol_fold_plan", None)
+    if not isinstance(found, FoldPlan):
+        raise ValueError("the fold gives no plan")
+    modules = dict(deploy.named_modules())
+    blocks = {}
+    for name, block in found.blocks.items():
+        family = deploy_family(modules[name]) if name in modules else None
+        if family is None or family.name != block["family"]:
+            raise ValueError(f"block {name or '(the model)'} is not a {block['family']} deploy block")
+        blocks[name] = {"family": family.name, "config": family.deploy_config(modules[name])}
+    plan = FoldPlan(blocks=blocks, fused=list(found.fused), hooks=dict(found.hooks))
+    with torch.device("meta"):
+        rebuilt = set(apply_fold_plan(make_training(), plan).state_dict())
+    have = set(deploy.state_dict())
+    if rebuilt != have:
+        raise ValueError(f"its plan gives other weights (missing {_listing(sorted(have - rebuilt), 4)}; "
+                         f"unexpected {_listing(sorted(rebuilt - have), 4)})")
+    return plan
+
+
+def _current_plan(model: nn.Module, plan: FoldPlan) -> FoldPlan:
+    """``plan`` with each block's deploy config read from ``model`` (a block rebuilt after the fold, with other
+    runtime options or another layout, is recorded as it is); :class:`XvolError` for a block it no longer has."""
+    from xvol_export.fold.family import deploy_family
+
+    modules = dict(model.named_modules())
+    blocks = {}
+    for name, block in plan.blocks.items():
+        family = deploy_family(modules[name]) if name in modules else None
+        if family is None or family.name != block["family"]:
+            now = type(modules[name]).__name__ if name in modules else "missing"
+            raise XvolError(
+                f"The model's fold plan (xvol_fold_plan) has block '{name}' as a {block['family']} deploy block, but "
+                f"it is {now}: the model was changed after folding. Fold the training model again."
+            )
+        blocks[name] = {"family": family.name, "config": family.deploy_config(modules[name])}
+    return FoldPlan(blocks=blocks, fused=list(plan.fused), hooks=dict(plan.hooks))
+
+
+def _version1_plan(ckpt: Checkpoint) -> FoldPlan:
+    """The fold plan of a version-1 deploy checkpoint (which records X-volution layouts only)."""
+    try:
+        with torch.device("meta"):
+            deploy = _construct(ckpt)
+        return derive_plan(lambda: _training_model(ckpt), deploy)
+    except (XvolError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
+        raise XvolError(
+            f"{ckpt.label}: a version-1 deploy checkpoint whose fold plan cannot be worked out ({_reason(err)}), so "
+            "it cannot be written in version 2. Fold the training checkpoint again."
+        ) from None
+
+
+def _attach_version1_plan(model: nn.Module, ckpt: Checkpoint) -> None:
+    """Give a version-1 deploy model its fold plan, so that it saves in version 2 (a note when it cannot)."""
+    try:
+        plan = derive_plan(lambda: _training_model(ckpt), model)
+    except Exception as err:  # noqa: BLE001 - the model loads all the same; only saving it again needs the plan
+        ckpt.notes.append(f"version-1 deploy checkpoint: its fold plan cannot be worked out ({_reason(err)}), so it "
+                          "cannot be saved in version 2; fold the training checkpoint again for that")
+        return
+    model.xvol_fold_plan = ckpt.plan = plan
+
+
+def _check_recordable(ckpt: Checkpoint) -> None:
+    if not isinstance(ckpt.config, dict):
+        raise XvolError(f"The checkpoint's config is a {type(ckpt.config).__name__}, not a mapping of arguments.")
+    problems = config_problems(ckpt.config)
+    if problems:
+        raise XvolError(
+            f"{ModelSpec(ckpt.architecture).label}: its config holds value(s) that a checkpoint cannot record "
+            f"(JSON-plain values only: numbers, text, true/false, null, and lists and objects of them): "
+            f"{_listing(problems)}. They are the factory's arguments or defaults: give JSON values for them with "
+            "--model-kwargs if it takes such values, or name a factory (a small wrapper, say) whose arguments are "
+            "all JSON-plain."
+        )
+
+
+def _plain_plan(plan: FoldPlan) -> dict:
+    try:
+        return json.loads(json.dumps(plan.to_dict(), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise XvolError(f"The fold plan holds a value that JSON cannot record ({err}): a block family's "
+                        "deploy_config must return JSON-plain values.") from None
+
+
+def _requested_model(arch: str | None, config: dict | None, model: str | None,
+                     model_kwargs: dict | None) -> tuple[str | None, dict | None]:
+    """The one model spec and config of ``--model``/``--arch`` and ``--model-kwargs``/``--arch-config``."""
+    if arch is not None and model is not None and arch != model:
+        raise XvolError(f"--arch '{arch}' and --model '{model}' name different models. Give one: --model.")
+    if config is not None and model_kwargs is not None and config != model_kwargs:
+        raise XvolError("--arch-config and --model-kwargs give different arguments. Give one: --model-kwargs.")
+    spec = model if model is not None else arch
+    if spec is not None:
+        spec = ModelSpec.parse(spec, "--model" if model is not None else "--arch").name
+    kwargs = model_kwargs if model_kwargs is not None else config
+    option = "--model-kwargs" if model_kwargs is not None else "--arch-config"
+    if kwargs is not None and not (isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
+        raise XvolError(f"{option} must be a JSON object of argument names and values, e.g. "
+                        "'{\"num_classes\": 10}', not a " + type(kwargs).__name__ + ".")
+    if kwargs is not None and not is_json_plain(kwargs):
+        raise XvolError(f"{option} must hold JSON-plain values only (numbers, text, true/false, null, and lists and "
+                        f"objects of them); got {kwargs!r}.")
+    given_form = sorted(set(kwargs or {}) & set(FORM_ARGS))
+    if given_form:
+        raise XvolError(f"{option} gives {', '.join(given_form)}: xvol always builds the training form and folds it "
+                        "itself (a deploy checkpoint records how). Drop it, and load the training weights.")
+    return spec, kwargs
+
+
+def _reason(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return f"{type(err).__name__}: {text}" if not isinstance(err, (ValueError, XvolError)) else str(text)
 
 
 def check_weights(model: nn.Module, label: str) -> None:
@@ -527,23 +884,56 @@ def _from_header(path: Path, header: dict, state_dict) -> Checkpoint:
             f"{path}: checkpoint format version {version!r} is newer than this xvol understands "
             f"({FORMAT_VERSION}). Upgrade xvol."
         )
-    fields = {"architecture": str, "config": dict, "folded": bool, "layouts": dict, "metadata": dict}
+    fields = {"architecture": str, "config": dict, "folded": bool, "metadata": dict,
+              **({"layouts": dict} if version == 1 else {})}
     wrong = [k for k, t in fields.items() if not isinstance(header.get(k), t)]
+    if version >= 2 and "fold_plan" not in header:
+        wrong.append("fold_plan")
     if wrong or not _is_state_dict(state_dict):
         what = ", ".join(wrong + ([] if _is_state_dict(state_dict) else ["state_dict"]))
         raise XvolError(f"{path}: the checkpoint's {what} field(s) are missing or malformed. Save it again.")
+    architecture = header["architecture"]
+    if is_user_spec(architecture):
+        try:
+            ModelSpec.parse(architecture)
+        except XvolError:
+            raise XvolError(f"{path}: its architecture {architecture!r} is neither a registered name nor "
+                            "package.module:factory. The file is damaged or was edited; save it again.") from None
+    plan = None
+    if version >= 2:
+        plan = _header_plan(path, header["fold_plan"], header["folded"])
     return Checkpoint(
-        architecture=header["architecture"],
+        architecture=architecture,
         config=header["config"],
         state_dict=state_dict,
         folded=header["folded"],
-        layouts=header["layouts"],
+        layouts=header["layouts"] if version == 1 else {},
         metadata=header["metadata"],
+        plan=plan,
+        format_version=version,
     )
 
 
-def _from_foreign_dict(path: Path, obj: dict, arch: str | None, config: dict | None, use_ema: bool) -> Checkpoint:
-    """A training script's own dict, or a bare state dict: needs ``arch`` to be usable."""
+def _header_plan(path: Path, raw, folded: bool) -> FoldPlan | None:
+    """The fold plan of a version-2 header: a deploy checkpoint has one, a training checkpoint none."""
+    if raw is None:
+        if folded:
+            raise XvolError(f"{path}: its header says it is folded (a deploy checkpoint) but its fold_plan is null, "
+                            "so its deploy form cannot be rebuilt. The file was edited; fold the training "
+                            "checkpoint again.")
+        return None
+    if not folded:
+        raise XvolError(f"{path}: its header holds a fold_plan but says it is not folded. The file was edited or "
+                        "damaged; save it again from the model.")
+    try:
+        return FoldPlan.from_dict(raw)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise XvolError(f"{path}: its fold_plan is malformed: {err}. The file was edited or damaged; fold the "
+                        "training checkpoint again.") from None
+
+
+def _from_foreign_dict(path: Path, obj: dict, spec: str | None, config: dict | None, use_ema: bool) -> Checkpoint:
+    """A training script's own dict, or a plain state dict: needs a model spec (``--model``) to be usable."""
     notes = []
     ema_key = next((k for k in _EMA_KEYS if _is_state_dict(obj.get(k))), None)
     main_key = next((k for k in _STATE_DICT_KEYS if _is_state_dict(obj.get(k))), None)
@@ -555,36 +945,39 @@ def _from_foreign_dict(path: Path, obj: dict, arch: str | None, config: dict | N
         state_dict = obj[main_key]
         if ema_key:
             notes.append(f"the file also holds EMA weights '{ema_key}'; pass --ema to use them")
+    elif ema_key is not None:  # only EMA weights (a script that keeps the averaged model alone)
+        state_dict, notes = obj[ema_key], [f"using the EMA weights '{ema_key}' (the file holds no others)"]
     elif _is_state_dict(obj):
         state_dict = obj
     else:
         raise _not_a_checkpoint(path)
-    if arch is None:
-        arch = obj.get("architecture") or obj.get("arch")
-    if not isinstance(arch, str):
+    named = obj.get("architecture") or obj.get("arch")
+    named = named if isinstance(named, str) else None
+    if spec is None and named is not None and is_user_spec(named):
         raise XvolError(
-            f"{path}: is a bare state dict with no architecture name. Pass --arch NAME (one of: "
-            f"{', '.join(xvol_export.list_models())}), or save it with xvol_export.save_checkpoint."
+            f"{path}: names its model '{named}', code that xvol never imports because a file names it. Pass "
+            f"--model {named} to build it (that module is then imported: only if you trust it)."
+        )
+    arch = spec if spec is not None else named
+    if arch is None:
+        raise XvolError(
+            f"{path}: is a plain state dict with no architecture name. Pass --model NAME (or --arch NAME; one of: "
+            f"{', '.join(xvol_export.list_models())}) or, for your own model, --model package.module:factory "
+            "(with --model-kwargs for its arguments); or save it with xvol_export.save_checkpoint."
         )
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
         raise _not_a_checkpoint(path)
-    found_config = config or obj.get("config") or {}
+    # the file's own config only for the model it names (a training script's 'config' may be anything else)
+    found_config = config if config is not None else (obj.get("config") if arch == named else None) or {}
     if not isinstance(found_config, dict):
         raise XvolError(f"{path}: its 'config' is a {type(found_config).__name__}, not a mapping of the "
-                        "architecture's arguments. Pass --arch-config JSON, or save the model with "
+                        "architecture's arguments. Pass --model-kwargs JSON, or save the model with "
                         "xvol_export.save_checkpoint.")
     state_dict, stripped = _strip_wrapper_prefixes(state_dict)
     if stripped:
         notes.append(f"stripped the '{stripped}' prefix from every key")
-    folded = not any(k.endswith("running_var") for k in state_dict)
-    ckpt = Checkpoint(architecture=arch, config=dict(found_config), state_dict=state_dict,
-                      folded=folded, notes=notes)
-    if folded:
-        raise XvolError(
-            f"{path}: looks like a folded state dict without fold layouts. Use the deploy checkpoint that "
-            "xvol fold wrote, or fold the training checkpoint again."
-        )
-    return ckpt
+    # the training form: weights of a deploy form are recognized, and named, when they do not fit it
+    return Checkpoint(architecture=arch, config=dict(found_config), state_dict=state_dict, notes=notes)
 
 
 def _strip_wrapper_prefixes(state_dict: dict) -> tuple[dict, str]:

@@ -1,0 +1,62 @@
+"""Users' own models, for ``--model user_models:FACTORY`` (``tests/`` is on ``sys.path``; see conftest.py)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from xvol_export.layers.repvgg import RepVGGBlock
+
+
+class TinyNet(nn.Module):
+    """A stem conv + BN, a RepVGG block, a plain conv + BN, and a head: what a user's small network mixes."""
+
+    def __init__(self, num_classes: int = 4, width: int = 8, in_chans: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.block = RepVGGBlock(width, width, 3, padding=1)
+        self.conv = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(2 * width)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(self.block(self.stem(x)))))
+
+
+def tiny_net(num_classes: int = 4, width: int = 8) -> nn.Module:
+    """No input size declared: xvol needs --input-shape."""
+    return TinyNet(num_classes, width)
+
+
+def tiny_net_cfg(num_classes: int = 4, width: int = 8) -> nn.Module:
+    """The input size declared as timm does it."""
+    model = TinyNet(num_classes, width)
+    model.pretrained_cfg = {"input_size": (3, 16, 16), "num_classes": num_classes}
+    return model
+
+
+def layernorm_net(width: int = 8) -> nn.Module:
+    """No BatchNorm anywhere: its training form is not a folded model."""
+    model = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.GroupNorm(1, width), nn.GELU(), nn.Flatten(2),
+                          nn.LayerNorm(256), nn.Flatten(), nn.Linear(width * 256, 3))
+    model.default_cfg = {"input_size": [3, 16, 16]}
+    return model
+
+
+def act_net(num_classes: int = 4, act_layer: type[nn.Module] = nn.ReLU) -> nn.Module:
+    """A default that JSON cannot hold (timm's style)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), act_layer(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+    model.pretrained_cfg = {"input_size": (3, 16, 16)}
+    return model
+
+
+def not_a_model(**kwargs) -> dict:
+    return {"weights": 1}
+
+
+def broken(depth: int = 2) -> nn.Module:
+    raise RuntimeError(f"depth {depth} is not supported")
+
+
+NOT_CALLABLE = 3
