@@ -57,15 +57,17 @@ def render_inspect(console: Console, report: InspectReport) -> None:
     )
     if report.blocks:
         table = Table(title="Re-parameterizable blocks", show_lines=False)
-        for column in ("block", "family", "training form", "params", "MACs", "fold", "deploy form", "params",
-                       "MACs"):
+        for column in ("block", "family", "training form", "params", "MACs", "layout (why)", "deploy form",
+                       "params", "MACs"):
             table.add_column(column)
         for b in report.blocks:
-            fold = escape(b.reason) if b.layout or not b.rule else escape(b.rule)
+            layout = f"{b.layout} ({b.reason})" if b.layout else "-"
             table.add_row(escape(b.name or "(the model)"), escape(b.family), escape(b.ops_before),
-                          _num(b.params_before), _num(b.macs_before), fold, escape(b.ops_after),
+                          _num(b.params_before), _num(b.macs_before), escape(layout), escape(b.ops_after),
                           _num(b.params_after), _num(b.macs_after))
         console.print(table)
+        for family, rule in dict((b.family, b.rule) for b in report.blocks if b.rule).items():
+            console.print(f"{escape(family)}: {escape(rule)}")
     if report.fused:
         pairs = Table(title="Norms folded into their neighbour")
         for column in ("kind", "layer", "norm"):

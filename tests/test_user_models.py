@@ -308,6 +308,24 @@ def test_cli_fold_of_a_user_model_and_its_deploy_checkpoint(plain_sd, capsys):
     assert r.code == 0, r.text
 
 
+def test_cli_folds_a_block_through_its_own_hook_and_reloads_the_deploy_checkpoint(work, capsys):
+    """A timm-style block xvol does not know is folded by its own reparameterize() on a copy; the deploy
+    checkpoint's plan records the hook, and reloading it replays the hook on the meta skeleton."""
+    from xvol_export.utils import randomize_batchnorm
+
+    spec = "user_models:hooked_net"
+    torch.manual_seed(0)
+    torch.save(randomize_batchnorm(user_models.hooked_net(), seed=2).state_dict(), work / "hooked.pth")
+    r = run_cli(capsys, "fold", "hooked.pth", "--model", spec, "--seed", "0", "-o", "hooked.deploy.pth")
+    assert r.code == 0, r.text
+    assert "hook:reparameterize" in r.out and "repvgg" in r.out
+    plan = torch.load("hooked.deploy.pth", weights_only=True)["fold_plan"]
+    assert plan["hooks"] == {"3": {"hook": "reparameterize", "mode": "in_place"}} and set(plan["blocks"]) == {"5"}
+    assert {(f["kind"], f["layer"], f["norm"]) for f in plan["fused"]} == {("conv_bn", "0", "1")}
+    r = run_cli(capsys, "verify", "hooked.pth", "hooked.deploy.pth", "--model", spec, "--seed", "1")
+    assert r.code == 0, r.text
+
+
 def test_cli_fold_of_a_non_json_default_writes_nothing(work, capsys):
     torch.save(user_models.act_net().state_dict(), work / "act.pth")
     before = _listing(work)

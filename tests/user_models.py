@@ -60,3 +60,44 @@ def broken(depth: int = 2) -> nn.Module:
 
 
 NOT_CALLABLE = 3
+
+
+class TimmStyleBlock(nn.Module):
+    """A block xvol does not know, with its own ``reparameterize()`` as timm writes them: in place, returning
+    None, the branches deleted and a ``reparam_conv`` added."""
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        self.conv_kxk = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+        self.conv_scale = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.reparam_conv = None
+
+    def forward(self, x):
+        if self.reparam_conv is not None:
+            return self.reparam_conv(x)
+        return self.conv_kxk(x) + self.conv_scale(x)
+
+    def reparameterize(self):
+        import torch.nn.functional as F
+
+        def fused(branch):
+            conv, bn = branch
+            scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+            return conv.weight * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+        k3, b3 = fused(self.conv_kxk)
+        k1, b1 = fused(self.conv_scale)
+        conv = nn.Conv2d(k3.shape[1], k3.shape[0], 3, padding=1, bias=True)
+        conv.weight.data = k3 + F.pad(k1, (1, 1, 1, 1))
+        conv.bias.data = b3 + b1
+        del self.conv_kxk, self.conv_scale
+        self.reparam_conv = conv
+
+
+def hooked_net(num_classes: int = 4) -> nn.Module:
+    """A stem conv + BN, a timm-style block folded by its own hook, a RepVGG block and a head."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          TimmStyleBlock(8), nn.ReLU(), RepVGGBlock(8, 8, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+    model.pretrained_cfg = {"input_size": (3, 16, 16)}
+    return model

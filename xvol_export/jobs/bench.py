@@ -26,7 +26,7 @@ from xvol_export.checkpoint import LoadOptions
 from xvol_export.doctor import cpu_name, package_versions
 from xvol_export.errors import XvolError
 from xvol_export.fold import set_runtime_options
-from xvol_export.layers import DILATED_CONVS
+from xvol_export.fold.family import families
 from xvol_export.limits import check_seed
 from xvol_export.results import JobResult
 from xvol_export.runners import Runner
@@ -309,8 +309,9 @@ def _check_settings(s: BenchSettings) -> None:
     if s.cuda_graph and not s.device.startswith("cuda"):
         raise XvolError("--cuda-graph needs --device cuda: CUDA graphs exist only on NVIDIA GPUs.")
     check_precision(s.precision)
-    if s.dilated_conv not in DILATED_CONVS:
-        raise XvolError(f"--dilated-conv must be one of {', '.join(DILATED_CONVS)}, got '{s.dilated_conv}'.")
+    choices = [c for f in families() for c in f.runtime_choices.get("dilated_conv", ())]  # a family's runtime option
+    if s.dilated_conv not in choices:
+        raise XvolError(f"--dilated-conv must be one of {', '.join(choices)}, got '{s.dilated_conv}'.")
 
 
 def _check_device(device: str) -> None:
