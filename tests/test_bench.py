@@ -514,7 +514,7 @@ class TestCuda:
         jsonschema.validate(_as_cli_payload(report), schema, cls=jsonschema.Draft202012Validator)
 
     def test_cuda_graph_refused_for_onnx(self, art):
-        with pytest.raises(XvolError, match="--cuda-graph applies to the torch backend"):
+        with pytest.raises(XvolError, match=r"static.onnx: --cuda-graph applies to the torch and tensorrt backends"):
             bench_artifacts([art["onnx"]], BenchSettings(device="cuda", cuda_graph=True, **FAST))
 
 

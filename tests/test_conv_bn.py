@@ -515,3 +515,32 @@ def test_a_meta_skeleton_takes_the_fused_state_dict_strictly(how):
         skeleton = skeleton.to_empty(device="cpu")
         skeleton.load_state_dict(state, strict=True)
     assert rel_l2(skeleton.eval()(x), reference) <= TOL
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d pattern: a BatchNorm subclass with its own forward and an activation."""
+
+    def __init__(self, channels: int, act: nn.Module):
+        super().__init__(channels)
+        self.act = act
+
+    def forward(self, x):
+        return self.act(nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                                 self.training, 0.1, self.eps))
+
+
+@pytest.mark.parametrize("act, fused", [(nn.Identity(), True), (nn.ReLU(), False)], ids=["identity", "relu"])
+def test_a_batchnorm_subclass_folds_only_where_it_computes_a_plain_batchnorm(act, fused):
+    """A subclass whose forward is exactly BatchNorm's (its activation an identity) folds like one; with a ReLU it
+    stays, named with the reason. Decided by running it, not by its class name."""
+    model = Bare(nn.Conv2d(3, 4, 3, padding=1, bias=False), BatchNormAct(4, act)).double().eval()
+    randomize_bn(model, make_generator(3))
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=make_generator(4))
+    expected = model(x)
+    folded, done, left = fuse_norms(copy.deepcopy(model))
+    assert bool(done) is fused and bool(left) is not fused
+    if fused:
+        assert done == [{"kind": "conv_bn", "layer": "layer", "norm": "norm"}]
+    else:
+        assert "computes more than a BatchNorm" in left[0]["reason"]
+    assert rel_l2(folded(x), expected) <= TOL

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import UninitializedParameter
@@ -215,9 +216,29 @@ def _norm_problem(norm: _BatchNorm) -> str | None:
         return "track_running_stats=False: it normalizes with each batch's statistics, not a fixed affine map"
     if isinstance(norm.running_mean, nn.parameter.UninitializedBuffer):
         return "it is an uninitialized lazy BatchNorm"
-    if type(norm).forward is not base.forward:
-        return f"its class {type(norm).__name__} overrides forward"
+    if type(norm).forward is not base.forward and not _computes_plain_batchnorm(norm):
+        return f"its class {type(norm).__name__} overrides forward, and computes more than a BatchNorm"
     return None
+
+
+def _computes_plain_batchnorm(norm: _BatchNorm) -> bool:
+    """Whether a BatchNorm subclass with its own forward (timm's BatchNormAct2d, say) computes, in eval mode,
+    exactly eval-mode BatchNorm (its activation and dropout are identities), holding no tensors of its own."""
+    if {name for name, _ in norm.named_parameters()} - {"weight", "bias"}:
+        return False
+    probe = copy.deepcopy(norm).eval().double()
+    shape = {1: (3, norm.num_features), 2: (3, norm.num_features, 3, 2), 3: (3, norm.num_features, 2, 2, 2)}
+    base = next((b for b in _NORMS if isinstance(norm, b)), nn.BatchNorm2d)
+    dims = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}.get(base, 2)
+    x = torch.randn(shape[dims], dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    try:
+        with torch.no_grad():
+            got = probe(x)
+            expected = F.batch_norm(x, probe.running_mean, probe.running_var, probe.weight, probe.bias, False, 0.0,
+                                    probe.eps)
+    except Exception:  # noqa: BLE001 - a forward that cannot run alone is not a plain BatchNorm
+        return False
+    return isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.allclose(got, expected, 1e-12, 1e-12)
 
 
 def _layer_problem(layer: nn.Module, read: str | None) -> str | None:

@@ -84,7 +84,24 @@ def replay_hook(block: nn.Module, hook: str) -> nn.Module:
 
 
 def _run(work: nn.Module, hook: str) -> tuple[nn.Module, str]:
-    """Call ``hook`` on ``work`` (a copy the caller owns) and make its result a deploy module, with its mode."""
+    """Call ``hook`` on ``work`` (a copy the caller owns) and make its result a deploy module, with its mode.
+
+    Hooks build their deploy layers with ``nn.Conv2d(...)`` (timm's ``fuse()``, say), in the default dtype: the
+    hook runs with the block's own floating dtype as the default, so a float64 fold stays float64 throughout."""
+    dtype = next((t.dtype for t in [*work.parameters(), *work.buffers()] if t.is_floating_point()), None)
+    previous = torch.get_default_dtype()
+    try:
+        if dtype is not None and dtype != previous:
+            torch.set_default_dtype(dtype)
+        deploy, mode = _call(work, hook)
+    finally:
+        torch.set_default_dtype(previous)
+    if dtype is not None:  # a hook that fixed its own dtype: the block's dtype, as every other deploy block
+        deploy = deploy.to(dtype)
+    return deploy, mode
+
+
+def _call(work: nn.Module, hook: str) -> tuple[nn.Module, str]:
     before = _structure(work)
     with torch.no_grad():
         result = getattr(work, hook)()
