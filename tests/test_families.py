@@ -275,3 +275,26 @@ def test_deploy_forms_are_told_apart_from_training_forms(family):
         deploy = family.fold(randomize_batchnorm(block, seed=0).eval().double(), context)
         assert training_family(block) is family and training_family(deploy) is None
         assert deploy_family(deploy) is family and deploy_family(block) is None
+
+
+def test_a_registered_factory_need_not_take_form_arguments(monkeypatch, tmp_path):
+    """Deploy checkpoints are rebuilt from the training skeleton and their plan, so a factory that only builds its
+    training form registers, builds, folds and round-trips through a deploy checkpoint."""
+    from xvol_export.checkpoint import load_model, save_checkpoint
+    from xvol_export.errors import XvolError
+    from xvol_export.models import create_model, registry
+
+    def plain_mixed_net(width: int = 8):
+        net = MixedNet()
+        net.input_size = (3, 12, 12)
+        return net
+
+    monkeypatch.setitem(registry._REGISTRY, "plain_mixed_net", registry.ModelEntry("plain_mixed_net", plain_mixed_net))
+    model = randomize_batchnorm(create_model("plain_mixed_net"), seed=1).eval()
+    with pytest.raises(XvolError, match="training form only"):
+        create_model("plain_mixed_net", deploy=True)
+    deploy, _ = fold(model)
+    loaded, ckpt = load_model(save_checkpoint(deploy, tmp_path / "mixed.deploy.pth"))
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert ckpt.folded and torch.allclose(loaded(x), model(x), rtol=1e-4, atol=1e-5)

@@ -88,7 +88,8 @@ def get_model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, deploy: bool = False, xvol_layout: str = "split", **config) -> nn.Module:
-    """Build a registered architecture; ``deploy=True`` builds its folded form directly."""
+    """Build a registered architecture (its training form); ``deploy=True`` asks a factory that has one for its
+    folded form directly (what version-1 deploy checkpoints need; newer ones apply their fold plan)."""
     entry = get_model_entry(name)
     resolved = entry.resolve_config(config)
     if entry.size is not None:  # absurd sizes: refused from arithmetic, before a module is built
@@ -101,7 +102,13 @@ def create_model(name: str, deploy: bool = False, xvol_layout: str = "split", **
         if not _on_meta_device():
             check_fits(size.values * 4 + size.activation_bytes, f"'{name}' with this config ({size.summary})",
                        "Choose a smaller config.")
-    model = entry.factory(**resolved, deploy=deploy, xvol_layout=xvol_layout)
+    # Only version-1 deploy checkpoints ask a factory for its deploy form; a factory need not take form arguments.
+    form = {"deploy": True, "xvol_layout": xvol_layout} if deploy else {}
+    accepted = inspect.signature(entry.factory).parameters
+    if deploy and not {"deploy", "xvol_layout"} <= set(accepted):
+        raise XvolError(f"architecture '{name}' builds its training form only; fold it (xvol fold) for its deploy "
+                        "form.")
+    model = entry.factory(**resolved, **form)
     model.xvol_arch = {"name": name, "config": resolved}
     return model
 
