@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from xvol_export import create_model  # noqa: E402
 from xvol_export.checkpoint import save_checkpoint  # noqa: E402
 from xvol_export.jobs import BenchSettings, ExportSettings, bench_artifacts, export_checkpoint  # noqa: E402
-from xvol_export.utils import randomize_batchnorm  # noqa: E402
+from xvol_export.testing import randomize_batchnorm  # noqa: E402
 
 from _common import bootstrap_median_ci, machine, write_json  # noqa: E402
 

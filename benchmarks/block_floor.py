@@ -34,7 +34,7 @@ from xvol_export.export import onnx_graph
 from xvol_export.fold import fold_xvolution
 from xvol_export.layers import shifted_copies
 from xvol_export.profile import profile_model
-from xvol_export.utils import randomize_batchnorm
+from xvol_export.testing import randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, time_interleaved, write_json  # noqa: E402

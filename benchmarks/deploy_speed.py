@@ -36,7 +36,7 @@ from xvol_export.export import onnx_graph
 from xvol_export.fold import fold_xvolution, set_runtime_options
 from xvol_export.fold.families.xvolution import TORCH_CPU_OPTIONS, onnx_options
 from xvol_export.runners import OnnxRuntimeRunner, TorchRunner
-from xvol_export.utils import randomize_batchnorm
+from xvol_export.testing import randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, time_runners, write_json  # noqa: E402

@@ -33,8 +33,11 @@ from xvol_export import XVolution, fold  # noqa: E402
 from xvol_export.checkpoint import save_checkpoint  # noqa: E402
 from xvol_export.fold import fold_xvolution  # noqa: E402
 from xvol_export.fold.cost import choose_layout  # noqa: E402
-from xvol_export.testing import input_dependence  # noqa: E402
-from xvol_export.utils import randomize_batchnorm, relative_l2  # noqa: E402
+from xvol_export.testing import (
+    input_dependence,  # noqa: E402
+    randomize_batchnorm,  # noqa: E402
+)
+from xvol_export.utils import relative_l2  # noqa: E402
 
 from _common import machine, photo_crops, realistic_model, time_interleaved, write_json  # noqa: E402
 

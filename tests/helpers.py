@@ -15,45 +15,18 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from xvol_export.testing import randomize_batchnorm
+
 
 def make_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def randomize_bn(
-    model: nn.Module,
-    generator: torch.Generator,
-    mean_std: float = 0.5,
-    var_range: tuple[float, float] = (0.3, 3.0),
-    gamma_range: tuple[float, float] = (0.5, 1.5),
-    beta_std: float = 0.5,
-) -> int:
-    """Give every BatchNorm non-default statistics and affine parameters; return how many.
-
-    running_mean ~ N(0, mean_std^2); running_var ~ U(var_range) (positive, spread); gamma = +-U(gamma_range)
-    (random sign, so a sign bug in the fold shows); beta ~ N(0, beta_std^2). Default statistics
-    (0, 1, 1, 0) hide folding bugs, so tests never fold without calling this first.
-    """
-    count = 0
-    for module in model.modules():
-        if not isinstance(module, _BatchNorm):
-            continue
-        n = module.num_features
-        with torch.no_grad():
-            if module.running_mean is not None:
-                ref = module.running_mean
-                module.running_mean.copy_((torch.randn(n, generator=generator, dtype=torch.float64) * mean_std).to(ref))
-                lo, hi = var_range
-                var = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-                module.running_var.copy_(var.to(module.running_var))
-            if module.affine:
-                lo, hi = gamma_range
-                magnitude = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-                sign = torch.where(torch.rand(n, generator=generator) < 0.25, -1.0, 1.0).double()
-                module.weight.copy_((magnitude * sign).to(module.weight))
-                module.bias.copy_((torch.randn(n, generator=generator, dtype=torch.float64) * beta_std).to(module.bias))
-        count += 1
-    return count
+def randomize_bn(model: nn.Module, generator: torch.Generator) -> int:
+    """:func:`xvol_export.testing.randomize_batchnorm` from ``generator``, a quarter of the gammas negative (a sign
+    bug in a fold then shows); returns how many BatchNorms it set. Tests never fold with default statistics."""
+    randomize_batchnorm(model, generator=generator, negative_gamma=0.25)
+    return sum(isinstance(m, _BatchNorm) for m in model.modules())
 
 
 def init_params(model: nn.Module, generator: torch.Generator, gain: float = 1.0, bias_std: float = 0.1) -> nn.Module:

@@ -298,3 +298,20 @@ def test_fold_refuses_batchnorm_without_running_statistics():
     block.dbb_1x1.bn = nn.BatchNorm2d(6, track_running_stats=False).to(F64).eval()
     with pytest.raises(ValueError, match="running statistics"):
         fold(block)
+
+
+def test_a_large_batchnorm_bias_before_the_kxk_needs_bias_padding():
+    """The 1x1 -> kxk branch's intermediate is padded with its BatchNorm's bias value. With that bias large, a
+    fold that assumed zero padding (as a plain 1x1 then padded kxk would) is off by far more than rounding at
+    the border, and the family's fold is exact."""
+    block = make_block({"in_channels": 4, "out_channels": 4, "kernel_size": 3}, seed=5)
+    with torch.no_grad():
+        block.dbb_1x1_kxk.bn1.bn.bias.fill_(10.0)
+    x = torch.randn(2, 4, 7, 9, generator=make_generator(6), dtype=torch.float64)
+    deploy = fold(block)
+    with torch.no_grad():
+        expected = block(x)
+        assert rel_l2(deploy(x), expected) <= 1e-12
+        zero_padded = block.dbb_1x1_kxk.bn1
+        zero_padded.pad_values = lambda: torch.zeros(4, dtype=torch.float64)  # what a zero-padding fold computes
+        assert rel_l2(block(x), expected) > 1e-2

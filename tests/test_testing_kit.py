@@ -19,9 +19,9 @@ from xvol_export.testing import (
     calibrate_batchnorm,
     check_not_degenerate,
     input_dependence,
+    randomize_batchnorm,
     realistic_batchnorm,
 )
-from xvol_export.utils import randomize_batchnorm
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -311,7 +311,7 @@ def test_cli_fold_of_a_user_model_and_its_deploy_checkpoint(plain_sd, capsys):
 def test_cli_folds_a_block_through_its_own_hook_and_reloads_the_deploy_checkpoint(work, capsys):
     """A timm-style block xvol does not know is folded by its own reparameterize() on a copy; the deploy
     checkpoint's plan records the hook, and reloading it replays the hook on the meta skeleton."""
-    from xvol_export.utils import randomize_batchnorm
+    from xvol_export.testing import randomize_batchnorm
 
     spec = "user_models:hooked_net"
     torch.manual_seed(0)
@@ -357,6 +357,23 @@ def test_cli_bad_model_options_exit_2(plain_sd, capsys, args, words):
     assert "Traceback" not in r.text and "internal error" not in r.text, r.text
     for word in words:
         assert word in r.message, r.message
+    assert _listing(plain_sd.parent) == before
+
+
+def test_cli_state_dict_of_another_architecture_writes_nothing(plain_sd, capsys):
+    before = _listing(plain_sd.parent)
+    r = run_cli(capsys, "fold", plain_sd.name, "--model", "user_models:hooked_net", "--seed", "0", "-o", "d.pth")
+    assert r.code == 2, r.text
+    assert "missing" in r.message and "unexpected" in r.message and "stem.0.weight" in r.message, r.message
+    assert _listing(plain_sd.parent) == before
+
+
+def test_cli_identity_branch_with_mismatched_channels_is_refused(plain_sd, capsys):
+    before = _listing(plain_sd.parent)
+    r = run_cli(capsys, "fold", plain_sd.name, "--model", "user_models:identity_mismatch", "--input-shape",
+                "1x3x16x16", "--seed", "0", "-o", "d.pth")
+    assert r.code == 2, r.text
+    assert "identity" in r.message and "channels" in r.message, r.message
     assert _listing(plain_sd.parent) == before
 
 

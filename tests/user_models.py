@@ -101,3 +101,9 @@ def hooked_net(num_classes: int = 4) -> nn.Module:
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
     model.pretrained_cfg = {"input_size": (3, 16, 16)}
     return model
+
+
+def identity_mismatch(width: int = 8) -> nn.Module:
+    """Asks for an identity branch where the channels differ: the block refuses, naming why."""
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), RepVGGBlock(width, 2 * width, 3, padding=1,
+                                                                        use_identity=True))
