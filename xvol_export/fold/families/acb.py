@@ -9,32 +9,11 @@ from torch import nn
 
 from xvol_export.fold.arithmetic import add_branches, fuse_bn, pad_kernel_to
 from xvol_export.fold.blocks import _assign, bn_affine64
+from xvol_export.fold.families.common import checked_config, conv_label
 from xvol_export.fold.family import BlockFamily, FoldContext, register_family
 from xvol_export.layers.acb import ACBlock, ACBlockDeploy
 
 DEPLOY_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
-
-
-def conv_label(kh: int, kw: int, stride: int = 1, dilation: int = 1, groups: int = 1, in_channels: int = 0) -> str:
-    """``conv3x1``, ``dwconv3x3`` (depthwise), ``conv3x3/g2``, with ``/d2`` (dilation) and ``/s2`` (stride): the
-    labels of the other built-in families."""
-    depthwise = groups > 1 and groups == in_channels
-    label = f"{'dw' if depthwise else ''}conv{kh}x{kw}"
-    if groups > 1 and not depthwise:
-        label += f"/g{groups}"
-    if dilation > 1 and (kh > 1 or kw > 1):
-        label += f"/d{dilation}"
-    return label + (f"/s{stride}" if stride > 1 else "")
-
-
-def checked_config(config: dict[str, Any], names: tuple[str, ...], family: str) -> dict[str, Any]:
-    """``config`` if it is a dict with exactly ``names`` as keys, else a ValueError naming the difference."""
-    if not isinstance(config, dict):
-        raise ValueError(f"a {family} deploy config must be a dict, got {type(config).__name__}")
-    missing, unknown = sorted(set(names) - set(config)), sorted(set(config) - set(names))
-    if missing or unknown:
-        raise ValueError(f"bad {family} deploy config: missing {missing}, unknown {unknown}; it takes {list(names)}")
-    return config
 
 
 def _branch(conv: nn.Conv2d, bn: nn.BatchNorm2d, size: int):

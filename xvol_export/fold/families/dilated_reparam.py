@@ -7,7 +7,7 @@ from typing import Any
 
 from xvol_export.fold.arithmetic import fuse_bn, merge_dilated
 from xvol_export.fold.blocks import _assign, bn_affine64
-from xvol_export.fold.families.acb import checked_config, conv_label
+from xvol_export.fold.families.common import checked_config, conv_label
 from xvol_export.fold.family import BlockFamily, FoldContext, register_family
 from xvol_export.layers.dilated_reparam import DilatedReparamBlock, DilatedReparamBlockDeploy
 

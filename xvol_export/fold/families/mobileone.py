@@ -3,9 +3,9 @@ with bias."""
 
 from __future__ import annotations
 
+from xvol_export.fold.families.common import checked_config
 from xvol_export.fold.families.repvgg import (
     block_label,
-    checked_config,
     conv_bn64,
     finish_deploy,
     fold_branches,

@@ -5,13 +5,12 @@ The helpers here (branch fusion, config checks, labels) serve the MobileOne fami
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from xvol_export.fold.arithmetic import add_branches, fuse_bn, identity_kernel, pad_kernel
 from xvol_export.fold.blocks import bn_affine64
+from xvol_export.fold.families.common import checked_config, conv_label
 from xvol_export.fold.family import BlockFamily, FoldContext, register_family
 from xvol_export.layers.repvgg import DEPLOY_ARGS, RepVGGBlock, RepVGGBlockDeploy
 
@@ -56,33 +55,10 @@ def finish_deploy(deploy: nn.Module, block: nn.Module, conv: nn.Conv2d, referenc
     return deploy
 
 
-def checked_config(config: dict[str, Any], names: tuple[str, ...], family: str) -> dict[str, Any]:
-    """``config`` if it has exactly ``names`` as keys, else ValueError naming the difference."""
-    if not isinstance(config, dict):
-        raise ValueError(f"a {family} deploy config must be a dict, got {type(config).__name__}")
-    missing, unknown = sorted(set(names) - set(config)), sorted(set(config) - set(names))
-    if missing or unknown:
-        raise ValueError(f"bad {family} deploy config: missing {missing}, unknown {unknown}; it takes {list(names)}")
-    return config
-
-
-def conv_label(kernel_size: int, stride: int, dilation: int, groups: int, in_channels: int) -> str:
-    """``conv3x3``, ``dwconv3x3`` (depthwise), ``conv3x3/g2``, with ``/d2`` (dilation) and ``/s2`` (stride)."""
-    depthwise = groups > 1 and groups == in_channels
-    label = f"{'dw' if depthwise else ''}conv{kernel_size}x{kernel_size}"
-    if groups > 1 and not depthwise:
-        label += f"/g{groups}"
-    if dilation > 1:
-        label += f"/d{dilation}"
-    if stride > 1:
-        label += f"/s{stride}"
-    return label
-
-
 def block_label(block: nn.Module, kernel_size: int | None = None) -> str:
     """:func:`conv_label` of a block's geometry (``kernel_size`` overrides, without dilation when 1)."""
     k = block.kernel_size if kernel_size is None else kernel_size
-    return conv_label(k, block.stride, block.dilation if k > 1 else 1, block.groups, block.in_channels)
+    return conv_label(k, k, block.stride, block.dilation if k > 1 else 1, block.groups, block.in_channels)
 
 
 def se_suffix(block: nn.Module) -> str:
