@@ -251,7 +251,8 @@ def test_create_model_deploy_matches_fold(arch, config, shape, layout):
 
 
 def test_resnet50_fold_small_input():
-    model = build("xvol_resnet50", {}).eval()
+    # in float64: through 50 layers of random statistics, fp32 rounding alone reaches 1e-5
+    model = build("xvol_resnet50", {}).eval().double()
     deploy, report = fold(model, "auto", input_shape=(1, 3, 64, 64))
     assert count_instances(deploy, _BatchNorm) == 0
     assert count_instances(deploy, XVolution) == 0
@@ -261,10 +262,10 @@ def test_resnet50_fold_small_input():
     assert count_instances(deploy, XVolutionDeploy) == 6
     assert len(report.fused_conv_bn) == len(bn_outside_xvolution(model)) == 47
     assert report.remaining_batchnorms == []
-    x = inputs((1, 3, 64, 64))
+    x = inputs((1, 3, 64, 64)).double()
     with torch.no_grad():
         ref, out = model(x), deploy(x)
-    assert rel_l2(out, ref) <= TOL
+    assert rel_l2(out, ref) <= 1e-12
     assert torch.equal(out.argmax(1), ref.argmax(1))
 
 

@@ -21,7 +21,7 @@ from xvol_export.fold.family import (
     layout_choices,
     training_family,
 )
-from xvol_export.fold.plan import FoldPlan
+from xvol_export.fold.plan import FoldPlan, replace_submodule
 from xvol_export.profile import count_params, profile_model
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -147,7 +147,7 @@ def fold(
             block.macs_before = before.macs_under(name)
         report.blocks.append(block)
         inside += (name,)
-        deploy = _set_submodule(deploy, name, folded)
+        deploy = replace_submodule(deploy, name, folded)
 
     deploy, report.fused, left = fuse_norms(deploy, block_types())
     report.fused_conv_bn = [(f["layer"], f["norm"]) for f in report.fused]
@@ -238,15 +238,5 @@ def set_runtime_options(model: nn.Module, target: RuntimeTarget | None = None, *
         chosen.update(_runtime_for(family, given))
         if all(getattr(block, k, None) == v for k, v in chosen.items()):
             continue
-        result = _set_submodule(result, name, family.apply_runtime(block, chosen))
+        result = replace_submodule(result, name, family.apply_runtime(block, chosen))
     return result
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """``root`` with the submodule ``name`` replaced (``module`` itself when ``name`` is the root)."""
-    if not name:
-        return module
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-    return root

@@ -69,7 +69,7 @@ def apply_plan(skeleton: nn.Module, plan: FoldPlan) -> nn.Module:
     for name, spec in plan.hooks.items():
         _require(modules, name, "block")
         replaced = replay_hook(modules[name], spec["hook"])
-        skeleton = _replace(skeleton, name, replaced)
+        skeleton = replace_submodule(skeleton, name, replaced)
     for name, spec in plan.blocks.items():
         block = _require(modules, name, "block")
         family = get_family(spec["family"])
@@ -77,13 +77,13 @@ def apply_plan(skeleton: nn.Module, plan: FoldPlan) -> nn.Module:
             raise ValueError(f"block {name or '(the model)'} is a {type(block).__name__}, not a {family.name} block")
         deploy = family.build_deploy(spec["config"])
         _match(deploy, block)
-        skeleton = _replace(skeleton, name, deploy)
+        skeleton = replace_submodule(skeleton, name, deploy)
     modules = dict(skeleton.named_modules())
     for pair in plan.fused:
         layer, norm = _require(modules, pair["layer"], "layer"), _require(modules, pair["norm"], "norm")
         del norm
-        skeleton = _replace(skeleton, pair["layer"], fused_layer(layer))
-        skeleton = _replace(skeleton, pair["norm"], nn.Identity())
+        skeleton = replace_submodule(skeleton, pair["layer"], fused_layer(layer))
+        skeleton = replace_submodule(skeleton, pair["norm"], nn.Identity())
     return skeleton
 
 
@@ -100,7 +100,8 @@ def _match(module: nn.Module, like: nn.Module) -> None:
         module.to(device=tensor.device, dtype=tensor.dtype)
 
 
-def _replace(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
+def replace_submodule(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """``root`` with its submodule ``name`` replaced by ``module`` (``module`` itself when ``name`` is the root)."""
     if not name:
         return module
     parent_name, _, child = name.rpartition(".")
