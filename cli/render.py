@@ -176,9 +176,9 @@ def render_export(console: Console, result: ExportResult) -> None:
     if result.fold is not None:
         fold = result.fold
         console.print(
-            f"fold ({fold.layout}): {len(fold.blocks)} X-volution block(s) "
-            f"({escape(', '.join(sorted(set(fold.layouts.values()))) or 'none')}), "
-            f"{len(fold.fused_conv_bn)} conv+BatchNorm pair(s) fused"
+            f"fold ({fold.layout}): {len(fold.blocks)} block(s) folded (layouts: "
+            f"{escape(', '.join(sorted(set(fold.layouts.values()))) or 'none')}), "
+            f"{len(fold.fused_conv_bn)} norm(s) fused into a conv or linear"
         )
     if result.fold_verification is not None:
         check = result.fold_verification.checks[0]

@@ -64,3 +64,27 @@ def test_torch_runner_refuses_training_mode_and_cpu_cuda_graphs():
         TorchRunner(model.train())
     with pytest.raises(ValueError):
         TorchRunner(model.eval(), cuda_graph=True)
+
+
+def test_runners_give_every_output_of_a_two_output_model_by_the_same_names(tmp_path):
+    """A tuple-returning model: PyTorch and ONNX Runtime both give ``output0`` and ``output1``, equal."""
+    import torch
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y.mean((2, 3)), y
+
+    model = TwoHeads().eval()
+    path = tmp_path / "two.onnx"
+    path.write_bytes(onnx_graph.export_onnx(model, (1, 3, 8, 8)).SerializeToString())
+    feed = {"input": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    with TorchRunner(model) as torch_runner, OnnxRuntimeRunner(path) as onnx_runner:
+        ours, theirs = torch_runner.infer(feed), onnx_runner.infer(feed)
+    assert list(ours) == list(theirs) == ["output0", "output1"]
+    for name in ours:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-5)

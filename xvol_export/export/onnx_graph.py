@@ -50,18 +50,20 @@ def export_onnx(
     dynamic: bool = False,
     exporter: str = "torchscript",
 ) -> onnx.ModelProto:
-    """Export an eval-mode model with one input ``input`` (NCHW) and one output ``output``.
+    """Export an eval-mode model with one input ``input`` (NCHW) and its outputs named as :func:`output_names`
+    names them (one tensor: ``output``).
 
     ``dynamic`` makes batch, height and width symbolic (``batch``, ``height``, ``width``).
     """
     check_opset(opset, exporter)
     example = torch.zeros(input_shape, dtype=next(model.parameters()).dtype)
+    outputs = output_names(model, example)
     with temporary_folder() as tmp, _quiet():
         path = os.path.join(tmp, "model.onnx")
         if exporter == "torchscript":
-            axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+            axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, **{n: {0: "batch"} for n in outputs}}
             torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
+                              output_names=outputs, dynamic_axes=axes if dynamic else None, do_constant_folding=True)
         else:
             _require("onnxscript", "the dynamo exporter", "dynamo")
             shapes = None
@@ -69,10 +71,19 @@ def export_onnx(
                 dims = (torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width"))
                 shapes = ({0: dims[0], 2: dims[1], 3: dims[2]},)
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        input_names=[INPUT_NAME], output_names=outputs,
                                         dynamic_shapes=shapes, verbose=False)
             program.save(path)
         return onnx.load(path, load_external_data=True)
+
+
+def output_names(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The graph's output names, those the verification gives the PyTorch model's outputs: ``output`` for one
+    tensor, ``output0``, ``output1``, ... for a tuple or list, the keys of a dict (the model is run once)."""
+    from xvol_export.runners.base import named_outputs
+
+    with torch.inference_mode():
+        return list(named_outputs(model(example)))
 
 
 def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:

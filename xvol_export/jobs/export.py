@@ -511,7 +511,10 @@ def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.nda
         return onnx_graph.check_graph(precision_step.to_int8_qdq(graph, calibration, onnx_graph.INPUT_NAME,
                                                                  calibrate_method=int8.method))
     inputs = reference.data.inputs.numpy()
-    truth = reference.truth.values[onnx_graph.OUTPUT_NAME]
+    first = next(iter(reference.truth.values))  # int8 accuracy is measured on the graph's first output
+    truth = reference.truth.values[first]
+    if len(reference.truth.values) > 1:
+        result.notes.append(f"int8 sensitivity and fallback measured on the first output, '{first}'")
     sensitivity = int8_step.layer_sensitivity(graph, calibration, inputs, truth, method=int8.method,
                                               input_name=onnx_graph.INPUT_NAME)
     result.int8.update(sensitivity=sensitivity.to_dict(), measured_on=reference.data.source)
@@ -553,7 +556,7 @@ def _graph_summary(graph: onnx.ModelProto, deploy: nn.Module) -> dict:
 
 def _planned_convs(deploy: nn.Module) -> int:
     """The Conv nodes the graph should hold: each deploy block's, as its family counts them, and every other
-    conv module."""
+    conv module (a transposed conv exports as a ConvTranspose node, not counted)."""
     planned, inside = 0, ()
     for name, module in deploy.named_modules():
         if inside and any(name.startswith(f"{b}.") or not b for b in inside):
@@ -562,7 +565,7 @@ def _planned_convs(deploy: nn.Module) -> int:
         if family is not None:
             planned += family.graph_convs(module)
             inside += (name,)
-        elif isinstance(module, nn.modules.conv._ConvNd):
+        elif isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
             planned += 1
     return planned
 

@@ -88,3 +88,16 @@ class Runner(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.deactivate()
+
+
+def named_outputs(result) -> dict:
+    """A model's result by output name, as exported graphs name them: ``output`` for one tensor, ``output0``,
+    ``output1``... for a tuple or list, the keys of a dict."""
+    if isinstance(result, dict):
+        return {str(k): v for k, v in result.items()}
+    if isinstance(result, (tuple, list)):
+        return {f"output{i}": v for i, v in enumerate(result)}
+    if hasattr(result, "shape"):
+        return {"output": result}
+    raise TypeError(f"the model returned {type(result).__name__}, not tensors")
+

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xvol_export.runners.base import InputSpec, Runner, Timing
+from xvol_export.runners.base import InputSpec, Runner, Timing, named_outputs
 
 
 class TorchRunner(Runner):
@@ -60,9 +60,8 @@ class TorchRunner(Runner):
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.asarray(feed["input"])).to(self.device, self.dtype)
         with torch.inference_mode():
-            y = self.model(x)
-        y = y.detach().cpu()
-        return {"output": (y.float() if y.dtype == torch.bfloat16 else y).numpy()}  # numpy has no bfloat16
+            outputs = named_outputs(self.model(x))
+        return {name: _to_numpy(y) for name, y in outputs.items()}
 
     def bind(self, feed: dict[str, np.ndarray]) -> None:
         self.activate()
@@ -119,3 +118,9 @@ def _capture(model: nn.Module, static_input: torch.Tensor) -> tuple[torch.cuda.C
     with torch.inference_mode(), torch.cuda.graph(graph):
         output = model(static_input)
     return graph, output
+
+
+def _to_numpy(y: torch.Tensor) -> np.ndarray:
+    y = y.detach().cpu()
+    return (y.float() if y.dtype == torch.bfloat16 else y).numpy()  # numpy has no bfloat16
+

@@ -20,6 +20,7 @@ from xvol_export.inputs import InputData
 from xvol_export.layers.phase_conv import PhaseConv2d
 from xvol_export.models.registry import input_cost
 from xvol_export.runners import Runner
+from xvol_export.runners.base import named_outputs
 
 # PyTorch on a CPU has only a naive dilated conv for these dtypes (25x slower than fp32 on the sample)
 _SLOW_DILATED = (torch.float64, torch.float16)
@@ -42,16 +43,6 @@ class Outputs:
     values: dict[str, np.ndarray]
     blocks: dict[str, np.ndarray] = field(default_factory=dict)
     isolated: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def _named_outputs(result) -> dict[str, torch.Tensor]:
-    if isinstance(result, torch.Tensor):
-        return {"output": result}
-    if isinstance(result, dict):
-        return {str(k): v for k, v in result.items()}
-    if isinstance(result, (tuple, list)):
-        return {f"output{i}": v for i, v in enumerate(result)}
-    raise TypeError(f"the model returned {type(result).__name__}, not tensors")
 
 
 def run_batches(runner: Runner, inputs: torch.Tensor | np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
@@ -101,7 +92,7 @@ def run_model(model: nn.Module, inputs: torch.Tensor, *, blocks: tuple[str, ...]
         with torch.inference_mode():
             for start in range(0, len(inputs), batch_size):
                 chunk = inputs[start: start + batch_size].to(dtype, copy=True)
-                for key, value in _named_outputs(model(chunk)).items():
+                for key, value in named_outputs(model(chunk)).items():
                     values.setdefault(key, []).append(_float64_copy(value))
     finally:
         for handle in handles:
