@@ -120,7 +120,7 @@ def test_fold_export_and_the_deploy_checkpoint_reloaded(trained, at_root, capsys
     assert fold["written"] and fold["files"] == [str(deploy)]
     assert _passed_outputs(fold["verification"]) == OUTPUTS
     blocks = {b["name"]: b for b in fold["verification"]["blocks"]}
-    assert set(FAMILIES) <= set(blocks)  # each family's block, alone and in the network
+    assert set(blocks) == {*FAMILIES, *HOOKED}  # each family's block and the hook block, alone and in the network
     assert all(b["isolated"]["passed"] and b["in_network"]["passed"] for b in blocks.values())
     assert {b["name"]: b["family"] for b in fold["fold"]["blocks"]} == {**FAMILIES, "blocks.6": "hook:reparameterize"}
     assert fold["fold"]["remaining_batchnorms"] == []

@@ -128,7 +128,20 @@ def eval_copy(model: nn.Module) -> tuple[nn.Module, bool]:
 
 
 def block_names(model: nn.Module) -> tuple[str, ...]:
-    return tuple(name for name, m in model.named_modules() if isinstance(m, block_types()))
+    """The blocks a fold replaces, each checked on its own: every registered family's block, and every block of
+    an unknown class with its own re-parameterization hook (the outermost one; the model itself is checked
+    end to end)."""
+    from xvol_export.fold.hooks import hook_of
+
+    if isinstance(model, block_types()):
+        return ("",)  # a bare block
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(f"{b}.") for b in names):
+            continue
+        if isinstance(module, block_types()) or hook_of(module) is not None:
+            names.append(name)
+    return tuple(names)
 
 
 class Reference:
@@ -181,7 +194,7 @@ class Reference:
         if isinstance(candidate, nn.Module):
             candidate, _ = eval_copy(candidate)
             modules = dict(candidate.named_modules())
-            blocks = tuple(b for b in self.blocks if isinstance(modules.get(b), block_types()))
+            blocks = tuple(b for b in self.blocks if b in modules)  # its deploy form, under the same name
             outputs, _ = run_model(candidate, self.data.inputs, blocks=blocks,
                                    block_inputs={b: self.block_inputs[b] for b in blocks},
                                    batch_size=self.batch_size)
