@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from xvol_export.dtypes import describe_dtype, resolve_dtype
+from xvol_export.fold.conv_bn import fuse_norms
 from xvol_export.fold.family import (
     BlockFamily,
     FoldContext,
@@ -21,6 +22,7 @@ from xvol_export.fold.family import (
     layout_choices,
     training_family,
 )
+from xvol_export.fold.hooks import fold_with_hook, hook_of
 from xvol_export.fold.plan import FoldPlan, replace_submodule
 from xvol_export.profile import count_params, profile_model
 
@@ -95,9 +97,6 @@ def fold(
     and the deploy model is cast once at the end to ``dtype`` (``fp16``, ``bf16``, ``fp32``, ``fp64`` or the
     torch dtype; default: the dtype of the model's first floating parameter).
     """
-    from xvol_export.fold.conv_bn import fuse_norms
-    from xvol_export.fold.hooks import fold_with_hook, hook_of
-
     if layout not in layout_choices():
         raise ValueError(f"layout must be one of {layout_choices()}, got {layout!r}")
     _check_runtime(runtime)
@@ -116,7 +115,7 @@ def fold(
 
     inside: tuple[str, ...] = ()  # blocks folded already: their submodules are theirs
     for name, module in list(deploy.named_modules()):
-        if any(name.startswith(f"{b}.") for b in inside if b) or (inside and "" in inside):
+        if "" in inside or any(name.startswith(f"{b}.") for b in inside):  # the root folded: nothing left
             continue
         family = training_family(module)
         hook = hook_of(module) if family is None and deploy_family(module) is None else None
