@@ -20,10 +20,10 @@ from xvol_export.checkpoint import (
     is_folded,
     load_checkpoint,
     load_model,
-    recognize_form,
     save_checkpoint,
 )
 from xvol_export.errors import XvolError
+from xvol_export.forms import recognize_form
 from xvol_export.models.spec import ModelSpec, config_problems, declared_input_size
 
 import user_models

@@ -33,6 +33,7 @@ import xvol_export
 from xvol_export.dtypes import DTYPES, describe_dtype, dtype_kind, dtype_name, resolve_dtype
 from xvol_export.errors import XvolError
 from xvol_export.fold.plan import FoldPlan
+from xvol_export.forms import apply_fold_plan, current_plan, derive_plan, recognize_form
 from xvol_export.io import atomic_write, build_timestamp, sha256_file
 from xvol_export.layers.xvolution import LAYOUTS, XVolutionDeploy
 from xvol_export.limits import check_fits, check_input_file, format_bytes
@@ -51,8 +52,6 @@ _EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
 _KIND_WORDS = {"float": "a floating-point", "int": "an integer", "bool": "a bool", "complex": "a complex"}
 # Names that deploy forms of common re-parameterizable blocks give their folded layers (RepVGG, MobileOne/FastViT,
 # ACNet, DBB, UniRepLKNet): recognized even in a user's own block that xvol cannot fold on the meta device.
-_DEPLOY_NAMES = ("rbr_reparam", "reparam_conv", "fused_conv", "dbb_reparam")
-_DEPLOY_SUFFIXES = ("lk_origin.bias",)
 
 
 @dataclass
@@ -148,7 +147,7 @@ def checkpoint_from_model(model: nn.Module, metadata: dict | None = None) -> Che
     if isinstance(plan, dict):
         plan = FoldPlan.from_dict(plan)
     if plan is not None:
-        plan = _current_plan(model, plan)
+        plan = current_plan(model, plan)
     elif is_folded(model):
         spec = ModelSpec(arch["name"])
         try:
@@ -366,19 +365,6 @@ def _is_version1(ckpt: Checkpoint) -> bool:
     return ckpt.format_version == 1 or (ckpt.folded and ckpt.plan is None)
 
 
-def apply_fold_plan(skeleton: nn.Module, plan: FoldPlan) -> nn.Module:
-    """:func:`~xvol_export.fold.plan.apply_plan`, with every way a plan can fail to fit as :class:`ValueError`
-    (a family that is not registered, a deploy config its family refuses)."""
-    from xvol_export.fold.plan import apply_plan
-
-    try:
-        return apply_plan(skeleton, plan)
-    except KeyError as err:  # get_family: no such family
-        raise ValueError(err.args[0] if err.args else str(err)) from None
-    except (TypeError, AttributeError, RuntimeError) as err:
-        raise ValueError(_reason(err)) from None
-
-
 def weights_dtype(state_dict: dict[str, torch.Tensor], label: str) -> torch.dtype | None:
     """The one floating dtype of ``state_dict``'s tensors (``None`` if it holds none).
 
@@ -507,71 +493,6 @@ def check_state_dict(model: nn.Module, state_dict: dict, label: str, hint: Hint 
 
 # ------------------------------------------------------------------------------ training form or deploy form
 
-def recognize_form(make_training: Callable[[], nn.Module], model_keys: set[str], built_deploy: bool,
-                   missing: list[str], unexpected: list[str]) -> str | None:
-    """What a state dict that does not fit a model (of ``model_keys``, its deploy form if ``built_deploy``) holds:
-    ``"deploy"`` (the folded form's weights, given to the training form), ``"training"`` (the reverse), or None
-    (neither: other weights, another config).
-
-    ``make_training()`` builds the training form (it is called on the meta device). Its deploy forms are the
-    fold's, on meta copies, for every layout the registered families offer: deploy weights are those whose
-    unexpected keys all belong to some deploy form and whose missing keys each are absent from one. Where
-    that fold is not possible, the names that common blocks give their folded layers decide.
-    """
-    if not missing or not unexpected:
-        return None
-    missing_set, unexpected_set = set(missing), set(unexpected)
-    with torch.device("meta"):
-        training = set(make_training().state_dict())
-    if built_deploy:  # missing: deploy-only keys; unexpected: training-only keys
-        deploy = model_keys
-        if missing_set <= deploy - training and unexpected_set <= training - deploy:
-            return "training"
-        return None
-    forms = _deploy_key_sets(make_training)
-    if forms:
-        union, shared = forms
-        if unexpected_set <= union - training and missing_set <= training - shared:
-            return "deploy"
-    if any(_deploy_name(k) for k in unexpected):
-        return "deploy"
-    return None
-
-
-def _deploy_key_sets(make_training: Callable[[], nn.Module]) -> tuple[set[str], set[str]] | None:
-    """The state-dict keys of the training form's deploy forms, one per layout the families offer: (every key
-    some form has, the keys all forms have); None when the fold cannot run on the meta device."""
-    from xvol_export.fold.family import families
-
-    layouts = sorted({layout for family in families() for layout in family.layouts}) or ["auto"]
-    union: set[str] = set()
-    shared: set[str] | None = None
-    for layout in layouts:
-        try:
-            keys = set(_meta_fold(make_training, layout).state_dict())
-        except Exception:  # noqa: BLE001 - a block's own fold may not run on the meta device; the names decide then
-            return None
-        union |= keys
-        shared = keys if shared is None else shared & keys
-    return union, shared or set()
-
-
-def _meta_fold(make_training: Callable[[], nn.Module], layout: str) -> nn.Module:
-    """The fold of a training form built on the meta device (no weights, no profile: structure only)."""
-    from xvol_export.fold import fold
-
-    with torch.device("meta"):
-        model = make_training()
-        vars(model).pop("input_size", None)  # nothing is profiled on the meta device
-        deploy, _ = fold(model, layout=layout)
-    return deploy
-
-
-def _deploy_name(key: str) -> bool:
-    parts = key.split(".")
-    return any(name in parts for name in _DEPLOY_NAMES) or key.endswith(_DEPLOY_SUFFIXES)
-
-
 def _form_hint(ckpt: Checkpoint) -> Hint:
     def hint(model_keys: set, missing: list, unexpected: list) -> tuple[str, str] | None:
         try:
@@ -590,52 +511,6 @@ def _form_hint(ckpt: Checkpoint) -> Hint:
         return None
 
     return hint
-
-
-def derive_plan(make_training: Callable[[], nn.Module], deploy: nn.Module) -> FoldPlan:
-    """The fold plan that turns the training form ``make_training()`` builds into ``deploy`` (a deploy model that
-    carries none: a version-1 file's, or one built with ``deploy=True``): the fold's plan on a meta copy, with
-    each block's deploy config read from ``deploy``. :class:`ValueError` when the plan does not give ``deploy``'s
-    weights (the same keys)."""
-    from xvol_export.fold.family import deploy_family
-
-    found = getattr(_meta_fold(make_training, "auto"), "xvol_fold_plan", None)
-    if not isinstance(found, FoldPlan):
-        raise ValueError("the fold gives no plan")
-    modules = dict(deploy.named_modules())
-    blocks = {}
-    for name, block in found.blocks.items():
-        family = deploy_family(modules[name]) if name in modules else None
-        if family is None or family.name != block["family"]:
-            raise ValueError(f"block {name or '(the model)'} is not a {block['family']} deploy block")
-        blocks[name] = {"family": family.name, "config": family.deploy_config(modules[name])}
-    plan = FoldPlan(blocks=blocks, fused=list(found.fused), hooks=dict(found.hooks))
-    with torch.device("meta"):
-        rebuilt = set(apply_fold_plan(make_training(), plan).state_dict())
-    have = set(deploy.state_dict())
-    if rebuilt != have:
-        raise ValueError(f"its plan gives other weights (missing {_listing(sorted(have - rebuilt), 4)}; "
-                         f"unexpected {_listing(sorted(rebuilt - have), 4)})")
-    return plan
-
-
-def _current_plan(model: nn.Module, plan: FoldPlan) -> FoldPlan:
-    """``plan`` with each block's deploy config read from ``model`` (a block rebuilt after the fold, with other
-    runtime options or another layout, is recorded as it is); :class:`XvolError` for a block it no longer has."""
-    from xvol_export.fold.family import deploy_family
-
-    modules = dict(model.named_modules())
-    blocks = {}
-    for name, block in plan.blocks.items():
-        family = deploy_family(modules[name]) if name in modules else None
-        if family is None or family.name != block["family"]:
-            now = type(modules[name]).__name__ if name in modules else "missing"
-            raise XvolError(
-                f"The model's fold plan (xvol_fold_plan) has block '{name}' as a {block['family']} deploy block, but "
-                f"it is {now}: the model was changed after folding. Fold the training model again."
-            )
-        blocks[name] = {"family": family.name, "config": family.deploy_config(modules[name])}
-    return FoldPlan(blocks=blocks, fused=list(plan.fused), hooks=dict(plan.hooks))
 
 
 def _version1_plan(ckpt: Checkpoint) -> FoldPlan:
