@@ -21,17 +21,10 @@ def bn_affine64(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new conv with bias that computes ``bn(conv(x))`` in eval mode."""
-    scale, shift = bn_affine64(bn)
-    conv_bias = None if conv.bias is None else conv.bias.detach().double()
-    kernel, bias = fuse_bn(conv.weight.detach().double(), conv_bias, scale, shift)
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, bias=True, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype,
-    )
-    _assign(fused, weight=kernel, bias=bias)
-    return fused.eval()
+    """A new conv with bias that computes ``bn(conv(x))`` in eval mode (computed in float64)."""
+    from xvol_export.fold.conv_bn import fold_norm
+
+    return fold_norm("conv_bn", conv, bn).eval()
 
 
 def fold_xvolution(block: XVolution, layout: str = "split", dilated_conv: str = "direct",

@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 from xvol_export.fold.arithmetic import fuse_bn, fuse_bn_before, fuse_bn_transposed
 from xvol_export.fold.blocks import bn_affine64
 from xvol_export.fold.family import block_types
+from xvol_export.fold.plan import replace_submodule
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -348,12 +349,12 @@ def _fold_pair(model: nn.Module, pair: tuple[str, str, str]):
     """Fold one ``(kind, layer, norm)`` pair into ``model``; return the function that undoes it."""
     kind, layer_name, norm_name = pair
     layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
-    _set_submodule(model, layer_name, _fold(kind, layer, norm))
-    _set_submodule(model, norm_name, nn.Identity().train(norm.training))
+    replace_submodule(model, layer_name, fold_norm(kind, layer, norm))
+    replace_submodule(model, norm_name, nn.Identity().train(norm.training))
 
     def restore() -> None:
-        _set_submodule(model, norm_name, norm)
-        _set_submodule(model, layer_name, layer)
+        replace_submodule(model, norm_name, norm)
+        replace_submodule(model, layer_name, layer)
 
     return restore
 
@@ -367,7 +368,7 @@ def _traces(model: nn.Module, leaves: tuple[type, ...]) -> str | None:
     return None
 
 
-def _fold(kind: str, layer: nn.Module, norm: _BatchNorm) -> nn.Module:
+def fold_norm(kind: str, layer: nn.Module, norm: _BatchNorm) -> nn.Module:
     """The layer of ``kind`` computing ``norm(layer(x))`` or ``layer(norm(x))`` (eval mode), computed in float64."""
     scale, shift = bn_affine64(norm)
     kernel = layer.weight.detach().double()
@@ -383,10 +384,3 @@ def _fold(kind: str, layer: nn.Module, norm: _BatchNorm) -> nn.Module:
         new.weight.copy_(kernel.to(new.weight.dtype))
         new.bias.copy_(bias.to(new.bias.dtype))
     return new
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-
