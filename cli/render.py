@@ -288,7 +288,7 @@ def render_bench(console: Console, report: BenchReport) -> None:
                       *[f"{lat.percentiles[q]:.3f}" for q in s.percentiles], f"{lat.max:.3f}", f"{lat.stdev:.3f}",
                       f"{lat.throughput(case.batch):.1f}",
                       "-" if case.ratio_to_first is None else f"{case.ratio_to_first:.3f}x")
-    console.print(table)
+    _print_whole(console, table)
     for timed in sorted({c.timed for c in report.cases}):
         console.print(f"timed: {escape(timed)}")
     for case in report.cases:
@@ -381,3 +381,19 @@ def render_pipeline(console: Console, content: dict, manifest_path) -> None:
         console.print(table)
     console.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in content["stages_s"].items()))
     console.print(f"manifest: {escape(str(manifest_path))}")
+
+
+def _print_whole(console: Console, table: Table) -> None:
+    """A log or a pipe gets the table at its natural width, never with names cut short (a slow run's wider
+    figures would squeeze them out at a fixed width); a terminal gets it at its own width."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update_width(1000)).maximum
+    fixed = console.width
+    console.width = max(fixed, natural)
+    try:
+        console.print(table)
+    finally:
+        console.width = fixed
+

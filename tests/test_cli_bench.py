@@ -234,3 +234,26 @@ def test_one_graph_on_onnxruntime_and_openvino_at_a_precision_in_one_table(share
     assert f"OpenVINO computed in {precision}" in notes
     if precision != "fp32":
         assert "applies to the openvino backend only" in notes and "model.onnx [onnxruntime] in fp32" in notes
+
+
+def test_a_log_gets_the_whole_table_however_wide_the_figures():
+    """At a log's fixed width (120), a slow run's wide figures used to squeeze artifact names to 'model.on…':
+    a log or pipe gets the table at its natural width, every name and figure whole."""
+    import io
+
+    from rich.console import Console
+
+    from xvol_cli.render import render_bench
+    from xvol_export.bench import latency_stats
+    from xvol_export.jobs.bench import BenchCase, BenchReport, BenchSettings
+
+    slow = latency_stats([12345.678, 23456.789, 34567.891, 45678.912, 56789.123])
+    cases = [BenchCase("digits_xvol_resnet_tiny.pth", "torch", 1, (1, 3, 32, 32), "host", slow, ratio_to_first=1.0),
+             BenchCase("model.onnx", "onnxruntime", 1, (1, 3, 32, 32), "host", slow, ratio_to_first=1.0)]
+    out = io.StringIO()
+    console = Console(file=out, width=120, highlight=False)
+    render_bench(console, BenchReport(settings=BenchSettings(), cases=cases))
+    text = out.getvalue()
+    assert "digits_xvol_resnet_tiny.pth" in text and "model.onnx" in text and "56789.123" in text
+    assert "…" not in text and "vs first" in text
+    assert console.width == 120  # given back for what follows
