@@ -274,6 +274,7 @@ def test_cli_inspect_of_a_user_state_dict(plain_sd, capsys):
     assert r.code == 0, r.text
     report = json.loads(Path("i.json").read_text())
     assert report["architecture"] == SPEC and report["input_shape"] == [1, 3, 16, 16]
+    assert report["config"] == {"num_classes": 4, "width": 8}  # the factory's defaults, filled in
     assert report["conv_bn_pairs"] == 2 and [b["name"] for b in report["blocks"]] == ["block"]
 
 

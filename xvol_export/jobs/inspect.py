@@ -96,7 +96,8 @@ def inspect_model(model: nn.Module, ckpt, settings: InspectSettings = InspectSet
     check_batch_fits(model, shape, f"profiling {ckpt.label} at {'x'.join(map(str, shape))}",
                      "Give a smaller --input-shape.", itemsize=8)  # the fold's profile runs in float64
     report = InspectReport(
-        path=str(ckpt.label), sha256=ckpt.sha256 or "", architecture=ckpt.architecture, config=ckpt.config,
+        path=str(ckpt.label), sha256=ckpt.sha256 or "", architecture=ckpt.architecture,
+        config=dict(getattr(model, "xvol_arch", {}).get("config", ckpt.config)),  # defaults filled in
         folded=ckpt.folded, input_shape=shape, params=count_params(model), macs=0,
         batchnorms=sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
         notes=list(ckpt.notes),
