@@ -47,52 +47,25 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # the mixed model the tests use
 from xvol_export.export import onnx_graph  # noqa: E402
 from xvol_export.fold import RuntimeTarget, fold, runtime_options, set_runtime_options  # noqa: E402
-from xvol_export.layers import (  # noqa: E402
-    ACBlock,
-    DilatedReparamBlock,
-    DiverseBranchBlock,
-    MobileOneBlock,
-    RepVGGBlock,
-    XVolution,
-)
 from xvol_export.profile import profile_model  # noqa: E402
 from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner  # noqa: E402
 from xvol_export.testing import check_not_degenerate, input_dependence, realistic_batchnorm  # noqa: E402
 
 from _common import RESULTS, machine, paired_ratio, photo_crops, realistic_model, time_interleaved, write_json  # noqa: E402
+from mixed_models import FamiliesNet  # noqa: E402
 
 MODELS = {"repvgg_a0": ("RepVGG-A0", 224), "mobileone_s0": ("MobileOne-S0", 224), "mixed": ("mixed model", 64)}
 SEED = 0
-
-
-class MixedNet(nn.Module):
-    """One block of every built-in family between ordinary layers, with norms to fuse and one to leave."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.stem_bn = nn.BatchNorm2d(8)
-        self.blocks = nn.Sequential(
-            XVolution(8, 8, attn_channels=4), RepVGGBlock(8, 8, 3, padding=1), ACBlock(8, 8, 3, padding=1),
-            DiverseBranchBlock(8, 8, 3), MobileOneBlock(8, 8, 3, padding=1, groups=8, num_conv_branches=2),
-            DilatedReparamBlock(8, 7))
-        self.post_bn = nn.BatchNorm2d(8)  # after an add: no conv to absorb it
-        self.head = nn.Linear(8, 4)
-        self.head_bn = nn.BatchNorm1d(4)
-
-    def forward(self, x):
-        x = torch.relu(self.stem_bn(self.stem(x)))
-        x = self.post_bn(self.blocks(x) + x)
-        return self.head_bn(self.head(x.mean((2, 3))))
 
 
 def build(key: str, size: int) -> nn.Module:
     torch.manual_seed(SEED)
     if key != "mixed":
         return realistic_model(key, size, seed=SEED)
-    model = realistic_batchnorm(MixedNet(), photo_crops(size, 64, "calib"), seed=SEED).eval()
+    model = realistic_batchnorm(FamiliesNet(), photo_crops(size, 64, "calib"), seed=SEED).eval()
     with torch.inference_mode():
         check_not_degenerate(model(torch.from_numpy(photo_crops(size, 16, "holdout"))), label="mixed model")
     return model

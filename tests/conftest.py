@@ -28,3 +28,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def generator() -> torch.Generator:
     """A fresh, fixed-seed CPU generator per test."""
     return torch.Generator().manual_seed(20240601)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small float64 convs (several times faster than two threads, which also
+    stall when the machine is busy); the count is given back after the module. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

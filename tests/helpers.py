@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,45 @@ def run_cli(capsys, *args) -> Result:
     captured = capsys.readouterr()
     code = info.value.code
     return Result(code if isinstance(code, int) else 0, ANSI.sub("", captured.out), ANSI.sub("", captured.err))
+
+
+# --- official releases: their key lists and the seeded weights their outputs were recorded with ---------------
+
+DATA = Path(__file__).parent / "data"
+
+
+def official_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    """``(key, shape)`` of an official state dict, from ``tests/data/<name>_keys.txt``."""
+    rows = []
+    for line in (DATA / f"{name}_keys.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape = line.split("\t")
+            rows.append((key, tuple(int(n) for n in shape.split(",") if n)))
+    return rows
+
+
+def keys_of(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
+
+
+def fill_seeded(model: nn.Module, seed: int) -> None:
+    """Deterministic weights by key (the procedure that made ``tests/data/*_outputs.json`` with the official code):
+    running variances in [0.5, 1.5), running means and biases N(0, 0.01), BN weights in [0.5, 1.5), the rest
+    N(0, 1 / fan_in)."""
+    gen = make_generator(seed)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name in sorted(state):
+            tensor = state[name]
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                value = 0.5 + torch.rand(tensor.shape, generator=gen, dtype=torch.float64)
+            elif tensor.dim() == 1 and name.endswith(("running_mean", "bias")):
+                value = 0.1 * torch.randn(tensor.shape, generator=gen, dtype=torch.float64)
+            elif tensor.dim() == 1:
+                value = 0.5 + torch.rand(tensor.shape, generator=gen, dtype=torch.float64)
+            else:
+                value = torch.randn(tensor.shape, generator=gen, dtype=torch.float64) / math.sqrt(tensor[0].numel())
+            tensor.copy_(value)
+

@@ -19,6 +19,28 @@ from xvol_export.layers import (
 INPUT_SIZE = (3, 16, 16)
 
 
+class FamiliesNet(nn.Module):
+    """One block of every built-in family between ordinary layers, with norms to fuse and one to leave (a
+    BatchNorm after a residual add): the registry's walker test and ``benchmarks/families.py`` use it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(8)
+        self.blocks = nn.Sequential(
+            XVolution(8, 8, attn_channels=4), RepVGGBlock(8, 8, 3, padding=1), ACBlock(8, 8, 3, padding=1),
+            DiverseBranchBlock(8, 8, 3), MobileOneBlock(8, 8, 3, padding=1, groups=8, num_conv_branches=2),
+            DilatedReparamBlock(8, 7))
+        self.post_bn = nn.BatchNorm2d(8)  # after an add: no conv to absorb it
+        self.head = nn.Linear(8, 4)
+        self.head_bn = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        x = self.post_bn(self.blocks(x) + x)
+        return self.head_bn(self.head(x.mean((2, 3))))
+
+
 class ScaleBranchBlock(nn.Module):
     """A block xvol has no family for, with only a timm-style ``reparameterize()``: in place, returning None,
     its 3x3, 1x1 and identity-BN branches replaced by a ``reparam_conv``."""

@@ -24,13 +24,7 @@ TOL = 1e-12
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small float64 convs run far faster on one intra-op thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small float64 convs: one thread is faster
 
 
 def prepared(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -27,52 +27,19 @@ from xvol_export.fold.family import (
     register_family,
     training_family,
 )
-from xvol_export.layers import (
-    ACBlock,
-    DilatedReparamBlock,
-    DiverseBranchBlock,
-    MobileOneBlock,
-    RepVGGBlock,
-    XVolution,
-)
 from xvol_export.testing import check_family, randomize_batchnorm
+
+from mixed_models import FamiliesNet
 
 BUILT_IN = ["xvolution", "repvgg", "acb", "dbb", "mobileone", "dilated_reparam"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small float64 convs: one thread is several times faster than two contending ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small float64 convs: one thread is faster
 
 
-class MixedNet(nn.Module):
-    """One block of every built-in family between ordinary layers, with norms to fuse and one to leave."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.stem_bn = nn.BatchNorm2d(8)
-        self.blocks = nn.Sequential(
-            XVolution(8, 8, attn_channels=4), RepVGGBlock(8, 8, 3, padding=1), ACBlock(8, 8, 3, padding=1),
-            DiverseBranchBlock(8, 8, 3), MobileOneBlock(8, 8, 3, padding=1, groups=8, num_conv_branches=2),
-            DilatedReparamBlock(8, 7))
-        self.post_bn = nn.BatchNorm2d(8)  # after an add: no conv to absorb it
-        self.head = nn.Linear(8, 4)
-        self.head_bn = nn.BatchNorm1d(4)
-
-    def forward(self, x):
-        x = torch.relu(self.stem_bn(self.stem(x)))
-        x = self.post_bn(self.blocks(x) + x)
-        return self.head_bn(self.head(x.mean((2, 3))))
-
-
-def mixed_net() -> MixedNet:
+def mixed_net() -> FamiliesNet:
     torch.manual_seed(0)
-    return randomize_batchnorm(MixedNet(), seed=3).eval()
+    return randomize_batchnorm(FamiliesNet(), seed=3).eval()
 
 
 def test_the_built_in_families_register_in_order_x_volution_first():
@@ -97,6 +64,14 @@ def test_the_conformance_kit_catches_a_wrong_fold():
     broken = BlockFamily(**{**repvgg.__dict__, "name": "broken_repvgg", "fold": dropping_the_identity})
     with pytest.raises(AssertionError, match="rel L2"):
         check_family(broken, repvgg.examples()[0])
+
+
+def test_the_conformance_kit_catches_a_wrong_graph_count():
+    """A family that says its deploy block becomes two Conv nodes when its graph has one fails the ONNX check."""
+    acb = get_family("acb")
+    miscounted = BlockFamily(**{**acb.__dict__, "name": "miscounted_acb", "graph_convs": lambda deploy: 2})
+    with pytest.raises(AssertionError, match="holds 1 Conv node.*counts 2"):
+        check_family(miscounted, acb.examples()[0])
 
 
 def test_a_family_must_not_take_types_of_another(monkeypatch):
@@ -284,7 +259,7 @@ def test_a_registered_factory_need_not_take_form_arguments(monkeypatch, tmp_path
     from xvol_export.models import create_model, registry
 
     def plain_mixed_net(width: int = 8):
-        net = MixedNet()
+        net = FamiliesNet()
         net.input_size = (3, 12, 12)
         return net
 

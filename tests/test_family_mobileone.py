@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,28 +13,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from xvol_export.fold import fold
 from xvol_export.fold.families import mobileone as mobileone_family
 from xvol_export.fold.family import FoldContext, deploy_family, get_family, training_family
 from xvol_export.layers.mobileone import MobileOneBlock, MobileOneBlockDeploy
 from xvol_export.models import create_model, model_size
 from xvol_export.models.mobileone import MobileOne, mobileone_s0
 
-from helpers import assert_unchanged, init_params, make_generator, randomize_bn, rel_l2, snapshot
+from helpers import (
+    DATA,
+    assert_unchanged,
+    fill_seeded,
+    init_params,
+    keys_of,
+    make_generator,
+    official_keys,
+    randomize_bn,
+    rel_l2,
+    snapshot,
+)
 
-DATA = Path(__file__).parent / "data"
 FAMILY = mobileone_family.FAMILY
 CONTEXT = FoldContext(layout="")
 TOL = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these small float64 convs run several times faster than on two threads, which also
-    stall badly when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small float64 convs: one thread is faster
 
 
 def make_block(seed: int, *args, **kwargs) -> MobileOneBlock:
@@ -210,43 +212,11 @@ def test_forms_and_registry():
 # ---------------------------------------------------------------------------------- MobileOne-S0 and the official
 
 
-def read_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    """``(key, shape)`` of an official state dict, from ``tests/data/<name>_keys.txt``."""
-    rows = []
-    for line in (DATA / f"{name}_keys.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, shape = line.split("\t")
-            rows.append((key, tuple(int(n) for n in shape.split(",") if n)))
-    return rows
-
-
 @pytest.mark.parametrize("deploy", [False, True])
 def test_state_dict_matches_official(deploy):
     with torch.device("meta"):
         model = mobileone_s0(deploy=deploy)
-    ours = [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
-    assert ours == read_keys(f"mobileone_s0_{'deploy' if deploy else 'train'}")
-
-
-def fill_seeded(model: nn.Module, seed: int) -> None:
-    """Deterministic weights by key (the procedure that made ``tests/data/*_outputs.json`` with the official code;
-    the same as in ``test_family_repvgg.py``)."""
-    gen = make_generator(seed)
-    state = model.state_dict()
-    with torch.no_grad():
-        for name in sorted(state):
-            tensor = state[name]
-            if not tensor.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                value = 0.5 + torch.rand(tensor.shape, generator=gen, dtype=torch.float64)
-            elif tensor.dim() == 1 and name.endswith(("running_mean", "bias")):
-                value = 0.1 * torch.randn(tensor.shape, generator=gen, dtype=torch.float64)
-            elif tensor.dim() == 1:
-                value = 0.5 + torch.rand(tensor.shape, generator=gen, dtype=torch.float64)
-            else:
-                value = torch.randn(tensor.shape, generator=gen, dtype=torch.float64) / math.sqrt(tensor[0].numel())
-            tensor.copy_(value)
+    assert keys_of(model) == official_keys(f"mobileone_s0_{'deploy' if deploy else 'train'}")
 
 
 @pytest.mark.parametrize("deploy", [False, True])
@@ -269,11 +239,8 @@ def test_network_folds_block_by_block():
     assert randomize_bn(model, gen) == 2 + 21 * 5 + 17 + 21 * 4 + 18
     model = model.double().eval()
     before = snapshot(model)
-    folded = copy.deepcopy(model)
-    for name, module in list(folded.named_modules()):
-        family = training_family(module)
-        if family is not None:
-            folded.set_submodule(name, family.fold(module, CONTEXT))
+    folded, report = fold(model)  # the walker, which finds every block through the registry
+    assert [b.family for b in report.blocks] == ["mobileone"] * 43 and not report.fused and not report.left
     assert_unchanged(model, before)
     assert sum(isinstance(m, MobileOneBlockDeploy) for m in folded.modules()) == 43
     assert not any(isinstance(m, (MobileOneBlock, nn.BatchNorm2d)) for m in folded.modules())

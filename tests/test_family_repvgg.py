@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,28 +13,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from xvol_export.fold import fold
 from xvol_export.fold.families import repvgg as repvgg_family
 from xvol_export.fold.family import FoldContext, deploy_family, get_family, training_family
 from xvol_export.layers.repvgg import RepVGGBlock, RepVGGBlockDeploy
 from xvol_export.models import create_model, model_size
 from xvol_export.models.repvgg import RepVGG, repvgg_a0
 
-from helpers import assert_unchanged, init_params, make_generator, randomize_bn, rel_l2, snapshot
+from helpers import (
+    DATA,
+    assert_unchanged,
+    fill_seeded,
+    init_params,
+    keys_of,
+    make_generator,
+    official_keys,
+    randomize_bn,
+    rel_l2,
+    snapshot,
+)
 
-DATA = Path(__file__).parent / "data"
 FAMILY = repvgg_family.FAMILY
 CONTEXT = FoldContext(layout="")
 TOL = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these small float64 convs run several times faster than on two threads, which also
-    stall badly when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small float64 convs: one thread is faster
 
 
 def make_block(seed: int, *args, **kwargs) -> RepVGGBlock:
@@ -223,47 +225,11 @@ def test_forms_and_registry():
 # ------------------------------------------------------------------------------------- RepVGG-A0 and the official
 
 
-def read_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    """``(key, shape)`` of an official state dict, from ``tests/data/<name>_keys.txt``."""
-    rows = []
-    for line in (DATA / f"{name}_keys.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, shape = line.split("\t")
-            rows.append((key, tuple(int(n) for n in shape.split(",") if n)))
-    return rows
-
-
-def keys_of(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    return [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
-
-
 @pytest.mark.parametrize("deploy", [False, True])
 def test_state_dict_matches_official(deploy):
     with torch.device("meta"):
         model = repvgg_a0(deploy=deploy)
-    assert keys_of(model) == read_keys(f"repvgg_a0_{'deploy' if deploy else 'train'}")
-
-
-def fill_seeded(model: nn.Module, seed: int) -> None:
-    """Deterministic weights by key (the procedure that made ``tests/data/*_outputs.json`` with the official code):
-    running variances in [0.5, 1.5), running means and biases N(0, 0.01), BN weights in [0.5, 1.5), the rest
-    N(0, 1 / fan_in)."""
-    gen = make_generator(seed)
-    state = model.state_dict()
-    with torch.no_grad():
-        for name in sorted(state):
-            tensor = state[name]
-            if not tensor.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                value = 0.5 + torch.rand(tensor.shape, generator=gen, dtype=torch.float64)
-            elif tensor.dim() == 1 and name.endswith(("running_mean", "bias")):
-                value = 0.1 * torch.randn(tensor.shape, generator=gen, dtype=torch.float64)
-            elif tensor.dim() == 1:
-                value = 0.5 + torch.rand(tensor.shape, generator=gen, dtype=torch.float64)
-            else:
-                value = torch.randn(tensor.shape, generator=gen, dtype=torch.float64) / math.sqrt(tensor[0].numel())
-            tensor.copy_(value)
+    assert keys_of(model) == official_keys(f"repvgg_a0_{'deploy' if deploy else 'train'}")
 
 
 @pytest.mark.parametrize("deploy", [False, True])
@@ -277,16 +243,6 @@ def test_outputs_match_official(deploy):
     assert rel_l2(got, torch.tensor(reference["deploy" if deploy else "train"], dtype=torch.float64)) <= TOL
 
 
-def fold_blocks(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every registered training block replaced by its family's fold."""
-    folded = copy.deepcopy(model)
-    for name, module in list(folded.named_modules()):
-        family = training_family(module)
-        if family is not None:
-            folded.set_submodule(name, family.fold(module, CONTEXT))
-    return folded
-
-
 def test_network_folds_block_by_block():
     gen = make_generator(11)
     model = repvgg_a0(num_classes=10)
@@ -294,7 +250,8 @@ def test_network_folds_block_by_block():
     assert randomize_bn(model, gen) == 22 * 2 + 17  # every block's two branches, and 17 identities
     model = model.double().eval()
     before = snapshot(model)
-    folded = fold_blocks(model)
+    folded, report = fold(model)  # the walker, which finds every block through the registry
+    assert [b.family for b in report.blocks] == ["repvgg"] * 22 and not report.fused and not report.left
     assert_unchanged(model, before)
     assert sum(isinstance(m, RepVGGBlockDeploy) for m in folded.modules()) == 22
     assert not any(isinstance(m, (RepVGGBlock, nn.BatchNorm2d)) for m in folded.modules())

@@ -21,13 +21,7 @@ from helpers import assert_unchanged, make_generator, randomize_bn, rel_l2, snap
 TOL = 1e-12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small float64 convs run far faster on one intra-op thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small float64 convs: one thread is faster
 
 
 # ------------------------------------------------------------- blocks written the way third-party code bases write them

@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import mixed_models
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -19,6 +18,7 @@ import torch
 
 from xvol_export.testing import randomize_batchnorm
 
+import mixed_models
 from helpers import run_cli
 
 SPEC = "tests.mixed_models:mixed_net"  # as a user at the repository root names it
@@ -40,13 +40,7 @@ class Trained:
     ema: dict[str, torch.Tensor]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs: one thread beats two contending ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convs: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -72,13 +72,7 @@ def only(model: onnx.ModelProto) -> Incompatibility:
 
 # ------------------------------------------------------------------------- what the project exports
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Exports here are small: one intra-op thread is faster on a shared two-core machine (as under xdist)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convs: one thread is faster
 
 
 @pytest.fixture(scope="module")

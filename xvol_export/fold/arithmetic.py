@@ -40,11 +40,9 @@ def fuse_bn(
 
 def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
     """Zero-pad a square ``k x k`` kernel to ``size x size``, centred (``size - k`` must be even)."""
-    k = kernel.shape[-1]
-    if kernel.shape[-2] != k or size < k or (size - k) % 2:
-        raise ValueError(f"cannot centre a {tuple(kernel.shape[-2:])} kernel in {size}x{size}")
-    p = (size - k) // 2
-    return F.pad(kernel, (p, p, p, p))
+    if kernel.shape[-2] != kernel.shape[-1]:
+        raise ValueError(f"cannot centre a {tuple(kernel.shape[-2:])} kernel in {size}x{size}: it is not square")
+    return pad_kernel_to(kernel, size, size)
 
 
 def dilate_kernel(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
