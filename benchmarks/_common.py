@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from xvol_export import create_model
-from xvol_export.doctor import cpu_name, package_versions
+from xvol_export.doctor import package_versions
+from xvol_export.env import cpu_name
 from xvol_export.testing import check_not_degenerate, realistic_batchnorm
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -23,15 +23,10 @@ from xvol_cli.render import (
     render_pipeline,
     render_verify,
 )
-from xvol_export import jobs
-from xvol_export.checkpoint import LoadOptions
-from xvol_export.doctor import machine_report
+from xvol_export import jobs  # each job is imported when its command runs: `verify --golden` needs no PyTorch
 from xvol_export.errors import CheckFailed, XvolError
 from xvol_export.io import write_text
-from xvol_export.jobs.fold import default_fold_output
 from xvol_export.jsonio import write_json
-from xvol_export.pipeline import summary_markdown, write_manifest
-from xvol_export.tensorrt.build import EngineSettings
 
 app = typer.Typer(
     name="xvol",
@@ -84,7 +79,7 @@ def inspect(
     input_shape: opt.InputShapeOpt = None,
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    load: LoadOptions = LoadOptions(),
+    load: opt.LoadRequest = opt.LoadRequest(),
 ):
     """Architecture, parameters, MACs, and what folding will do to every block; or an ONNX graph's contents."""
     opt.check_outputs(force, [checkpoint], json=json_path)
@@ -97,7 +92,7 @@ def inspect(
                        f"{len(graph['tensorrt_compatibility']['problems'])} node(s)")
     with console.status("Inspecting…"):
         report = jobs.inspect_checkpoint(checkpoint, jobs.InspectSettings(
-            opt.layout_option(layout), opt.shape_option(input_shape), load))
+            opt.layout_option(layout), opt.shape_option(input_shape), load.options()))
     render_inspect(console, report)
     return _finish(True, json_path, {"command": "inspect", **report.to_dict()}, force)
 
@@ -117,15 +112,17 @@ def fold(
         "it is verified in that precision.")] = None,
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    load: LoadOptions = LoadOptions(),
+    load: opt.LoadRequest = opt.LoadRequest(),
 ):
     """Fold into the deploy form, verify per block and end to end, and write it (only if verified)."""
+    from xvol_export.jobs.fold import default_fold_output
+
     opt.check_outputs(force, [checkpoint, inputs.data], output=output or default_fold_output(checkpoint),
                       json=json_path)
     settings = jobs.FoldSettings(
         layout=opt.layout_option(layout), dtype=opt.dtype_option(dtype), data=inputs.data,
-        input_shape=opt.shape_option(input_shape), seed=inputs.seed, tolerance=tolerance.tolerance(), load=load,
-        force=force)
+        input_shape=opt.shape_option(input_shape), seed=inputs.seed, tolerance=tolerance.tolerance(),
+        load=load.options(), force=force)
     with console.status("Folding and verifying…"):
         result = jobs.fold_checkpoint(checkpoint, output, settings)
     render_fold(console, result)
@@ -136,8 +133,17 @@ def fold(
 @app.command()
 @opt.with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, load=opt.LOAD)
 def verify(
-    reference: Annotated[Path, typer.Argument(help="Reference artifact: checkpoint or .onnx.", show_default=False)],
-    candidate: Annotated[Path, typer.Argument(help="Candidate artifact: checkpoint or .onnx.", show_default=False)],
+    reference: Annotated[Path, typer.Argument(
+        help="Reference artifact: checkpoint or .onnx; with --golden, the artifact to judge (.onnx, OpenVINO .xml "
+        "or TensorRT engine).", show_default=False)],
+    candidate: Annotated[Path | None, typer.Argument(
+        help="Candidate artifact: checkpoint or .onnx (not with --golden).", show_default=False)] = None,
+    golden: Annotated[Path | None, typer.Option(
+        "--golden", help="Judge the one artifact given against this golden.npz (inputs, float64 outputs and gate "
+        "baselines, as xvol pipeline writes it): no checkpoint, model code or PyTorch needed.")] = None,
+    save_golden: Annotated[Path | None, typer.Option(
+        "--save-golden", help="Also write the golden file of this check (the reference must be a checkpoint), "
+        "for xvol verify --golden on the machine that will run the candidate.")] = None,
     inputs: opt.InputRequest = opt.InputRequest(),
     load_inputs: Annotated[Path | None, typer.Option(
         "--load-inputs", help="Inputs saved by --save-inputs (.npz); same as --data.")] = None,
@@ -149,21 +155,50 @@ def verify(
     tolerance: opt.ToleranceRequest = opt.ToleranceRequest(),
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    load: LoadOptions = LoadOptions(),
+    load: opt.LoadRequest = opt.LoadRequest(),
 ):
-    """Run two artifacts on the same inputs and compare them (two checkpoints: per block too)."""
-    opt.check_outputs(force, [reference, candidate, inputs.data, load_inputs], save_inputs=save_inputs,
-                      save_outputs=save_outputs, json=json_path)
-    if inputs.data is not None and load_inputs is not None:
-        raise XvolError("Give the inputs once: --data and --load-inputs are the same option.")
-    settings = jobs.VerifySettings(
-        data=inputs.data or load_inputs, input_shape=opt.shape_option(input_shape), seed=inputs.seed,
-        tolerance=tolerance.tolerance(), load=load, save_inputs=save_inputs, save_outputs=save_outputs, force=force)
-    with console.status("Running both artifacts…"):
-        report = jobs.verify_artifacts(reference, candidate, settings)
+    """Run two artifacts on the same inputs and compare them (two checkpoints: per block too); or judge one
+    artifact against a golden file."""
+    if golden is not None:
+        report = _verify_golden(reference, candidate, golden, save_golden, inputs, load_inputs, save_inputs,
+                                save_outputs, input_shape, tolerance, json_path, force)
+    else:
+        if candidate is None:
+            raise XvolError("xvol verify takes a REFERENCE and a CANDIDATE artifact, or one artifact with "
+                            "--golden golden.npz.")
+        opt.check_outputs(force, [reference, candidate, inputs.data, load_inputs], save_inputs=save_inputs,
+                          save_outputs=save_outputs, save_golden=save_golden, json=json_path)
+        if inputs.data is not None and load_inputs is not None:
+            raise XvolError("Give the inputs once: --data and --load-inputs are the same option.")
+        settings = jobs.VerifySettings(
+            data=inputs.data or load_inputs, input_shape=opt.shape_option(input_shape), seed=inputs.seed,
+            tolerance=tolerance.tolerance(), load=load.options(), save_inputs=save_inputs, save_outputs=save_outputs,
+            save_golden=save_golden, force=force)
+        with console.status("Running both artifacts…"):
+            report = jobs.verify_artifacts(reference, candidate, settings)
     render_verify(console, report)
     return _finish(report.passed, json_path, {"command": "verify", **report.to_dict()}, force,
                    report.failure_summary())
+
+
+def _verify_golden(artifact: Path, candidate: Path | None, golden: Path, save_golden: Path | None,
+                   inputs: opt.InputRequest, load_inputs: Path | None, save_inputs: Path | None,
+                   save_outputs: Path | None, input_shape: str | None, tolerance: opt.ToleranceRequest,
+                   json_path: Path | None, force: bool):
+    """``xvol verify ARTIFACT --golden golden.npz``: the options that choose inputs or a second artifact make no
+    sense with it, and are refused by name."""
+    given = [name for name, value in (("a CANDIDATE", candidate), ("--save-golden", save_golden),
+                                      ("--data", inputs.data), ("--seed", inputs.seed),
+                                      ("--load-inputs", load_inputs), ("--save-inputs", save_inputs),
+                                      ("--save-outputs", save_outputs), ("--input-shape", input_shape))
+             if value is not None]
+    if given:
+        raise XvolError(f"--golden judges one artifact on the golden file's own inputs: drop {', '.join(given)}.")
+    from xvol_export.golden import verify_golden
+
+    opt.check_outputs(force, [artifact, golden], json=json_path)
+    with console.status("Running the artifact on the golden file's inputs…"):
+        return verify_golden(artifact, golden, tolerance.tolerance())
 
 
 @app.command()
@@ -226,11 +261,13 @@ def export(
         "(prefer --precision fp16).")] = False,
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    load: LoadOptions = LoadOptions(),
+    load: opt.LoadRequest = opt.LoadRequest(),
 ):
     """Fold if needed, export, check, simplify, re-verify against the training form, write with metadata."""
     opt.check_outputs(force, [checkpoint, calib, inputs.data, timing_cache],
                       output=output, json=json_path)
+    from xvol_export.tensorrt.build import EngineSettings
+
     int8 = opt.int8_options(calib_method, int8_sensitivity, int8_fallback, accuracy_budget)
     engine = EngineSettings(
         workspace_gib=workspace, opt_level=opt_level, min_shapes=tuple(min_shapes or ()),
@@ -242,7 +279,8 @@ def export(
         result = jobs.export_checkpoint(checkpoint, output, jobs.ExportSettings(
             format=format, precision=precision, opset=opset, exporter=exporter, dynamic=dynamic, batch=batch,
             imgsz=opt.imgsz_option(imgsz), simplify=simplify, simplifier=simplifier, layout=opt.layout_option(layout),
-            calib=calib, data=inputs.data, seed=inputs.seed, force=force, load=load, int8=int8, engine=engine,
+            calib=calib, data=inputs.data, seed=inputs.seed, force=force, load=load.options(), int8=int8,
+            engine=engine,
             # bf16 lives in OpenVINO, not the graph: user tolerances start from the fp32 graph's defaults
             tolerance=tolerance.tolerance("fp32" if precision == "bf16" else precision),
         ))
@@ -283,7 +321,7 @@ def bench(
         "(phases: faster in PyTorch on CPU).")] = "direct",
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
-    load: LoadOptions = LoadOptions(),
+    load: opt.LoadRequest = opt.LoadRequest(),
 ):
     """Latency and throughput statistics on the chosen backend and device."""
     opt.check_outputs(force, [*(artifacts or []), *(engine or [])], json=json_path)
@@ -292,7 +330,7 @@ def bench(
         warmup=warmup, iterations=iterations, duration=duration,
         percentiles=opt.float_list_option(percentile, "--percentile"), threads=threads, cuda_graph=cuda_graph,
         data_transfers=not no_data_transfers, seed=seed, dilated_conv=dilated_conv, precision=precision,
-        backend=backend, load=load,
+        backend=backend, load=load.options(),
     )
     with console.status("Timing…"):
         report = jobs.bench_artifacts([*(artifacts or []), *(engine or [])], settings)
@@ -329,7 +367,7 @@ def pipeline(
     summary: Annotated[Path | None, typer.Option(
         "--summary", help="Write a Markdown summary (for CI job summaries) to this file.")] = None,
     force: opt.Force = False,
-    load: LoadOptions = LoadOptions(),
+    load: opt.LoadRequest = opt.LoadRequest(),
 ):
     """Every format and precision of a checkpoint, proven against the training form, in one folder with a manifest."""
     opt.check_outputs(force, [checkpoint, calib, data, config], summary=summary)
@@ -337,8 +375,10 @@ def pipeline(
         config, formats=opt.name_list_option(formats), precisions=opt.name_list_option(precisions),
         calib=str(calib) if calib else None, data=str(data) if data else None, seed=seed, bench=bench,
         require=opt.name_list_option(require), batch=batch, imgsz=opt.imgsz_option(imgsz), dynamic=dynamic,
-        load=load, force=force,
+        load=load.options(), force=force,
     )
+    from xvol_export.pipeline import summary_markdown, write_manifest
+
     with console.status("Running the pipeline…"):
         result = jobs.run_pipeline(checkpoint, out, settings)
         path, content = write_manifest(result, force)
@@ -353,6 +393,8 @@ def pipeline(
 @app.command()
 def doctor(json_path: opt.JsonPath = None, force: opt.Force = False):
     """What this machine can do: versions, devices, runtimes and providers, TensorRT availability."""
+    from xvol_export.doctor import machine_report
+
     opt.check_outputs(force, [], json=json_path)
     report = machine_report()
     render_doctor(console, report)

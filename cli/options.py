@@ -7,23 +7,24 @@ import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
-from xvol_export.checkpoint import LoadOptions
 from xvol_export.compare import ERROR_STATS, Tolerance, parse_tolerance
 from xvol_export.errors import XvolError
-from xvol_export.fold.family import layout_choices
 from xvol_export.inputs import InputShape, parse_shape
 from xvol_export.io import check_outputs as io_check_outputs
 from xvol_export.limits import check_output_name
 
+if TYPE_CHECKING:
+    from xvol_export.checkpoint import LoadOptions
+
 JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 Layout = Annotated[str, typer.Option(
-    "--layout", help=f"Layout of folded blocks whose family has layouts: {', '.join(layout_choices())} (auto: per "
-    "block, by the family's cost model).")]
+    "--layout", help="Layout of folded blocks whose family has layouts (X-volution's: dense, split; see the "
+    "families' own), or auto: per block, by the family's cost model.")]
 InputShapeOpt = Annotated[Optional[str], typer.Option(
     "--input-shape", help="Input shape: 1x3x224x224, [1,3,224,224] or 1,3,224,224, optional 'name:' prefix.")]
 Data = Annotated[Optional[Path], typer.Option(
@@ -95,6 +96,8 @@ def float_list_option(text: str, name: str) -> tuple[float, ...]:
 
 
 def layout_option(layout: str) -> str:
+    from xvol_export.fold.family import layout_choices
+
     if layout not in layout_choices():
         raise XvolError(f"Unknown layout '{layout}'. Choose one of: {', '.join(layout_choices())}.")
     return layout
@@ -111,6 +114,7 @@ def tolerance_option(atol: float | None, rtol: float | None, stat: str | None,
 
 def load_options(trust_pickle: bool, arch: str | None, arch_config: str | None, ema: bool,
                  model: str | None = None, model_kwargs: str | None = None) -> LoadOptions:
+    from xvol_export.checkpoint import LoadOptions
     from xvol_export.models.spec import ModelSpec
 
     for option, text in (("--arch", arch), ("--model", model)):
@@ -202,9 +206,25 @@ def with_options(**groups: OptionGroup):
     return decorate
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """How the user asked checkpoints to be read; :meth:`options` makes the library's ``LoadOptions`` of it
+    (and checks it), so that commands which read no checkpoint never load PyTorch."""
+
+    trust_pickle: bool = False
+    arch: str | None = None
+    arch_config: str | None = None
+    ema: bool = False
+    model: str | None = None
+    model_kwargs: str | None = None
+
+    def options(self) -> LoadOptions:
+        return load_options(self.trust_pickle, self.arch, self.arch_config, self.ema, self.model, self.model_kwargs)
+
+
 def _load_group(trust_pickle: TrustPickle = False, arch: Arch = None, arch_config: ArchConfig = None,
-                ema: Ema = False, model: ModelOpt = None, model_kwargs: ModelKwargs = None) -> LoadOptions:
-    return load_options(trust_pickle, arch, arch_config, ema, model, model_kwargs)
+                ema: Ema = False, model: ModelOpt = None, model_kwargs: ModelKwargs = None) -> LoadRequest:
+    return LoadRequest(trust_pickle, arch, arch_config, ema, model, model_kwargs)
 
 
 @dataclass(frozen=True)

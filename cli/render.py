@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from xvol_export.jobs import BenchReport, ExportResult, FoldResult, InspectReport
 from xvol_export.verify import VerifyReport
+
+if TYPE_CHECKING:
+    from xvol_export.jobs import BenchReport, ExportResult, FoldResult, InspectReport
 
 
 def _num(value: int | None, unit: str = "") -> str:
@@ -109,16 +113,16 @@ def render_verify(console: Console, report: VerifyReport) -> None:
         table.add_row(escape(check.name), "candidate", _err(c.rel_l2), _err(c.max_error_rms), f"{c.cosine:.8f}",
                       _pct(c.top1_agreement), _err(c.max_abs),
                       "-" if check.ratio is None else f"{check.ratio:.3g}x", _verdict(check.passed))
-        if check.baseline is not None:
-            b = check.baseline
-            table.add_row("", f"baseline ({report.gate.baseline if report.gate else '-'})", _err(b.rel_l2),
-                          _err(b.max_error_rms), f"{b.cosine:.8f}", _pct(b.top1_agreement), _err(b.max_abs), "", "")
+        for label, b in check.baselines.items():
+            table.add_row("", f"baseline: {escape(label)}", _err(b.rel_l2), _err(b.max_error_rms), f"{b.cosine:.8f}",
+                          _pct(b.top1_agreement), _err(b.max_abs), "", "")
     console.print(table)
     for check in report.checks:
         for condition in check.conditions:
             console.print(f"  {_verdict(condition.passed)} {escape(condition.describe())}")
     if report.blocks:
-        blocks = Table(title="Per block: alone (on the float64 block input) and in the network; ratio to the baseline")
+        blocks = Table(title="Per block: alone (on the float64 block input) and in the network; "
+                             "ratio to the largest baseline")
         for column in ("block", "alone rel L2", "ratio", "alone max err/RMS", "in-net rel L2", "in-net ratio", ""):
             blocks.add_column(column, justify="left" if column == "block" else "right", no_wrap=column == "block")
         for b in report.blocks:
@@ -129,6 +133,14 @@ def render_verify(console: Console, report: VerifyReport) -> None:
         worst = report.worst_block
         console.print(f"largest block error: {worst.name} (rel L2 {_err(worst.isolated.candidate.rel_l2)} "
                       "on its own input)")
+    if report.fold_exactness:
+        worst = max(report.fold_exactness, key=lambda c: c.candidate.rel_l2)
+        failed = [c for c in report.fold_exactness if not c.passed]
+        console.print(f"the fold in float64 against the training form: largest rel L2 {_err(worst.candidate.rel_l2)} "
+                      f"({escape(worst.name)}; needs <= {_err(worst.conditions[1].limit)}) "
+                      f"{_verdict(not failed)}")
+        for check in failed:
+            console.print(f"  [red]{escape(check.name)}: {escape('; '.join(check.failures()))}[/]")
     if report.accuracy:
         acc = report.accuracy
         baseline = f", baseline {_pct(acc['baseline'])}" if "baseline" in acc else ""
@@ -183,7 +195,7 @@ def render_export(console: Console, result: ExportResult) -> None:
     if result.fold_verification is not None:
         check = result.fold_verification.checks[0]
         console.print(f"fold verified against the training form in float64: rel L2 {_err(check.candidate.rel_l2)} "
-                      f"({_ratio(check.ratio)} the fp32 training form's own), max abs {_err(check.candidate.max_abs)} "
+                      f"({_ratio(check.ratio)} the largest fp32 baseline's), max abs {_err(check.candidate.max_abs)} "
                       f"{_verdict(result.fold_verification.passed)}")
     shape = "x".join(map(str, result.input_shape))
     precision = result.precision
@@ -197,6 +209,10 @@ def render_export(console: Console, result: ExportResult) -> None:
         top = ", ".join(f"{op} {n}" for op, n in list(g["ops"].items())[:8])
         console.print(f"graph: {g['nodes']} nodes ({top}); {g['conv_nodes']} Conv for {g['conv_modules']} planned, "
                       f"{g['batchnorm_nodes']} BatchNormalization; input dims {g['input_dims']}")
+        for bn in g.get("batchnorms", []):
+            how = {"BatchNormalization": "kept as a BatchNormalization node", "Mul/Add": "lowered to Mul/Add",
+                   "absent": "not a node of its own (a simplifier folded it)"}[bn["in_graph"]]
+            console.print(f"  BatchNorm {escape(bn['name'])} left by the fold, {how}: {escape(bn['reason'])}")
     if result.verification is not None:
         render_verify(console, result.verification)
     if result.dynamic_check is not None:
@@ -237,8 +253,8 @@ def _render_check_line(console: Console, label: str, report: VerifyReport) -> No
     accuracy = (f", accuracy {_pct(acc['candidate'])} (training form {_pct(acc['reference'])}"
                 + (f", its {report.gate.baseline} baseline {_pct(acc['baseline'])}" if "baseline" in acc and report.gate
                    else "") + ")") if acc else ""
-    console.print(f"{label}: rel L2 {_err(out.rel_l2)} ({_ratio(report.checks[0].ratio)} the baseline's), max abs "
-                  f"{_err(out.max_abs)}, top-1 agreement {_pct(out.top1_agreement)}{accuracy} "
+    console.print(f"{label}: rel L2 {_err(out.rel_l2)} ({_ratio(report.checks[0].ratio)} the largest baseline's), "
+                  f"max abs {_err(out.max_abs)}, top-1 agreement {_pct(out.top1_agreement)}{accuracy} "
                   f"{_verdict(report.passed)}")
     if not report.passed:
         console.print(f"[red]{escape(report.failure_summary())}[/]")

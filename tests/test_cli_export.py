@@ -13,9 +13,8 @@ import onnx
 import pytest
 import torch
 
-from xvol_export import create_model
+from xvol_export import create_model, graph_info
 from xvol_export.checkpoint import save_checkpoint
-from xvol_export.export import onnx_graph
 from xvol_export.inputs import random_inputs
 from xvol_export.jobs import ExportSettings, export_checkpoint
 
@@ -78,7 +77,7 @@ def test_export_writes_graph_and_json_report(capsys, work):
     assert report["graph"]["batchnorm_nodes"] == 0
     assert report["graph"]["conv_nodes"] == report["graph"]["conv_modules"] > 0
 
-    meta = onnx_graph.read_metadata(onnx.load("out.onnx"))
+    meta = graph_info.read_metadata(onnx.load("out.onnx"))
     assert json.loads(meta["xvol.verified"])["rel_l2"] == verification["output"]["rel_l2"]
     assert meta == report["metadata"]
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import xvol_export
-from xvol_export import jobs
+from xvol_export import graph_info, jobs
 from xvol_export.checkpoint import load_checkpoint, load_model, save_checkpoint
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
@@ -86,7 +86,7 @@ def graph_of(path: Path) -> onnx.ModelProto:
 
 
 def metadata_of(path: Path) -> dict[str, str]:
-    return onnx_graph.read_metadata(onnx.load(str(path), load_external_data=False))
+    return graph_info.read_metadata(onnx.load(str(path), load_external_data=False))
 
 
 @dataclass
@@ -174,7 +174,7 @@ def check_structure(case: Case, form: str) -> None:
     """No BatchNormalization; as many Conv nodes as the deploy model has nn.Conv2d, and as the plan implies."""
     result = case.train_result if form == "train" else case.deploy_result
     graph = graph_of(case.folder / f"{form}.onnx")
-    ops = onnx_graph.op_counts(graph)
+    ops = graph_info.op_counts(graph)
     assert "BatchNormalization" not in ops
     if form == "deploy":
         deploy, ckpt = load_model(case.deploy)
@@ -199,7 +199,7 @@ def layout_conv_counts(case: Case, folder: Path, layouts=("dense", "split")) -> 
         assert result.passed, result.failure_summary()
         assert set(result.fold.layouts.values()) == {layout}
         assert result.verification.output.rel_l2 < TOL
-        ops = onnx_graph.op_counts(graph_of(output))
+        ops = graph_info.op_counts(graph_of(output))
         assert "BatchNormalization" not in ops
         assert ops["Conv"] == expected_conv_count(case.model, result.fold.layouts)
         assert json.loads(metadata_of(output)["xvol.fold_layout"]) == result.fold.layouts
@@ -250,7 +250,7 @@ def test_dynamic_export_runs_at_other_batch_and_image_sizes(tiny, tmp_path):
     checked, verified = result.dynamic_check.input_shape, result.verification.input_shape
     assert checked[0] != verified[0] and checked[2:] != verified[2:]  # another batch and another image size
     assert result.graph["input_dims"] == ["batch", 3, "height", "width"]
-    assert onnx_graph.input_dims(graph_of(output)) == ["batch", 3, "height", "width"]
+    assert graph_info.input_dims(graph_of(output)) == ["batch", 3, "height", "width"]
     assert json.loads(metadata_of(output)["xvol.dynamic"]) is True
     # A dynamic batch may be large: the aggregate keeps its slices (no one-hot shift convs).
     assert result.deploy_options == {"dilated_conv": "direct", "aggregate": "slices"}
@@ -270,7 +270,7 @@ def test_export_batch_decides_the_aggregate_form(tiny, tmp_path, batch, aggregat
     assert result.deploy_options["aggregate"] == aggregate
     assert json.loads(metadata_of(output)["xvol.deploy_options"]) == result.deploy_options
     expected = expected_conv_count(tiny.model, result.fold.layouts, shift_convs=aggregate == "convs")
-    assert onnx_graph.op_counts(graph_of(output))["Conv"] == expected == result.graph["conv_nodes"]
+    assert graph_info.op_counts(graph_of(output))["Conv"] == expected == result.graph["conv_nodes"]
     assert result.verification.output.rel_l2 < TOL
 
 
@@ -360,7 +360,7 @@ def test_simplifier_crash_falls_back_to_the_unsimplified_graph(tiny_copy, monkey
     assert any("onnxslim failed" in n and "simulated simplifier crash" in n and "unsimplified" in n
                for n in result.notes), result.notes
     assert metadata_of(output)["xvol.simplifier"] == "none"
-    ops = onnx_graph.op_counts(graph_of(output))
+    ops = graph_info.op_counts(graph_of(output))
     assert "Constant" in ops  # the exporter's graph, as it was
     assert "BatchNormalization" not in ops
     assert_file_matches(output, load_model(tiny_copy)[0], (2, 3, 32, 32), seed=12)

@@ -117,12 +117,12 @@ def test_per_block_verification_and_profile_cover_every_family():
 
 def test_export_structural_check_counts_every_family_deploy_conv(tmp_path):
     from xvol_export.export import onnx_graph
-    from xvol_export.jobs.export import _planned_convs
+    from xvol_export.export.structure import planned_convs
 
     deploy, _ = fold(mixed_net(), input_shape=(1, 3, 12, 12))
     graph = onnx_graph.export_onnx(deploy.float(), (1, 3, 12, 12))
     convs = sum(node.op_type == "Conv" for node in graph.graph.node)
-    assert convs == _planned_convs(deploy)
+    assert convs == planned_convs(deploy)
     assert all(deploy_family(m) is None or isinstance(m, block_types()) for m in deploy.modules())
 
 

@@ -20,8 +20,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 def _judge(precision, truth, baseline, candidate, real_data=True):
-    conditions, notes = gate_conditions(DEFAULT_GATES[precision], compare_arrays(truth, candidate, None),
-                                        None if baseline is None else compare_arrays(truth, baseline, None),
+    baselines = None if baseline is None else {"training form": compare_arrays(truth, baseline, None)}
+    conditions, notes = gate_conditions(DEFAULT_GATES[precision], compare_arrays(truth, candidate, None), baselines,
                                         real_data=real_data)
     return all(c.passed for c in conditions), conditions, notes
 

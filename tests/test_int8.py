@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from xvol_export import XvolError, fold
+from xvol_export import XvolError, fold, graph_info
 from xvol_export.checkpoint import load_model
 from xvol_export.export import onnx_graph
 from xvol_export.export.int8 import (
@@ -229,7 +229,7 @@ def test_broken_calibration_collapses_and_fallback_keeps_layers_in_float(digits,
         assert all(step["top1_agreement"] < 0.99 for step in result.steps[:-1])  # stopped at the first that met
     else:
         assert len(names) == len(broken.layers) and "No INT8 graph meets" in result.summary()
-    meta = onnx_graph.read_metadata(result.graph)
+    meta = graph_info.read_metadata(result.graph)
     fallback, calibration_meta = json.loads(meta[FALLBACK_KEY]), json.loads(meta[CALIBRATION_KEY])
     assert fallback["budget"] == {"metric": "top1", "value": 0.99} and fallback["met"] == result.met
     assert fallback["kept_float"] == result.kept_float
@@ -273,7 +273,7 @@ def test_fallback_needs_nothing_when_the_budget_is_met_and_reports_an_unreachabl
     assert exact.after.cosine < 1.0 and exact.after == sensitivity.all_float  # even the fp32 graph is not exact
     summary = exact.summary()
     assert "No INT8 graph meets cosine >= 1.000000" in summary and "0.99999" in summary
-    assert json.loads(onnx_graph.read_metadata(exact.graph)[FALLBACK_KEY])["met"] is False
+    assert json.loads(graph_info.read_metadata(exact.graph)[FALLBACK_KEY])["met"] is False
 
     with pytest.raises(XvolError, match="entropy.*minmax"):
         quantize_with_fallback(graph, calibration, images[:n], truth[:n], "cosine=0.99", method="entropy",

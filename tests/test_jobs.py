@@ -129,7 +129,7 @@ def test_each_group_is_declared_once_and_offered_by_its_commands(group):
 
 def test_a_group_builds_the_library_value(train, capsys, tmp_path):
     built = opt.LOAD.build(trust_pickle=False, arch="xvol_resnet_tiny", arch_config='{"num_classes": 4}', ema=False)
-    assert built == LoadOptions(arch="xvol_resnet_tiny", config={"num_classes": 4})
+    assert built.options() == LoadOptions(arch="xvol_resnet_tiny", config={"num_classes": 4})
     result = run_cli(capsys, "inspect", train, "--arch-config", "{not json")
     assert result.code == 2 and "--arch-config is not valid JSON" in result.err
 

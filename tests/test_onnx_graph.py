@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import xvol_export
+from xvol_export import graph_info
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
 
@@ -136,11 +137,11 @@ def test_torchscript_export_matches_pytorch(models, static_graph):
     g = static_graph
     assert [i.name for i in g.graph.input] == [onnx_graph.INPUT_NAME]
     assert [o.name for o in g.graph.output] == [onnx_graph.OUTPUT_NAME]
-    assert onnx_graph.input_dims(g) == list(STATIC_SHAPE)
+    assert graph_info.input_dims(g) == list(STATIC_SHAPE)
     assert {o.domain for o in g.opset_import} <= set(STANDARD_DOMAINS)
     assert max(o.version for o in g.opset_import if o.domain in STANDARD_DOMAINS) == onnx_graph.DEFAULT_OPSET
     assert all(n.domain in STANDARD_DOMAINS for n in g.graph.node)  # no custom operators
-    ops = onnx_graph.op_counts(g)
+    ops = graph_info.op_counts(g)
     assert "BatchNormalization" not in ops
     assert ops["Conv"] == sum(isinstance(m, torch.nn.Conv2d) for m in deploy.modules())
     assert ops["Softmax"] == sum(isinstance(m, xvol_export.XVolutionDeploy) for m in deploy.modules())
@@ -161,8 +162,8 @@ def test_dynamo_export_dynamic_matches_pytorch(models):
     g = onnx_graph.check_graph(raw)
     assert {o.version for o in g.opset_import if o.domain in STANDARD_DOMAINS} == {18}
     assert all(n.domain in STANDARD_DOMAINS for n in g.graph.node)
-    assert onnx_graph.input_dims(g) == ["batch", 3, "height", "width"]
-    assert "BatchNormalization" not in onnx_graph.op_counts(g)
+    assert graph_info.input_dims(g) == ["batch", 3, "height", "width"]
+    assert "BatchNormalization" not in graph_info.op_counts(g)
     for seed, shape in enumerate([STATIC_SHAPE, *OTHER_SHAPES]):
         assert_matches(g, model, shape, seed=seed)
 
@@ -180,7 +181,7 @@ def test_export_keeps_the_model_unchanged(models):
 
 def test_dynamic_export_keeps_symbolic_dims_and_runs_at_other_shapes(models, dynamic_graph):
     model, _ = models
-    assert onnx_graph.input_dims(dynamic_graph) == ["batch", 3, "height", "width"]
+    assert graph_info.input_dims(dynamic_graph) == ["batch", 3, "height", "width"]
     out_dims = dynamic_graph.graph.output[0].type.tensor_type.shape.dim
     assert out_dims[0].dim_param == "batch" and out_dims[1].dim_value == 10
     for seed, shape in enumerate([STATIC_SHAPE, *OTHER_SHAPES]):
@@ -188,7 +189,7 @@ def test_dynamic_export_keeps_symbolic_dims_and_runs_at_other_shapes(models, dyn
 
 
 def test_static_export_refuses_other_shapes(static_graph):
-    assert all(isinstance(d, int) for d in onnx_graph.input_dims(static_graph))
+    assert all(isinstance(d, int) for d in graph_info.input_dims(static_graph))
     with pytest.raises(Exception, match="(?i)dimension|shape"):
         run_onnx(static_graph, inputs((1, 3, 40, 24)))
 
@@ -197,7 +198,7 @@ def test_static_export_refuses_other_shapes(static_graph):
 def test_simplified_dynamic_graph_keeps_symbolic_dims(models, dynamic_graph, simplifier):
     model, _ = models
     simplified = onnx_graph.check_graph(onnx_graph.simplify(dynamic_graph, simplifier))
-    assert onnx_graph.input_dims(simplified) == ["batch", 3, "height", "width"]
+    assert graph_info.input_dims(simplified) == ["batch", 3, "height", "width"]
     assert simplified.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert len(simplified.graph.node) < len(dynamic_graph.graph.node)
     for seed, shape in enumerate([STATIC_SHAPE, *OTHER_SHAPES]):
@@ -209,16 +210,16 @@ def test_simplified_dynamic_graph_keeps_symbolic_dims(models, dynamic_graph, sim
 @pytest.mark.parametrize("simplifier", onnx_graph.SIMPLIFIERS)
 def test_simplifier_keeps_results_and_shrinks_graph(models, static_graph, simplifier):
     model, deploy = models
-    before = onnx_graph.op_counts(static_graph)
+    before = graph_info.op_counts(static_graph)
     simplified = onnx_graph.check_graph(onnx_graph.simplify(static_graph, simplifier))
     # the input graph stays the unsimplified one (the export job falls back to it); onnxslim only names
     # the tensors inside Constant nodes in place, which changes nothing that runs
-    assert onnx_graph.op_counts(static_graph) == before
+    assert graph_info.op_counts(static_graph) == before
     assert len(simplified.graph.node) < len(static_graph.graph.node)
-    ops = onnx_graph.op_counts(simplified)
+    ops = graph_info.op_counts(simplified)
     assert "Constant" not in ops  # folded into initializers
-    assert ops["Conv"] == onnx_graph.op_counts(static_graph)["Conv"]
-    assert onnx_graph.input_dims(simplified) == list(STATIC_SHAPE)
+    assert ops["Conv"] == graph_info.op_counts(static_graph)["Conv"]
+    assert graph_info.input_dims(simplified) == list(STATIC_SHAPE)
     assert_matches(simplified, model, STATIC_SHAPE, seed=4)
     assert_matches(simplified, deploy, STATIC_SHAPE, seed=5)
 
@@ -265,10 +266,10 @@ def test_check_graph_rejects_wrong_tensor_type(static_copy):
 
 def test_op_counts_and_input_dims(static_graph):
     expected = collections.Counter(n.op_type for n in static_graph.graph.node)
-    counts = onnx_graph.op_counts(static_graph)
+    counts = graph_info.op_counts(static_graph)
     assert counts == dict(expected)
     assert sum(counts.values()) == len(static_graph.graph.node)
-    assert onnx_graph.input_dims(static_graph) == [2, 3, 32, 32]
+    assert graph_info.input_dims(static_graph) == [2, 3, 32, 32]
 
 
 # ----------------------------------------------------------------------------------------- metadata
@@ -276,16 +277,16 @@ def test_op_counts_and_input_dims(static_graph):
 def test_metadata_round_trip_and_replacement(static_copy, tmp_path):
     model = static_copy
     assert onnx_graph.set_metadata(model, {"xvol.a": "1", "xvol.b": "two"}) is model
-    assert onnx_graph.read_metadata(model) == {"xvol.a": "1", "xvol.b": "two"}
+    assert graph_info.read_metadata(model) == {"xvol.a": "1", "xvol.b": "two"}
 
     onnx_graph.set_metadata(model, {"xvol.a": 3, "xvol.c": '{"json": [1, 2]}'})  # replace a, keep b, add c
-    assert onnx_graph.read_metadata(model) == {"xvol.a": "3", "xvol.b": "two", "xvol.c": '{"json": [1, 2]}'}
+    assert graph_info.read_metadata(model) == {"xvol.a": "3", "xvol.b": "two", "xvol.c": '{"json": [1, 2]}'}
     assert [p.key for p in model.metadata_props].count("xvol.a") == 1  # replaced, not duplicated
     assert len(model.metadata_props) == 3
 
     onnx_graph.save_onnx(model, tmp_path / "m.onnx")
     loaded = onnx.load(str(tmp_path / "m.onnx"))
-    assert onnx_graph.read_metadata(loaded) == {"xvol.a": "3", "xvol.b": "two", "xvol.c": '{"json": [1, 2]}'}
+    assert graph_info.read_metadata(loaded) == {"xvol.a": "3", "xvol.b": "two", "xvol.c": '{"json": [1, 2]}'}
     meta = session(tmp_path / "m.onnx").get_modelmeta().custom_metadata_map
     assert meta == {"xvol.a": "3", "xvol.b": "two", "xvol.c": '{"json": [1, 2]}'}
 

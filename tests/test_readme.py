@@ -45,6 +45,8 @@ def test_readme_gate_table_states_the_default_gates():
         expected = []
         if gate.factor is not None:
             expected.append(f"**{gate.factor:g}x**")
+        if gate.max_error_factor is not None:
+            expected.append(f"**{gate.max_error_factor:g}x**")
         expected += [f"**{bound:g}**" for bound in (gate.max_rel_l2, gate.max_error_rms, gate.min_cosine) if bound]
         if gate.min_top1 is not None:
             expected.append(f"**{100 * gate.min_top1:g} %**")

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from xvol_export.export import onnx_graph
+from xvol_export import graph_info
 from xvol_export.export.int8 import parse_budget
 from xvol_export.jobs import ExportSettings, export_checkpoint
 from xvol_export.jobs.export import Int8Options
@@ -70,7 +70,7 @@ def test_int8_with_every_calibration_method_keeps_the_accuracy(exports, method):
     assert accuracy["count"] == 360 and accuracy["candidate"] >= accuracy["reference"] - 0.01
     assert set(accuracy) >= {"reference", "baseline", "candidate"}  # every form's accuracy in the report
     assert result.verification.output.cosine >= 0.99
-    assert onnx_graph.read_metadata(onnx.load(result.output))["xvol.int8_calibration"] == \
+    assert graph_info.read_metadata(onnx.load(result.output))["xvol.int8_calibration"] == \
         f'{{"method": "{method}", "images": 256}}'
 
 
@@ -85,7 +85,7 @@ def test_int8_fallback_meets_its_budget_and_records_why(tmp_path):
     assert fallback["met"] and fallback["after"]["cosine"] >= 0.99999 > fallback["before"]["cosine"]
     kept = [layer["name"] for layer in fallback["kept_float"]]
     assert kept and kept == sensitivity["ranking"][:len(kept)]  # most sensitive first
-    stored = json.loads(onnx_graph.read_metadata(onnx.load(out))["xvol.int8_fallback"])
+    stored = json.loads(graph_info.read_metadata(onnx.load(out))["xvol.int8_fallback"])
     assert [layer["name"] for layer in stored["kept_float"]] == kept and all(k["reason"] for k in stored["kept_float"])
     expected = expected_precisions(onnx.load(out))  # what a TensorRT engine's layers are held to
     assert {expected[name] for name in kept} == {"fp32"} and "int8" in expected.values()

@@ -17,6 +17,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import xvol_export
+from xvol_export import graph_info
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
 from xvol_export.export.tensorrt_ops import (
@@ -103,12 +104,12 @@ def test_every_sample_export_passes(exports, precision, dynamic):
     graph = exports[precision, dynamic]
     assert tensorrt_incompatibilities(graph) == []
     assert check_tensorrt_compatible(graph, "digits.onnx") is None
-    ops = onnx_graph.op_counts(graph)
+    ops = graph_info.op_counts(graph)
     if precision == "int8":  # the Q/DQ graph really is quantized, per channel on the weights
         assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
         assert any(a.name == "axis" for n in graph.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
     if dynamic:
-        assert isinstance(onnx_graph.input_dims(graph)[0], str)
+        assert isinstance(graph_info.input_dims(graph)[0], str)
 
 
 def test_sample_int8_graph_with_a_nonzero_zero_point_is_refused(exports):
@@ -137,7 +138,7 @@ def tiny_deploy():
                                                       ("dynamo", 18, False)])  # dynamo: static is the cheaper
 def test_tiny_xvolution_passes_with_both_exporters(tiny_deploy, exporter, opset, dynamic):
     graph = onnx_graph.export_onnx(tiny_deploy, (2, 3, 32, 32), opset=opset, dynamic=dynamic, exporter=exporter)
-    assert onnx_graph.op_counts(graph)["Softmax"] == 1  # the X-volution attention is in the graph
+    assert graph_info.op_counts(graph)["Softmax"] == 1  # the X-volution attention is in the graph
     assert tensorrt_incompatibilities(graph) == []
 
 

@@ -107,3 +107,69 @@ def identity_mismatch(width: int = 8) -> nn.Module:
     """Asks for an identity branch where the channels differ: the block refuses, naming why."""
     return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), RepVGGBlock(width, 2 * width, 3, padding=1,
                                                                         use_identity=True))
+
+
+class TwoHeadNet(nn.Module):
+    """About 1.3k parameters written without xvol: a block with its own ``reparameterize()``, a grouped
+    ConvTranspose2d + BN, a Linear + BatchNorm1d, and two outputs (logits and a map)."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = TimmStyleBlock(8)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2, bias=False)
+        self.up_bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, num_classes)
+        self.fc_bn = nn.BatchNorm1d(num_classes)
+        self.map = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.block(self.stem(x)))
+        x = nn.functional.relu(self.up_bn(self.up(x)))
+        return self.fc_bn(self.fc(x.mean((2, 3)))), self.map(x)
+
+
+def two_head_net(num_classes: int = 4) -> nn.Module:
+    model = TwoHeadNet(num_classes)
+    model.pretrained_cfg = {"input_size": (3, 16, 16)}
+    return model
+
+
+class PreActBlock(nn.Module):
+    """A pre-activation residual block (He et al. 2016): BN and ReLU before each conv, so the first BatchNorm
+    follows the previous block's add and the second follows a ReLU; neither has a conv before it to absorb it."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        out = self.conv1(nn.functional.relu(self.bn1(x)))
+        return x + self.conv2(nn.functional.relu(self.bn2(out)))
+
+
+class PreActNet(nn.Module):
+    """A small pre-activation network: a stem, two pre-activation blocks, a final BN + ReLU after the last add,
+    and a head whose BatchNorm feeds another BatchNorm that feeds an unpadded 1x1 conv."""
+
+    def __init__(self, num_classes: int = 4, width: int = 8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.blocks = nn.Sequential(PreActBlock(width), PreActBlock(width))
+        self.final_bn = nn.BatchNorm2d(width)
+        self.head_bn1 = nn.BatchNorm2d(width)
+        self.head_bn2 = nn.BatchNorm2d(width)
+        self.head_conv = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.final_bn(self.blocks(self.stem(x))))
+        return self.head_conv(self.head_bn2(self.head_bn1(x))).mean((2, 3))
+
+
+def preact_net(num_classes: int = 4, width: int = 8) -> nn.Module:
+    model = PreActNet(num_classes, width)
+    model.pretrained_cfg = {"input_size": (3, 16, 16)}
+    return model

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from xvol_export.backends import RunnerOptions, backends_for
-from xvol_export.checkpoint import SUFFIXES, Checkpoint, LoadOptions
 from xvol_export.errors import XvolError
+from xvol_export.io import CHECKPOINT_SUFFIXES
 from xvol_export.limits import check_input_file
 from xvol_export.runners import Runner
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from xvol_export.checkpoint import Checkpoint, LoadOptions
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 OPENVINO_SUFFIXES = (".xml",)  # an OpenVINO IR: NAME.xml with its weights in NAME.bin
@@ -38,15 +42,15 @@ def artifact_kind(path: str | os.PathLike) -> str:
         return "engine"
     if suffix in OPENVINO_SUFFIXES:
         return "openvino"
-    if suffix in SUFFIXES:
+    if suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
     raise XvolError(
-        f"{path}: unknown artifact type '{suffix}'. xvol reads checkpoints ({', '.join(SUFFIXES)}), ONNX graphs "
-        f"(.onnx), OpenVINO IR (.xml) and TensorRT engines ({', '.join(ENGINE_SUFFIXES)})."
+        f"{path}: unknown artifact type '{suffix}'. xvol reads checkpoints ({', '.join(CHECKPOINT_SUFFIXES)}), "
+        f"ONNX graphs (.onnx), OpenVINO IR (.xml) and TensorRT engines ({', '.join(ENGINE_SUFFIXES)})."
     )
 
 
-def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), name: str | None = None,
+def open_artifact(path: str | os.PathLike, load: LoadOptions | None = None, name: str | None = None,
                   backend: str | None = None, options: RunnerOptions = RunnerOptions()) -> Artifact:
     """The artifact at ``path`` with a runner on ``backend`` (default: its kind's), named ``name`` (default:
     the file name). :class:`XvolError` when the file is missing, or the backend cannot open it or run here."""
@@ -59,7 +63,11 @@ def open_artifact(path: str | os.PathLike, load: LoadOptions = LoadOptions(), na
                         "NAME.xml with NAME.bin beside it. Copy both, or export again with --format openvino.")
     chosen = backends_for(path, kind, (backend,) if backend else None)[0]
     label = name or path.name
-    model, ckpt = load.load(path) if kind == "checkpoint" else (None, None)
+    model, ckpt = None, None
+    if kind == "checkpoint":
+        from xvol_export.checkpoint import LoadOptions
+
+        model, ckpt = (load or LoadOptions()).load(path)
     runner = chosen.make(path, model, label, options)
     if kind == "checkpoint":
         return Artifact(path, kind, runner, getattr(model, "input_size", None), model, ckpt)

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from torch import nn
-
 from xvol_export.errors import XvolError
 from xvol_export.runners import Runner
 from xvol_export.tensorrt.environment import INSTALL as TENSORRT_INSTALL
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from xvol_export.tensorrt.build import EngineSettings
 
 

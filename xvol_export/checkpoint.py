@@ -34,7 +34,7 @@ from xvol_export.dtypes import DTYPES, describe_dtype, dtype_kind, dtype_name, r
 from xvol_export.errors import XvolError
 from xvol_export.fold.plan import FoldPlan
 from xvol_export.forms import apply_fold_plan, current_plan, derive_plan, recognize_form
-from xvol_export.io import atomic_write, build_timestamp, sha256_file
+from xvol_export.io import CHECKPOINT_SUFFIXES, atomic_write, build_timestamp, sha256_file
 from xvol_export.layers.xvolution import LAYOUTS, XVolutionDeploy
 from xvol_export.limits import check_fits, check_input_file, format_bytes
 from xvol_export.models import create_model, get_model_entry
@@ -43,7 +43,7 @@ from xvol_export.models.spec import ModelSpec, config_problems, is_json_plain, i
 
 FORMAT = "xvol.checkpoint"
 FORMAT_VERSION = 2  # 2: fold_plan; 1: layouts (X-volution blocks only), still read
-SUFFIXES = (".pth", ".pt", ".safetensors")
+SUFFIXES = CHECKPOINT_SUFFIXES
 # Prefixes that training wrappers add to every key (DataParallel/DDP, Lightning, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
 # Where common training scripts keep the weights inside their own checkpoint dicts.

@@ -17,6 +17,7 @@ import subprocess
 
 import xvol_export
 from xvol_export.backends import BACKENDS
+from xvol_export.env import cpu_name
 from xvol_export.models import list_models
 from xvol_export.tensorrt.environment import INSTALL, tensorrt_missing
 
@@ -26,18 +27,6 @@ _PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxslim", "on
 TENSORRT_INSTALL = INSTALL
 POLYGRAPHY_INSTALL = "pip install polygraphy"
 _NVIDIA_SMI_TIMEOUT_S = 5
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def package_versions() -> dict[str, str | None]:

@@ -8,12 +8,15 @@ import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from xvol_export.errors import XvolError
 from xvol_export.limits import check_fits, check_input_file, check_seed, format_bytes, tensor_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 _SHAPE = re.compile(
     r"^\s*(?:(?P<name>[A-Za-z_][\w./-]*)\s*:)?\s*(?:\[(?P<bracketed>[^\[\]]*)\]|(?P<plain>[^\[\]]*))\s*$"
@@ -57,10 +60,14 @@ def fresh_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-def random_inputs(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard-normal inputs from a seeded generator (reproducible across runs and machines).
+def random_inputs(shape: tuple[int, ...], seed: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Standard-normal inputs from a seeded generator (reproducible across runs and machines), float32 unless
+    ``dtype`` says otherwise.
 
     :class:`XvolError` for a seed outside 0..2**32-1 and for a shape whose inputs cannot fit in memory."""
+    import torch
+
+    dtype = dtype or torch.float32
     check_seed(seed)
     check_fits(tensor_bytes(shape, 8 + torch.empty(0, dtype=dtype).element_size()),
                f"random inputs of shape {'x'.join(map(str, shape))}", "Give a smaller --input-shape or batch.")
@@ -130,6 +137,8 @@ def load_npz(path: str | os.PathLike) -> InputData:
                         "order 1, or raw pixels up to 255).")
     if labels is not None and (labels.ndim != 1 or len(labels) != len(inputs) or labels.dtype.kind not in "iu"):
         raise XvolError(f"{path}: 'labels' must be integers, one per input ({len(inputs)}), got shape {labels.shape}.")
+    import torch
+
     return InputData(
         torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),
         None if labels is None else torch.from_numpy(labels.astype(np.int64)),
@@ -176,7 +185,7 @@ def save_npz(path: str | os.PathLike, **arrays) -> None:
 
 
 def _numpy(value):
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
 
 DEFAULT_VERIFY_BATCH = 2

@@ -11,6 +11,8 @@ from typing import Iterator
 from xvol_export import cleanup
 from xvol_export.errors import XvolError
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # the files xvol reads as checkpoints
+
 
 def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     """Refuse an output path whose folder is missing, or that exists without ``force``."""

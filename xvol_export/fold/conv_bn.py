@@ -77,18 +77,25 @@ def fuse_norms(model: nn.Module, leaf_types: tuple[type, ...] = ()) -> tuple[nn.
     modules = dict(model.named_modules())
     wiring = _Wiring(modules, Counter(n.target for n in graph.nodes if n.op == "call_module"),
                      [n.target for n in graph.nodes if n.op == "get_attr"])
-    plan: list[tuple[str, str, str]] = []
+    nodes = {n.target: n for n in graph.nodes if n.op == "call_module" and n.target in norms}
+    groups: list[list[tuple[str, str, str]]] = []
     reasons: dict[str, str] = {}
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in norms or node.target in reasons:
             continue
         found = _pairing(node, wiring)
         if isinstance(found, tuple):
-            plan.append(found)
+            groups.append([found])
         else:
             reasons[node.target] = found
+    paired = {pair[2] for group in groups for pair in group}
+    for group in groups:  # BatchNorms next to a paired one compose with it into the same layer
+        group += _chained(group[0], nodes, wiring, paired)
+        for _, _, norm in group[1:]:
+            paired.add(norm)
+            reasons.pop(norm, None)
 
-    plan = _apply(model, plan, reasons, leaves)
+    plan = [pair for group in _apply(model, groups, reasons, leaves) for pair in group]
     fused = [{"kind": kind, "layer": layer, "norm": norm} for kind, layer, norm in plan]
     done = {norm for _, _, norm in plan}
     left = []
@@ -322,27 +329,55 @@ def _opaque_reason(name: str, module: nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------- folding
 
 
-def _apply(model: nn.Module, plan: list[tuple[str, str, str]], reasons: dict[str, str],
-           leaves: tuple[type, ...]) -> list[tuple[str, str, str]]:
-    """Fold the pairs of ``plan`` into ``model``; return those that stay folded. A forward that reads a plain
-    attribute of a folded norm or layer (``self.bn.num_features``, say) no longer traces: then each pair is tried
-    alone and undone (its norm's reason put in ``reasons``) where it breaks the trace."""
-    undo = [_fold_pair(model, pair) for pair in plan]
+def _apply(model: nn.Module, groups: list[list[tuple[str, str, str]]], reasons: dict[str, str],
+           leaves: tuple[type, ...]) -> list[list[tuple[str, str, str]]]:
+    """Fold the pairs of each group (a layer and the BatchNorms that compose into it, in folding order) into
+    ``model``; return the groups that stay folded. A forward that reads a plain attribute of a folded norm or
+    layer (``self.bn.num_features``, say) no longer traces: then each group is tried alone and undone (its norms'
+    reason put in ``reasons``) where it breaks the trace."""
+    undo = [_fold_pair(model, pair) for group in groups for pair in group]
     if _traces(model, leaves) is None:
-        return plan
+        return groups
     for restore in reversed(undo):
         restore()
     kept = []
-    for pair in plan:
-        restore = _fold_pair(model, pair)
+    for group in groups:
+        restores = [_fold_pair(model, pair) for pair in group]
         error = _traces(model, leaves)
         if error is None:
-            kept.append(pair)
-        else:
+            kept.append(group)
+            continue
+        for restore in reversed(restores):
             restore()
-            reasons[pair[2]] = (f"folding it into '{pair[1]}' breaks forward, which reads attributes of one of "
-                                f"them that the fold replaces ({error})")
+        for _, layer, norm in group:
+            reasons[norm] = (f"folding it into '{layer}' breaks forward, which reads attributes of one of them "
+                             f"that the fold replaces ({error})")
     return kept
+
+
+def _chained(pair: tuple[str, str, str], nodes: dict[str, torch.fx.Node], wiring: _Wiring,
+             paired: set[str]) -> list[tuple[str, str, str]]:
+    """The BatchNorms that compose with ``pair``'s norm on the side away from its layer (``conv -> bn -> bn2``,
+    ``bn2 -> bn -> conv``): each called once, feeding only the next, of the layer's channels; the pairs that fold
+    them into the same layer, in folding order (outward from the layer)."""
+    kind, layer_name, norm_name = pair
+    layer, side = wiring.modules[layer_name], "in" if kind in ("bn_conv", "bn_linear") else "out"
+    chain, node = [], nodes[norm_name]
+    while True:
+        if side == "out":
+            nxt = next(iter(node.users)) if len(node.users) == 1 else None
+            ok = nxt is not None and nxt.args[:1] == (node,)
+        else:
+            nxt = node.args[0] if node.args else None
+            ok = isinstance(nxt, torch.fx.Node) and len(nxt.users) == 1
+        name = nxt.target if ok and nxt.op == "call_module" else None
+        if name not in nodes or name in paired or wiring.calls[name] > 1:
+            return chain
+        norm = wiring.modules[name]
+        if _norm_problem(norm) or wiring.read_directly(name) or _mismatch(layer, norm, side):
+            return chain
+        chain.append((kind, layer_name, name))
+        node = nxt
 
 
 def _fold_pair(model: nn.Module, pair: tuple[str, str, str]):

@@ -171,6 +171,17 @@ def fold(
     return deploy, report
 
 
+def fold_both(model: nn.Module, layout: str = "auto", input_shape: tuple[int, ...] | None = None,
+              dtype: str | torch.dtype | None = None, **runtime: str) -> tuple[nn.Module, nn.Module, FoldReport]:
+    """:func:`fold` once, giving both the deploy model in ``dtype`` and its float64 form before the cast: ``(deploy,
+    deploy64, report)``. Verification judges the first next to the second, whose weights are not rounded."""
+    deploy64, report = fold(model, layout, input_shape, torch.float64, **runtime)
+    target = resolve_dtype(dtype) if dtype is not None else _floating_dtype(model)
+    deploy = copy.deepcopy(deploy64).to(target)  # the fold plan goes with the copy
+    report.deploy_dtype = describe_dtype(target)
+    return deploy, deploy64, report
+
+
 def _layout_for(family: BlockFamily, module: nn.Module, layout: str, name: str, profile) -> tuple[str, str]:
     if not family.layouts:
         return "", ""

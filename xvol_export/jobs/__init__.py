@@ -1,14 +1,36 @@
 """The jobs behind the commands, one module each: a frozen settings dataclass, an in-memory core, a path-in /
-path-out function, and a result with the shape every job shares (:class:`~xvol_export.results.JobResult`)."""
+path-out function, and a result with the shape every job shares (:class:`~xvol_export.results.JobResult`).
 
-from xvol_export.jobs.bench import BenchReport, BenchSettings, bench_artifacts
-from xvol_export.jobs.export import ExportResult, ExportSettings, Int8Options, export_checkpoint
-from xvol_export.jobs.fold import FoldResult, FoldSettings, fold_checkpoint
-from xvol_export.jobs.inspect import InspectReport, InspectSettings, inspect_checkpoint, inspect_graph
-from xvol_export.jobs.pipeline import PipelineResult, PipelineSettings, run_pipeline
-from xvol_export.jobs.verify import VerifySettings, verify_artifacts
-from xvol_export.results import JobResult
-from xvol_export.verify import VerifyReport
+Each name is imported from its module on first use, so a command that needs no model (judging an artifact
+against a golden file) never loads PyTorch.
+"""
+
+import importlib
+
+_HOMES = {
+    "BenchReport": "bench", "BenchSettings": "bench", "bench_artifacts": "bench",
+    "ExportResult": "export", "ExportSettings": "export", "Int8Options": "export", "export_checkpoint": "export",
+    "FoldResult": "fold", "FoldSettings": "fold", "fold_checkpoint": "fold",
+    "InspectReport": "inspect", "InspectSettings": "inspect", "inspect_checkpoint": "inspect",
+    "inspect_graph": "inspect",
+    "PipelineResult": "pipeline", "PipelineSettings": "pipeline", "run_pipeline": "pipeline",
+    "VerifySettings": "verify", "verify_artifacts": "verify",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"xvol_export.jobs.{_HOMES[name]}"), name)
+    if name == "JobResult":
+        from xvol_export.results import JobResult
+
+        return JobResult
+    if name == "VerifyReport":
+        from xvol_export.verify import VerifyReport
+
+        return VerifyReport
+    raise AttributeError(f"module 'xvol_export.jobs' has no attribute {name!r}")
+
 
 __all__ = [
     "BenchReport", "BenchSettings", "ExportResult", "ExportSettings", "FoldResult", "FoldSettings", "InspectReport",

@@ -23,7 +23,8 @@ from xvol_export.backends import (
 )
 from xvol_export.bench import LatencyStats, latency_stats
 from xvol_export.checkpoint import LoadOptions
-from xvol_export.doctor import cpu_name, package_versions
+from xvol_export.doctor import package_versions
+from xvol_export.env import cpu_name
 from xvol_export.errors import XvolError
 from xvol_export.fold import set_runtime_options
 from xvol_export.fold.family import families

@@ -13,6 +13,7 @@ import onnx
 from torch import nn
 
 import xvol_export
+from xvol_export import graph_info
 from xvol_export.artifacts import INPUT_SHAPE_KEY, artifact_kind, onnx_input_size
 from xvol_export.backends import BACKENDS
 from xvol_export.checkpoint import Checkpoint, LoadOptions
@@ -20,12 +21,11 @@ from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
 from xvol_export.export import engine as engine_step
 from xvol_export.export import int8 as int8_step
-from xvol_export.export import onnx_graph, openvino_ir
+from xvol_export.export import onnx_graph, openvino_ir, structure
 from xvol_export.export import precision as precision_step
 from xvol_export.export.int8 import CALIBRATION_KEY, AccuracyBudget
 from xvol_export.export.tensorrt_ops import TENSORRT_OPS_SOURCE, tensorrt_incompatibilities
-from xvol_export.fold import FoldReport, RuntimeTarget, fold, runtime_options, set_runtime_options
-from xvol_export.fold.family import deploy_family
+from xvol_export.fold import FoldReport, RuntimeTarget, fold_both, runtime_options, set_runtime_options
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path, sha256_file
 from xvol_export.limits import check_not_folder_syntax, check_output_name, check_seed
@@ -34,7 +34,7 @@ from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
 from xvol_export.runners.openvino_runner import PRECISION_OF_HINT
 from xvol_export.tensorrt.build import EngineSettings
 from xvol_export.utils import StepClock
-from xvol_export.verify import Reference, VerifyReport, verify
+from xvol_export.verify import Reference, VerifyReport, verify, verify_fold
 from xvol_export.verify.run import check_batch_fits
 
 FORMATS = ("onnx", "openvino", "engine")
@@ -317,9 +317,9 @@ def prepare_export(path: str | os.PathLike, settings: ExportSettings = ExportSet
     else:
         with clock("fold"):
             # Folded straight to fp32, the graph's precision: a half-precision checkpoint's fold is not rounded twice.
-            deploy, prepared.fold = fold(model, layout=settings.layout, input_shape=(1, channels, height, width),
-                                         dtype="fp32")
-            prepared.fold_verification = verify(reference, deploy, "deploy form", seed=used_seed)
+            deploy, deploy64, prepared.fold = fold_both(model, layout=settings.layout,
+                                                        input_shape=(1, channels, height, width), dtype="fp32")
+            prepared.fold_verification = verify_fold(reference, deploy, deploy64, seed=used_seed)
     # The graph is exported in fp32 (a half-precision deploy checkpoint is widened exactly); a precision
     # converts it. It gets the deploy blocks' fastest form for ONNX Runtime (same weights, same function).
     prepared.deploy_options = runtime_options(deploy, RuntimeTarget("onnxruntime", "cpu", batch, dynamic))
@@ -365,10 +365,16 @@ def export_prepared(prepared: PreparedExport, output: str | os.PathLike, setting
     result.simplifier = label if label != "unsimplified" else None
     if p.dynamic:
         with clock("verify other shape"):
-            result.dynamic_check = _check_other_shape(p.model, graph, p.shape, in_graph, tolerance, p.seed)
+            result.dynamic_check = _check_other_shape(p.model, p.reference.deploy_form, graph, p.shape, in_graph,
+                                                      tolerance, p.seed)
 
-    result.graph = _graph_summary(graph, p.deploy)
-    result.failures += _structural_failures(result.graph)
+    left = None
+    if p.fold is not None:  # the BatchNorms the fold left, each with its reason
+        reasons = {entry["name"]: entry["reason"] for entry in p.fold.left}
+        left = {name: reasons.get(name, "left by the fold") for name in p.fold.remaining_batchnorms}
+    result.graph = structure.graph_summary(graph, p.deploy, left, raw=candidates[-1][1])
+    structural = structure.structural_failures(result.graph)
+    result.failures += structural
     result.tensorrt_compatibility = _tensorrt_compatibility(graph)
     if result.tensorrt_compatibility["problems"]:
         result.notes.append(f"TensorRT would refuse this graph ({result.tensorrt_compatibility['problems'][0]}"
@@ -376,7 +382,11 @@ def export_prepared(prepared: PreparedExport, output: str | os.PathLike, setting
         if format == "engine":
             result.failures.append("the graph uses what TensorRT's ONNX parser refuses: no engine can be built")
     if not result.passed:
-        result.notes.append("verification failed: nothing written")
+        failed = [what for what, bad in (("verification", not all(r.passed for r in result.reports)),
+                                          ("the structural check", bool(structural)),
+                                          ("the TensorRT check", len(result.failures) > len(structural)))
+                  if bad]
+        result.notes.append(f"{' and '.join(failed)} failed: nothing written")
         return result
 
     result.metadata = _metadata(p.ckpt, result)
@@ -414,7 +424,7 @@ def _export_graph_engine(path: Path, output: str | os.PathLike | None, engine: E
     if not path.is_file():
         raise XvolError(f"{path}: no such file. Check the path (relative paths start from the current folder).")
     graph = onnx.load(str(path), load_external_data=False)
-    precision = onnx_graph.graph_precision(graph)
+    precision = graph_info.graph_precision(graph)
     output = Path(output) if output is not None else path.with_suffix(".engine")
     for target in engine_step.engine_files(output):
         check_output_path(target, force)
@@ -528,56 +538,17 @@ def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.nda
     return onnx_graph.check_graph(fallback.graph)
 
 
-def _check_other_shape(model: nn.Module, graph: onnx.ModelProto, shape: tuple[int, ...], precision: str,
-                       tolerance: Tolerance | None, seed: int | None) -> VerifyReport:
+def _check_other_shape(model: nn.Module, deploy64: nn.Module | None, graph: onnx.ModelProto, shape: tuple[int, ...],
+                       precision: str, tolerance: Tolerance | None, seed: int | None) -> VerifyReport:
     """A dynamic graph must also run, and agree, at another batch size and image size (its own reference)."""
     batch, channels, height, width = shape
     other = (batch + 2, channels, height + max(1, height // 4) + 1, width + max(1, width // 2))
     data, used = prepare_inputs((channels, other[2], other[3]), "the exported graph", None, InputShape(other),
                                 None if seed is None else seed + 1)
-    reference = Reference(model, data, "training form", per_block=False)
+    reference = Reference(model, data, "training form", per_block=False, deploy=deploy64)
     with onnx_graph.runnable(graph) as source:
         return verify(reference, OnnxRuntimeRunner(source, "ONNX (other shape)"), tolerance=tolerance,
                       precision=precision, seed=used)
-
-
-def _graph_summary(graph: onnx.ModelProto, deploy: nn.Module) -> dict:
-    ops = onnx_graph.op_counts(graph)
-    return {
-        "nodes": len(graph.graph.node),
-        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
-        "input_dims": onnx_graph.input_dims(graph),
-        "conv_nodes": ops.get("Conv", 0),
-        "conv_modules": _planned_convs(deploy),
-        "batchnorm_nodes": ops.get("BatchNormalization", 0),
-        "bytes": graph.ByteSize(),
-    }
-
-
-def _planned_convs(deploy: nn.Module) -> int:
-    """The Conv nodes the graph should hold: each deploy block's, as its family counts them, and every other
-    conv module (a transposed conv exports as a ConvTranspose node, not counted)."""
-    planned, inside = 0, ()
-    for name, module in deploy.named_modules():
-        if inside and any(name.startswith(f"{b}.") or not b for b in inside):
-            continue
-        family = deploy_family(module)
-        if family is not None:
-            planned += family.graph_convs(module)
-            inside += (name,)
-        elif isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
-            planned += 1
-    return planned
-
-
-def _structural_failures(summary: dict) -> list[str]:
-    failures = []
-    if summary["batchnorm_nodes"]:
-        failures.append(f"the graph still holds {summary['batchnorm_nodes']} BatchNormalization node(s)")
-    if summary["conv_nodes"] != summary["conv_modules"]:
-        failures.append(f"the graph holds {summary['conv_nodes']} Conv node(s) but the fold planned "
-                        f"{summary['conv_modules']}")
-    return failures
 
 
 def _metadata(ckpt, result: ExportResult) -> dict[str, str]:

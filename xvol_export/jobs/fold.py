@@ -10,13 +10,13 @@ from torch import nn
 
 from xvol_export.checkpoint import LoadOptions, check_refold, save_checkpoint
 from xvol_export.compare import Tolerance
-from xvol_export.fold import FoldReport, fold
+from xvol_export.fold import FoldReport, fold_both
 from xvol_export.inputs import InputShape, prepare_inputs
 from xvol_export.io import check_output_path
 from xvol_export.limits import check_not_folder_syntax, check_output_name, check_seed
 from xvol_export.results import JobResult
 from xvol_export.utils import StepClock
-from xvol_export.verify import Reference, VerifyReport, verify
+from xvol_export.verify import Reference, VerifyReport, verify_fold
 from xvol_export.verify.run import check_run_fits
 
 
@@ -78,9 +78,9 @@ def fold_verified(model: nn.Module, reference: Reference, settings: FoldSettings
                   seed: int | None = None) -> tuple[nn.Module, FoldReport, VerifyReport]:
     """The in-memory core of :func:`fold_checkpoint`: fold ``model`` (never modified) and judge the deploy model
     against ``reference`` (the training form run once on the verification inputs)."""
-    deploy, report = fold(model, layout=settings.layout, input_shape=(1, *reference.data.inputs.shape[1:]),
-                          dtype=settings.dtype)
-    verification = verify(reference, deploy, "deploy form", tolerance=settings.tolerance, seed=seed)
+    deploy, deploy64, report = fold_both(model, layout=settings.layout,
+                                         input_shape=(1, *reference.data.inputs.shape[1:]), dtype=settings.dtype)
+    verification = verify_fold(reference, deploy, deploy64, tolerance=settings.tolerance, seed=seed)
     return deploy, report, verification
 
 

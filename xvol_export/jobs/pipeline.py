@@ -21,6 +21,7 @@ from xvol_export.backends import BACKENDS
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
+from xvol_export.golden import GOLDEN_NAME, save_golden
 from xvol_export.io import check_output_path
 from xvol_export.jobs.bench import BenchReport, BenchSettings, bench_artifacts
 from xvol_export.jobs.export import (
@@ -155,6 +156,7 @@ class PipelineResult(JobResult):
     bench: list[BenchReport] = field(default_factory=list)  # the CPU artifacts; the engines on the GPU
     failures: list[str] = field(default_factory=list)
     seed: int | None = None
+    golden: str | None = None  # the golden file, for `xvol verify ARTIFACT --golden` on the deployment host
 
     @property
     def passed(self) -> bool:
@@ -169,7 +171,8 @@ class PipelineResult(JobResult):
         """The result as JSON-plain data (the manifest, :func:`~xvol_export.pipeline.manifest`, is the full record)."""
         return {**self.job_fields(), "source": self.source, "out_dir": self.out_dir,
                 "settings": self.settings.to_dict(), "seed": self.seed, "exports": [e.to_dict() for e in self.exports],
-                "skipped": self.skipped, "bench": [b.to_dict() for b in self.bench], "failures": self.failures}
+                "skipped": self.skipped, "bench": [b.to_dict() for b in self.bench], "failures": self.failures,
+                "golden": self.golden}
 
 
 def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
@@ -186,7 +189,7 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     formats = _available_formats(settings, result)
     planned = _planned_files(Path(checkpoint), out, settings.precisions, formats)
     out.mkdir(exist_ok=True)
-    for path in [*planned, out / MANIFEST]:
+    for path in [*planned, out / GOLDEN_NAME, out / MANIFEST]:
         check_output_path(path, force)
     clock = StepClock(result.timings)
 
@@ -212,10 +215,13 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         for fmt in formats:
             with clock(f"{precision} {fmt}"):
                 result.exports.append(_derived(fmt, exported, graph_path, prepared, settings, force))
+    if result.passed:
+        with clock("golden file"):
+            result.golden = str(save_golden(out / GOLDEN_NAME, prepared.reference, settings.precisions, force))
     if settings.bench and result.passed:
         with clock("bench"):
             result.bench = _bench(result, formats, settings)
-    result.files = [f for e in result.exports for f in e.files]
+    result.files = [f for e in result.exports for f in e.files] + ([result.golden] if result.golden else [])
     return result
 
 

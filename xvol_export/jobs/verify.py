@@ -10,6 +10,7 @@ from xvol_export.artifacts import open_artifact
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.compare import Tolerance
 from xvol_export.errors import XvolError
+from xvol_export.golden import save_golden
 from xvol_export.inputs import InputShape, prepare_inputs, save_npz
 from xvol_export.io import check_output_path
 from xvol_export.limits import check_not_folder_syntax, check_output_name, check_seed
@@ -21,7 +22,8 @@ from xvol_export.verify import Reference, VerifyReport, verify
 class VerifySettings:
     """Inputs from ``data`` (``.npz``, as ``--save-inputs`` writes) or random ones of ``input_shape`` drawn with
     ``seed``; ``tolerance`` (Polygraphy's) replaces the default gate when given; ``save_inputs``/``save_outputs``
-    write the inputs and both outputs as ``.npz``; ``load``: how to read checkpoints; ``force``: overwrite."""
+    write the inputs and both outputs as ``.npz``, ``save_golden`` the golden file of the check
+    (:mod:`xvol_export.golden`); ``load``: how to read checkpoints; ``force``: overwrite."""
 
     data: str | os.PathLike | None = None
     input_shape: InputShape | None = None
@@ -30,6 +32,7 @@ class VerifySettings:
     load: LoadOptions = LoadOptions()
     save_inputs: str | os.PathLike | None = None
     save_outputs: str | os.PathLike | None = None
+    save_golden: str | os.PathLike | None = None
     force: bool = False
 
 
@@ -46,7 +49,8 @@ def verify_artifacts(reference: str | os.PathLike, candidate: str | os.PathLike,
     clock = StepClock(timings)
     if s.seed is not None:
         check_seed(s.seed)
-    for extra, option in ((s.save_inputs, "--save-inputs"), (s.save_outputs, "--save-outputs")):
+    for extra, option in ((s.save_inputs, "--save-inputs"), (s.save_outputs, "--save-outputs"),
+                          (s.save_golden, "--save-golden")):
         if extra is not None:
             check_not_folder_syntax(extra, option)
             check_output_name(extra, option)
@@ -57,6 +61,9 @@ def verify_artifacts(reference: str | os.PathLike, candidate: str | os.PathLike,
     with clock("load"):
         ref = open_artifact(reference, s.load, names[0])
         cand = open_artifact(candidate, s.load, names[1])
+    if s.save_golden is not None and ref.model is None:
+        raise XvolError(f"{reference}: --save-golden needs a checkpoint as the reference: a golden file holds the "
+                        "float64 outputs of the training (or deploy) form.")
     input_size = ref.input_size or cand.input_size
     label = str(reference if ref.input_size else candidate)
     data_in, used_seed = prepare_inputs(input_size, label, s.data, s.input_shape, s.seed)
@@ -75,5 +82,11 @@ def verify_artifacts(reference: str | os.PathLike, candidate: str | os.PathLike,
     if s.save_outputs is not None:
         save_npz(s.save_outputs, **report.outputs)
         report.files.append(str(s.save_outputs))
+    if s.save_golden is not None:
+        if report.passed:
+            save_golden(s.save_golden, reference_run, [report.precision], s.force)
+            report.files.append(str(s.save_golden))
+        else:
+            report.notes.append("verification failed: no golden file written")
     report.timings.update(timings)
     return report

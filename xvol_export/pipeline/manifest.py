@@ -8,7 +8,8 @@ import platform
 from pathlib import Path
 
 import xvol_export
-from xvol_export.doctor import cpu_name, package_versions
+from xvol_export.doctor import package_versions
+from xvol_export.env import cpu_name
 from xvol_export.io import build_timestamp, sha256_file
 from xvol_export.jobs.pipeline import MANIFEST, PipelineResult
 from xvol_export.jsonio import write_json
@@ -60,6 +61,7 @@ def manifest(result: PipelineResult) -> dict:
         "seed": result.seed,
         "artifacts": artifacts,
         "checks": _checks(result),
+        "golden": _golden(result),
         "bench": [b.to_dict() for b in result.bench],
         "stages_s": {k: round(v, 3) for k, v in result.timings.items()},
         "tool": {"name": "xvol", "version": xvol_export.__version__},
@@ -67,6 +69,14 @@ def manifest(result: PipelineResult) -> dict:
         "machine": {"cpu": cpu_name(), "logical_cores": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
     }
+
+
+def _golden(result: PipelineResult) -> dict | None:
+    if result.golden is None:
+        return None
+    path = Path(result.golden)
+    return {"file": os.path.relpath(path, Path(result.out_dir)), "sha256": sha256_file(path),
+            "size": path.stat().st_size, "precisions": list(result.settings.precisions)}
 
 
 def write_manifest(result: PipelineResult, force: bool = False) -> tuple[Path, dict]:
@@ -95,6 +105,10 @@ def summary_markdown(content: dict) -> str:
         lines.append(f"| {check['stage']} | {check['status']} | {_num(candidate.get('rel_l2'))} | "
                      f"{_num(ratio, 'x')} | {_pct(candidate.get('top1_agreement'))} | {_pct(accuracy)} |"
                      if figures else f"| {check['stage']} | {check['status']} | {check.get('reason', '')} | | | |")
+    if content.get("golden"):
+        golden = content["golden"]
+        lines += ["", f"Golden file `{golden['file']}` (sha256 `{golden['sha256'][:16]}`): on the machine that runs "
+                  f"an artifact, `xvol verify ARTIFACT --golden {golden['file']}` gives it this verdict there."]
     lines += ["", "| artifact | format | precision | size | sha256 |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| `{a['file']}` | {a['format']} | {a['precision']} | {a['size']:,} | `{a['sha256'][:16]}` |"
               for a in content["artifacts"]]

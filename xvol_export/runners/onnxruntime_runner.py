@@ -69,10 +69,10 @@ class OnnxRuntimeRunner(Runner):
 
     @property
     def precision(self) -> str:
-        """fp32, fp16 or int8: what the graph computes in (see ``onnx_graph.graph_precision``)."""
+        """fp32, fp16 or int8: what the graph computes in (see ``graph_info.graph_precision``)."""
         import onnx
 
-        from xvol_export.export.onnx_graph import graph_precision
+        from xvol_export.graph_info import graph_precision
 
         if isinstance(self.model, bytes):
             return graph_precision(onnx.load_from_string(self.model))

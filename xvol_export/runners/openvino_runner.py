@@ -116,7 +116,7 @@ class OpenVinoRunner(Runner):
             return "fp16" if "f16" in constants else "fp32"
         import onnx
 
-        from xvol_export.export.onnx_graph import graph_precision
+        from xvol_export.graph_info import graph_precision
 
         if isinstance(self.model, bytes):
             return graph_precision(onnx.load_from_string(self.model))

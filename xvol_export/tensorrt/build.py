@@ -118,8 +118,8 @@ def build_engine(onnx_path: str | os.PathLike, settings: EngineSettings = Engine
     missing = engine_build_missing()
     if missing:
         raise XvolError(f"{onnx_path}: cannot build a TensorRT engine here: {missing}.")
-    from xvol_export.export.onnx_graph import graph_precision
     from xvol_export.export.tensorrt_ops import check_tensorrt_compatible
+    from xvol_export.graph_info import graph_precision
 
     graph = onnx.load(os.fspath(onnx_path), load_external_data=False)
     check_tensorrt_compatible(graph, str(onnx_path))

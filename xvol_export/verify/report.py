@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xvol_export.compare import ErrorStats, Tolerance, compare_arrays
 from xvol_export.results import JobResult
-from xvol_export.verify.gates import Condition, Gate, default_gate, gate_conditions
-from xvol_export.verify.run import Outputs, Reference
+from xvol_export.verify.gates import UNIT_ROUNDOFF, Condition, Gate, default_gate, gate_conditions
+from xvol_export.verify.outputs import Outputs
+
+if TYPE_CHECKING:
+    from xvol_export.verify.run import Reference
 
 
 @dataclass
 class Check:
-    """One output (or block) of the candidate against float64: its errors, the baseline's, the verdict."""
+    """One output (or block) of the candidate against float64: its errors, the baselines', the verdict.
+
+    ``baselines``: honest implementations at the gate's precision, each against its own float64 form, by what
+    they are; the first is the reference model itself run at that precision.
+    """
 
     name: str
     candidate: ErrorStats
-    baseline: ErrorStats | None
+    baselines: dict[str, ErrorStats]
     conditions: list[Condition]
 
     @property
@@ -26,11 +34,15 @@ class Check:
         return all(c.passed for c in self.conditions)
 
     @property
+    def baseline(self) -> ErrorStats | None:
+        """The reference model run at the gate's precision (None without a float64 reference)."""
+        return next(iter(self.baselines.values()), None)
+
+    @property
     def ratio(self) -> float | None:
-        """The candidate's relative L2 error over the baseline's (None without a baseline)."""
-        if self.baseline is None or not self.baseline.rel_l2:
-            return None
-        return self.candidate.rel_l2 / self.baseline.rel_l2
+        """The candidate's relative L2 error over the largest finite baseline's (None without one)."""
+        largest = max((b.rel_l2 for b in self.baselines.values() if b.finite), default=0.0)
+        return self.candidate.rel_l2 / largest if largest else None
 
     def failures(self) -> list[str]:
         return [c.describe() for c in self.conditions if not c.passed]
@@ -41,6 +53,7 @@ class Check:
             "passed": self.passed,
             "candidate": self.candidate.to_dict(),
             "baseline": self.baseline.to_dict() if self.baseline else None,
+            "baselines": {label: stats.to_dict() for label, stats in self.baselines.items()},
             "ratio_rel_l2": self.ratio,
             "conditions": [c.to_dict() for c in self.conditions],
         }
@@ -78,6 +91,7 @@ class VerifyReport(JobResult):
     blocks: list[BlockCheck] = field(default_factory=list)
     accuracy: dict | None = None
     outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)  # raw outputs, not serialized
+    fold_exactness: list[Check] = field(default_factory=list)  # a fold's float64 form, output by output, block by block
 
     @property
     def output(self) -> ErrorStats:
@@ -86,7 +100,8 @@ class VerifyReport(JobResult):
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks) and all(b.isolated.passed for b in self.blocks)
+        return (all(c.passed for c in self.checks) and all(b.isolated.passed for b in self.blocks)
+                and all(c.passed for c in self.fold_exactness))
 
     @property
     def judged_by(self) -> str:
@@ -103,6 +118,7 @@ class VerifyReport(JobResult):
         """What failed and by how much (empty when passed)."""
         lines = [f"output '{c.name}': " + "; ".join(c.failures()) for c in self.checks if not c.passed]
         lines += [f"block {b.name}: " + "; ".join(b.isolated.failures()) for b in self.blocks if not b.isolated.passed]
+        lines += [f"{c.name}: " + "; ".join(c.failures()) for c in self.fold_exactness if not c.passed]
         return " | ".join(lines)
 
     def summary(self) -> dict:
@@ -143,6 +159,7 @@ class VerifyReport(JobResult):
             "output": self.output.to_dict(),
             "outputs": [c.to_dict() for c in self.checks],
             "blocks": [b.to_dict() for b in self.blocks],
+            "fold_exactness": [c.to_dict() for c in self.fold_exactness],
             "worst_block": worst.name if worst else None,
             "accuracy": self.accuracy,
         }
@@ -158,22 +175,25 @@ def judge(reference: Reference, candidate: Outputs, precision: str, *, candidate
     gate = gate or default_gate(precision)
     data = reference.data
     real_data = not data.synthetic
-    baseline = reference.baseline(gate.baseline) if reference.float64 else None
-    labels = data.labels.numpy() if data.labels is not None else None
+    ratio_gate = tolerance is None and gate.factor is not None
+    use_baselines = reference.float64 and ratio_gate
+    labels = np.asarray(data.labels) if data.labels is not None else None
     notes = list(reference.notes)
     missing = sorted(set(reference.truth.values) ^ set(candidate.values))
     if missing:
         raise ValueError(f"outputs do not match by name: {', '.join(missing)} only on one side "
                          f"(reference: {sorted(reference.truth.values)}, candidate: {sorted(candidate.values)})")
 
-    def check(name, truth, cand, base, accuracy_drop=None) -> tuple[Check, list[str]]:
+    def check(name, key, truth, cand, accuracy_drop=None) -> tuple[Check, list[str]]:
         stats = compare_arrays(truth, cand, tolerance)
-        base_stats = compare_arrays(truth, base, None) if base is not None else None
+        base_stats = dict(reference.baseline_stats(gate.baseline, key, bool(candidate.blocks))) if use_baselines \
+            else {}
         if tolerance is not None:
             conditions = [Condition(f"tolerance ({tolerance.describe()}): {stats.min_required()}",
                                     0.0 if stats.passed else 1.0, 0.0)]
             return Check(name, stats, base_stats, conditions), []
-        conditions, why = gate_conditions(gate, stats, base_stats, real_data=real_data, accuracy_drop=accuracy_drop)
+        conditions, why = gate_conditions(gate, stats, base_stats if reference.float64 else None,
+                                          real_data=real_data, accuracy_drop=accuracy_drop)
         return Check(name, stats, base_stats, conditions), why
 
     checks, accuracy = [], None
@@ -185,10 +205,11 @@ def judge(reference: Reference, candidate: Outputs, precision: str, *, candidate
         if labels is not None and truth.ndim == 2 and len(labels) == len(truth):
             accuracy = {"count": len(labels), "reference": float((truth.argmax(1) == labels).mean()),
                         "candidate": float((cand.argmax(1) == labels).mean())}
-            if baseline is not None:
-                accuracy["baseline"] = float((baseline.values[name].argmax(1) == labels).mean())
+            at_baseline = reference.baseline_accuracy(gate.baseline, name) if reference.float64 else None
+            if at_baseline is not None:
+                accuracy["baseline"] = at_baseline
             drop = accuracy["reference"] - accuracy["candidate"]
-        result, why = check(name, truth, cand, baseline.values[name] if baseline else None, drop)
+        result, why = check(name, f"output:{name}", truth, cand, drop)
         checks.append(result)
         notes += [n for n in why if n not in notes]
 
@@ -197,10 +218,8 @@ def judge(reference: Reference, candidate: Outputs, precision: str, *, candidate
         if name not in candidate.blocks or name not in candidate.isolated:
             continue
         truth_block = reference.truth.blocks[name]
-        base_iso = baseline.isolated.get(name) if baseline else None
-        base_net = baseline.blocks.get(name) if baseline else None
-        isolated, _ = check(f"{name} (alone)", truth_block, candidate.isolated[name], base_iso)
-        in_network, _ = check(f"{name} (in network)", truth_block, candidate.blocks[name], base_net)
+        isolated, _ = check(f"{name} (alone)", f"isolated:{name}", truth_block, candidate.isolated[name])
+        in_network, _ = check(f"{name} (in network)", f"network:{name}", truth_block, candidate.blocks[name])
         blocks.append(BlockCheck(name, isolated, in_network))
 
     return VerifyReport(
@@ -210,3 +229,33 @@ def judge(reference: Reference, candidate: Outputs, precision: str, *, candidate
         outputs={"reference": next(iter(reference.truth.values.values())),
                  "candidate": next(iter(candidate.values.values()))},
     )
+
+
+def fold_exactness(reference: Reference, precision: str) -> list[Check]:
+    """The fold itself, apart from any rounding: the float64 form of the deploy model the reference judges next
+    to (:meth:`Reference.use_deploy_form`) against the training form in float64, output by output and block by
+    block. It must be exact to the precision the deploy model is written in: its relative L2 error and its
+    largest error in units of the RMS within that precision's unit roundoff (fp64: the fp64 gate's bounds), far
+    below what any run at that precision shows, so a fold that changes the function by less than its rounding
+    still fails. Empty when the reference has no deploy form of its own."""
+    deploy_truth = reference.deploy_outputs(blocks=bool(reference.blocks))
+    if deploy_truth is None:
+        return []
+    fp64 = default_gate("fp64")
+    rel_bound = UNIT_ROUNDOFF[precision] if precision in UNIT_ROUNDOFF and precision != "fp64" else fp64.max_rel_l2
+    max_bound = UNIT_ROUNDOFF[precision] if precision in UNIT_ROUNDOFF and precision != "fp64" else fp64.max_error_rms
+    note = f"the {precision} unit roundoff" if precision != "fp64" else "the fp64 gate's bound"
+    pairs = [(f"output '{name}' (float64 fold)", truth, deploy_truth.values.get(name))
+             for name, truth in reference.truth.values.items()]
+    pairs += [(f"block {name} (float64 fold)", reference.truth.blocks[name], deploy_truth.isolated.get(name))
+              for name in reference.blocks]
+    checks = []
+    for label, truth, folded in pairs:
+        if folded is None:
+            continue
+        stats = compare_arrays(truth, folded, None)
+        conditions = [Condition("non-finite outputs", 0.0 if stats.finite else 1.0, 0.0),
+                      Condition("rel L2", stats.rel_l2, rel_bound, note=note),
+                      Condition("max error / RMS", stats.max_error_rms, max_bound, note=note)]
+        checks.append(Check(label, stats, {}, conditions))
+    return checks
