@@ -145,6 +145,12 @@ def nothing(folder: Path, ckpt: dict) -> None:
     pass
 
 
+def symlink_loop(folder: Path, ckpt: dict) -> None:
+    """loop.pth -> other.pth -> loop.pth: no file at the end (``ln -s a b; ln -s b a``)."""
+    os.symlink("other.pth", folder / "loop.pth")
+    os.symlink("loop.pth", folder / "other.pth")
+
+
 IMAGES = np.load(SAMPLES / "digits_holdout.npz")["input"][:8]
 LONG = "b" * 300
 
@@ -257,6 +263,16 @@ CASES = {
         "shape dimension 10^20": (nothing, ["fold", "m.pth", "--input-shape", f"1x1x{10**20}x2"],
                                   [f"1x1x{10**20}x2", "needs about"]),
     },
+    "shapes and links": {
+        "inspect --input-shape of rank 3": (nothing, ["inspect", "m.pth", "--input-shape", "1x32x32"],
+                                            ["Input shape 1x32x32", "four dimensions", "--input-shape 1x1x32x32"]),
+        "inspect --input-shape of 3 channels": (nothing, ["inspect", "m.pth", "--input-shape", "1x3x32x32"],
+                                                ["3 channel(s) but m.pth takes 1", "--input-shape 1x1x32x32"]),
+        "checkpoint is a symlink loop, fold": (symlink_loop, ["fold", "loop.pth", "--seed", "0"],
+                                               ["loop.pth", "loop of symbolic links", "fix the links"]),
+        "checkpoint is a symlink loop, inspect --json": (symlink_loop, ["inspect", "loop.pth", "--json", "r.json"],
+                                                         ["loop.pth", "loop of symbolic links"]),
+    },
 }
 FLAT = {f"{category}: {case}": spec for category, cases in CASES.items() for case, spec in cases.items()}
 
@@ -291,7 +307,7 @@ def work(tmp_path, monkeypatch, sample):
     monkeypatch.chdir(folder)
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads $TMPDIR again
-    monkeypatch.setattr(limits, "available_memory", lambda: MEMORY)
+    monkeypatch.setattr(limits, "memory_room", lambda: limits.MemoryRoom(MEMORY))
     return folder, tmp
 
 
@@ -351,7 +367,7 @@ def test_output_written_as_a_folder_is_refused(job, work):
 
 
 def test_memory_estimates_use_the_machine(monkeypatch):
-    monkeypatch.setattr(limits, "available_memory", lambda: 1 << 30)
+    monkeypatch.setattr(limits, "memory_room", lambda: limits.MemoryRoom(1 << 30))
     limits.check_fits(1 << 29, "half of it")
     with pytest.raises(XvolError, match=r"twice it needs about 2 GiB of memory, more than the 1 GiB available"):
         limits.check_fits(2 << 30, "twice it", "Ask for less.")

@@ -563,3 +563,82 @@ def test_deploy_weights_under_a_training_header_are_named(tmp_path, models):
 
     path = _deploy_edited(tmp_path, models, edit)
     _expect_error(path, "holds the weights of a deploy (folded) form", "layer2.0.conv1.conv.bias", "conv1.bias")
+
+
+# ------------------------------------------------------- damaged bytes: CRC-32 and the weights' sha256 (issue 17)
+
+def _flip_low_byte_of(path, member_suffix: str) -> None:
+    """Flip the lowest byte of the first float in the archive member ending with ``member_suffix``: the value stays
+    finite and the archive readable, only its bytes are not the ones written (torch.load does not notice)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    data[info.header_offset + 30 + name_length + extra_length] ^= 0x01  # the first byte of the member's data
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_a_pth_member_is_refused_as_damaged(tmp_path, models):
+    """torch.load ignores the CRC-32 that torch.save records: a flipped bit in a tensor loaded and folded silently."""
+    path = save_checkpoint(models["train"], tmp_path / "model.pth")
+    _flip_low_byte_of(path, "/data/0")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _expect_error(path, "is damaged", "data/0", "CRC-32", "Copy or download it again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_the_weights_sha256_is_recorded_and_checked(tmp_path, models, suffix):
+    """save_checkpoint records the sha256 of the tensors (sorted keys, dtype and shape included) in the header; a
+    file whose weights differ (here a tensor re-written with a fresh CRC, or a safetensors file, which has none) is
+    refused as damaged; without the record (files saved before it) nothing is checked."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from xvol_export.checkpoint import WEIGHTS_HASH
+    from xvol_export.integrity import state_dict_sha256
+
+    model = models["mixed"]
+    path = save_checkpoint(model, tmp_path / f"model{suffix}")
+    expected = state_dict_sha256(model.state_dict())
+    if suffix == ".pth":
+        header = torch.load(path, weights_only=True)
+        state_dict = header.pop("state_dict")
+    else:
+        with safe_open(str(path), "pt") as handle:
+            header = json.loads(handle.metadata()["xvol"])
+            state_dict = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - not a dict
+    assert header[WEIGHTS_HASH] == expected
+    assert load_checkpoint(path).weights_sha256 == expected
+
+    def write(header: dict, edited_path) -> None:
+        if suffix == ".pth":
+            torch.save({**header, "state_dict": state_dict}, edited_path)
+        else:
+            save_file(state_dict, str(edited_path), metadata={"xvol": json.dumps(header)})
+
+    state_dict["fc.bias"] = state_dict["fc.bias"].clone()
+    state_dict["fc.bias"][0] += 1e-3  # finite, the right shape and dtype: only the hash can tell
+    write(header, tmp_path / f"edited{suffix}")
+    _expect_error(tmp_path / f"edited{suffix}", "is damaged", "sha256", "save_checkpoint")
+
+    write({k: v for k, v in header.items() if k != WEIGHTS_HASH}, tmp_path / f"old{suffix}")
+    _, ckpt = load_model(tmp_path / f"old{suffix}")  # no record: loads, no note
+    assert ckpt.weights_sha256 is None and ckpt.notes == []
+
+    write({**header, WEIGHTS_HASH: "not a hash"}, tmp_path / f"bad{suffix}")
+    _expect_error(tmp_path / f"bad{suffix}", "state_dict_sha256 is 'not a hash'", "64 hex digits")
+
+
+def test_the_weights_sha256_ignores_key_order_and_strides_but_not_dtype_or_shape():
+    from xvol_export.integrity import state_dict_sha256
+
+    weight = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    base = state_dict_sha256({"a": weight, "b": torch.ones(2)})
+    assert state_dict_sha256({"b": torch.ones(2), "a": weight.t().contiguous().t()}) == base
+    assert state_dict_sha256({"a": weight.double(), "b": torch.ones(2)}) != base
+    assert state_dict_sha256({"a": weight.reshape(3, 2), "b": torch.ones(2)}) != base
+    assert state_dict_sha256({"a": weight, "c": torch.ones(2)}) != base

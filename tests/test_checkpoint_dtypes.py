@@ -18,6 +18,7 @@ from torch import nn
 from xvol_export import XVolution, XVolutionDeploy, create_model
 from xvol_export.checkpoint import (
     DTYPES,
+    WEIGHTS_HASH,
     check_refold,
     dtype_name,
     load_checkpoint,
@@ -64,9 +65,11 @@ def _floats(model: nn.Module) -> list[torch.Tensor]:
 
 
 def _save_and_edit(tmp_path: Path, model: nn.Module, edit, name: str = "edited.pth") -> Path:
-    """Save ``model``, edit the plain dict of the file, torch.save it again."""
+    """Save ``model``, edit the plain dict of the file, torch.save it again, without the weights' hash (a hash left
+    stale by the edit is refused as damage, test_checkpoint.py: here the loader's words on the weights are tested)."""
     good = save_checkpoint(model, tmp_path / f"good.{name}")
     obj = torch.load(good, weights_only=True)
+    del obj[WEIGHTS_HASH]
     edit(obj["state_dict"])
     path = tmp_path / name
     torch.save(obj, path)

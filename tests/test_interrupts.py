@@ -235,3 +235,93 @@ def test_atomic_write_names_its_temporary_file_after_its_process_and_removes_it_
         tmp.write_text("partial")
         raise RuntimeError("stop")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------- a signal while a checkpoint's bytes are written (issue 17, item 4)
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny training checkpoint (two X-volution blocks) that folds in a fraction of a second at 16x16."""
+    import torch
+
+    from xvol_export import create_model
+    from xvol_export.checkpoint import save_checkpoint
+
+    from helpers import randomize_bn
+
+    torch.manual_seed(0)
+    model = create_model("xvol_resnet_tiny", stages=[2, 3], blocks_per_stage=1)
+    randomize_bn(model, torch.Generator().manual_seed(3))
+    return save_checkpoint(model.eval(), tmp_path_factory.mktemp("tiny") / "train.pth")
+
+
+class _SignalOnWrite:
+    """The file torch.save's zip writer (C++) writes through, which sends ``signum`` to this process on its third
+    write: the handler's exception is raised inside the writer's callback, which torch swallows."""
+
+    def __init__(self, handle, signum: int):
+        self.handle, self.signum, self.writes = handle, signum, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 3:
+            signal.raise_signal(self.signum)
+        return self.handle.write(data)
+
+    def flush(self):
+        return self.handle.flush()
+
+
+@posix
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_a_signal_while_fold_writes_the_checkpoint_ends_the_run_and_leaves_nothing(
+        dirs, tiny_checkpoint, monkeypatch, capsys, name, suffix):
+    """The fuzz corpus's case: SIGTERM while ``fold`` writes the deploy checkpoint ended in exit 3
+    (``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``: torch's zip writer swallows the
+    ``Interrupted`` raised in its write callback). Now 143 (130, 129) and one line, like any interrupted run.
+    safetensors is written in Rust, with no callback: the signal is handled once the temporary file is written."""
+    import safetensors.torch
+    import torch.serialization
+
+    out, tmp = dirs
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    signum = getattr(signal, name)
+    writer = torch.serialization._open_zipfile_writer
+    monkeypatch.setattr(torch.serialization, "_open_zipfile_writer",
+                        lambda f: writer(_SignalOnWrite(f, signum) if hasattr(f, "write") else f))
+    serialize, calls = safetensors.torch.serialize_file, []
+
+    def serialize_then_signal(*args, **kwargs):  # a signal during the write in Rust is handled once it returns
+        serialize(*args, **kwargs)
+        calls.append(args[1])
+        signal.raise_signal(signum)
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", serialize_then_signal)
+    result = run_cli(capsys, "fold", tiny_checkpoint, "-o", out / f"deploy{suffix}", "--seed", "0",
+                     "--input-shape", "1x3x16x16")
+    assert result.code == SIGNALS[name], result.text
+    assert result.err.strip().splitlines()[-1] == f"interrupted ({name})", result.err
+    assert "internal error" not in result.text and "FAILED" not in result.out
+    assert _listing(out) == [] and _listing(tmp) == []
+    assert calls or suffix == ".pth"
+
+
+def test_preserve_interrupts_raises_the_handlers_exception_that_a_writer_swallowed():
+    """The library alone (no CLI): a KeyboardInterrupt raised by Python's own SIGINT handler inside a callback that
+    turns it into another exception comes out as the KeyboardInterrupt; handlers are given back."""
+    from xvol_export.cleanup import preserve_interrupts
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def swallowing_writer():
+        try:
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0)  # the handler runs at the next bytecode
+        except KeyboardInterrupt:
+            raise RuntimeError("unexpected pos 46 vs 0") from None
+
+    with pytest.raises(KeyboardInterrupt):
+        with preserve_interrupts():
+            swallowing_writer()
+    assert {s: signal.getsignal(s) for s in handlers} == handlers

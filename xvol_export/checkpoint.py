@@ -4,10 +4,13 @@ Saved as ``.pth`` (a plain dict, loadable with ``torch.load(weights_only=True)``
 ``.safetensors`` (tensors, with the rest as JSON in the header's metadata). The header (format version 2):
 ``format``, ``format_version``, ``architecture`` (a registered name or a user's ``package.module:factory``),
 ``config`` (its JSON-plain arguments), ``folded``, ``fold_plan`` (:class:`~xvol_export.fold.plan.FoldPlan` as a
-dict for a deploy checkpoint, else null) and ``metadata``. A deploy checkpoint is rebuilt from the training
-skeleton with its fold plan applied; version-1 files (``layouts`` instead of the plan) are still read. Loading is
-strict: every missing, unexpected or misshapen key is reported by name (weights of the other form, deploy or
-training, are recognized as such), and weights with NaN/Inf or negative running variances are refused.
+dict for a deploy checkpoint, else null), ``metadata`` and ``state_dict_sha256`` (the sha256 of the tensors,
+:func:`~xvol_export.integrity.state_dict_sha256`; files saved before it was recorded have none). A deploy checkpoint
+is rebuilt from the training skeleton with its fold plan applied; version-1 files (``layouts`` instead of the plan)
+are still read. Loading is strict: every missing, unexpected or misshapen key is reported by name (weights of the
+other form, deploy or training, are recognized as such), and weights with NaN/Inf or negative running variances are
+refused; so is a damaged file: a ``.pth`` archive member whose CRC-32 does not match, or weights whose sha256 is not
+the one recorded.
 
 Weights of any floating dtype (fp16, bf16, fp32, fp64; :data:`DTYPES`) load and build the model in
 that dtype; a file must hold one floating dtype, and a tensor of another kind (integer, bool,
@@ -34,7 +37,8 @@ from xvol_export.dtypes import DTYPES, describe_dtype, dtype_kind, dtype_name, r
 from xvol_export.errors import XvolError
 from xvol_export.fold.plan import FoldPlan
 from xvol_export.forms import apply_fold_plan, current_plan, derive_plan, recognize_form
-from xvol_export.io import CHECKPOINT_SUFFIXES, atomic_write, build_timestamp, sha256_file
+from xvol_export.integrity import SHA256_HEX, check_archive_crc, state_dict_sha256
+from xvol_export.io import CHECKPOINT_SUFFIXES, atomic_write, build_timestamp, open_for_native_writer, sha256_file
 from xvol_export.layers.xvolution import LAYOUTS, XVolutionDeploy
 from xvol_export.limits import check_fits, check_input_file, format_bytes
 from xvol_export.models import create_model, get_model_entry
@@ -43,6 +47,7 @@ from xvol_export.models.spec import ModelSpec, config_problems, is_json_plain, i
 
 FORMAT = "xvol.checkpoint"
 FORMAT_VERSION = 2  # 2: fold_plan; 1: layouts (X-volution blocks only), still read
+WEIGHTS_HASH = "state_dict_sha256"  # the header's record of the tensors' sha256 (absent in older files)
 SUFFIXES = CHECKPOINT_SUFFIXES
 # Prefixes that training wrappers add to every key (DataParallel/DDP, Lightning, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -74,6 +79,7 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     plan: FoldPlan | None = None
     format_version: int | None = None
+    weights_sha256: str | None = None  # the sha256 of the tensors its header records (None: not recorded)
 
     def __post_init__(self) -> None:
         if self.plan is not None and not self.layouts:
@@ -199,9 +205,11 @@ def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLi
         "folded": ckpt.folded,
         "fold_plan": _plain_plan(plan) if ckpt.folded else None,
         "metadata": meta,
+        WEIGHTS_HASH: state_dict_sha256(state_dict),
     }
     path = Path(path)
-    with atomic_write(path, force) as tmp:
+    size = sum(v.numel() * v.element_size() for v in state_dict.values()) + len(json.dumps(header))  # about
+    with atomic_write(path, force, size=size) as tmp:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import save_file
 
@@ -209,8 +217,9 @@ def save_checkpoint(model_or_ckpt: nn.Module | Checkpoint, path: str | os.PathLi
             save_file(tensors, str(tmp), metadata={"xvol": json.dumps(header)})
         else:
             # Through a file object: given a path, torch.save names the archive's root folder after the file,
-            # here the temporary one, and two saves of the same weights would differ.
-            with open(tmp, "wb") as handle:
+            # here the temporary one, and two saves of the same weights would differ. (The file keeps the OSError
+            # of a failed write, which torch's zip writer replaces with its own RuntimeError.)
+            with open_for_native_writer(tmp) as handle:
                 torch.save({**header, "state_dict": state_dict}, handle)
     return path
 
@@ -280,9 +289,22 @@ def build_model(ckpt: Checkpoint) -> nn.Module:
             model = model.to(dtype)
         load_state_dict_strict(model, ckpt.state_dict, ckpt.label)
     check_weights(model, ckpt.label)
+    _check_weights_hash(ckpt)  # last: an edited file's own problem (a key, a NaN) is named first
     if ckpt.folded and _is_version1(ckpt):
         _attach_version1_plan(model, ckpt)
     return model.eval()
+
+
+def _check_weights_hash(ckpt: Checkpoint) -> None:
+    """Refuse weights whose sha256 is not the one the file's header recorded when it was saved."""
+    if ckpt.weights_sha256 is None or state_dict_sha256(ckpt.state_dict) == ckpt.weights_sha256:
+        return
+    raise XvolError(
+        f"{ckpt.label}: is damaged: its weights do not match the sha256 recorded in its header when it was saved "
+        f"({WEIGHTS_HASH}), so some of them are not the ones saved. Copy or download it again, or use the original "
+        "checkpoint. (Weights edited on purpose after saving: save them with xvol_export.save_checkpoint, which "
+        "records their new hash.)"
+    )
 
 
 def _check_size(ckpt: Checkpoint) -> None:
@@ -632,7 +654,7 @@ def _read_pth(path: Path, trust_pickle: bool, arch: str | None, config: dict | N
     with open(path, "rb") as handle:
         is_zip = handle.read(4) == b"PK\x03\x04"  # torch.save's archive format since PyTorch 1.6
     if is_zip:
-        _check_archive_size(path)
+        _check_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
@@ -660,14 +682,22 @@ def _read_pth(path: Path, trust_pickle: bool, arch: str | None, config: dict | N
     return _from_foreign_dict(path, obj, arch, config, use_ema)
 
 
-def _check_archive_size(path: Path) -> None:
+def _check_archive(path: Path) -> None:
     """Refuse, before ``torch.load`` unpacks it, an archive whose members inflate far beyond the file (torch.save
-    stores them uncompressed, so a real checkpoint unpacks to its own size) or beyond this machine's memory."""
+    stores them uncompressed, so a real checkpoint unpacks to its own size) or beyond this machine's memory, and
+    then one whose members' bytes do not match their CRC-32 (``torch.load`` does not check it)."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+            _check_archive_size(path, members)
+            check_archive_crc(path, archive)
+    except XvolError:
+        raise
+    except Exception:  # noqa: BLE001 - zipfile reports damage with many exception types (BadZipFile, zlib.error, ...)
         return  # torch.load reports the damage; nothing is unpacked before it does
+
+
+def _check_archive_size(path: Path, members: list[zipfile.ZipInfo]) -> None:
     unpacked = sum(m.file_size for m in members)
     size = path.stat().st_size
     compressed = any(m.compress_type != zipfile.ZIP_STORED for m in members)
@@ -777,6 +807,10 @@ def _from_header(path: Path, header: dict, state_dict) -> Checkpoint:
     plan = None
     if version >= 2:
         plan = _header_plan(path, header["fold_plan"], header["folded"])
+    recorded = header.get(WEIGHTS_HASH)
+    if recorded is not None and not (isinstance(recorded, str) and SHA256_HEX.fullmatch(recorded)):
+        raise XvolError(f"{path}: its header's {WEIGHTS_HASH} is {str(recorded)[:80]!r}, not a sha256 (64 hex "
+                        "digits). The file is damaged or was edited; save it again from the model.")
     return Checkpoint(
         architecture=architecture,
         config=header["config"],
@@ -786,6 +820,7 @@ def _from_header(path: Path, header: dict, state_dict) -> Checkpoint:
         metadata=header["metadata"],
         plan=plan,
         format_version=version,
+        weights_sha256=recorded,
     )
 
 

@@ -23,12 +23,16 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+from xvol_export.limits import no_room_error, out_of_room
 
 # a name: "xvol-" then pid, host hash and start hash, then "." and more
 OWNER = re.compile(r"(?:^|\.)xvol-(\d+)-([0-9a-f]{6})([0-9a-f]{6})\.")
@@ -142,6 +146,57 @@ def new_folder(folder: str | os.PathLike, prefix: str = "", suffix: str = "") ->
     return _create(Path(folder), prefix, suffix, lambda path: path.mkdir(mode=0o700))
 
 
+# The signals a run is stopped with (xvol_cli.interrupts handles them): their handlers' exceptions are kept
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def preserve_interrupts() -> Iterator[None]:
+    """Keep a signal's exception through code that would swallow it, and raise it once the block ends.
+
+    A writer in C++ that calls back into Python (``torch.save`` into a file object: its zip writer calls the file's
+    ``write``) turns an exception raised in the callback into its own: the ``Interrupted`` (or KeyboardInterrupt)
+    that a SIGINT, SIGTERM or SIGHUP handler raises there comes out as ``RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos``, an internal error instead of an interrupted run. While the block runs,
+    each Python handler of those signals is called through a wrapper that notes the exception it raises; if the
+    block then ends with another exception, or none, the handler's own is raised instead, so the run ends as an
+    interrupted one (and what the block made unwinds with it). Handlers that raise nothing (they only note the
+    signal) and SIG_DFL/SIG_IGN are left as they are; off the main thread (where no handler runs) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[BaseException] = []
+    saved: dict[int, Callable] = {}
+
+    def wrapper(signum, frame):
+        try:
+            saved[signum](signum, frame)
+        except BaseException as err:
+            if not raised:
+                raised.append(err)
+            raise
+
+    failed: BaseException | None = None
+    try:
+        for signum in _STOP_SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                saved[signum] = handler
+                signal.signal(signum, wrapper)
+        yield
+    except BaseException as err:
+        failed = err
+    finally:
+        for signum, handler in saved.items():  # a signal now runs the wrapper or the handler: both raise
+            if signal.getsignal(signum) is wrapper:
+                signal.signal(signum, handler)
+    if raised and failed is not raised[0]:
+        raise raised[0]  # what the block turned it into (or that it went on) no longer matters
+    if failed is not None:
+        raise failed
+
+
 @contextlib.contextmanager
 def temporary_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """An empty file ``.NAME.xvol-….XXXX.tmp`` beside ``path``, removed on exit unless renamed away."""
@@ -157,14 +212,37 @@ def temporary_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pa
 
 @contextlib.contextmanager
 def temporary_folder(suffix: str = "") -> Iterator[Path]:
-    """A folder ``xvol-….XXXX`` in the temporary folder (:func:`tempfile.gettempdir`), removed on exit."""
+    """A folder ``xvol-….XXXX`` in the temporary folder (:func:`tempfile.gettempdir`), removed on exit.
+
+    A file the block writes there that the file system will not take (no space left, the file-size limit, a
+    quota; an exporter's scratch file) is an :class:`~xvol_export.errors.XvolError` naming the folder and the fix."""
     folder = None
     try:
         folder = new_folder(tempfile.gettempdir(), "", suffix)
         yield folder
+    except Exception as err:
+        room = out_of_room(err)
+        if room is None or folder is None:
+            raise
+        written = _largest_file(folder)
+        raise no_room_error(room, folder / (written[0] if written else "…"), None, written[1] if written else None,
+                            "point TMPDIR at a folder on a disk with room", temporary=True) from None
     finally:
         if folder is not None:
             discard(folder)
+
+
+def _largest_file(folder: Path) -> tuple[str, int] | None:
+    """The name (relative to ``folder``) and size of the largest file under it: the one being written, most likely."""
+    found = None
+    for path in folder.rglob("*"):
+        try:
+            size = path.stat().st_size if path.is_file() else -1
+        except OSError:
+            continue
+        if size >= 0 and (found is None or size > found[1]):
+            found = (str(path.relative_to(folder)), size)
+    return found
 
 
 def staging_folder(path: str | os.PathLike) -> Path:

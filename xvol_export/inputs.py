@@ -191,6 +191,22 @@ def _numpy(value):
 DEFAULT_VERIFY_BATCH = 2
 
 
+def check_input_shape(input_shape: InputShape, input_size: tuple[int, ...] | None, label: str) -> tuple[int, ...]:
+    """The dims of ``input_shape`` (``--input-shape``) when it can feed the model: four of them, N x C x H x W, with
+    the model's channel count (``input_size`` is its ``(C, H, W)``, None if unknown; ``label`` names it);
+    :class:`XvolError` with an example that fits otherwise."""
+    dims = input_shape.dims
+    expected = tuple(input_size or ())
+    example = f"1x{'x'.join(map(str, expected))}" if len(expected) == 3 else "1x3x224x224"
+    if len(dims) != 4:
+        raise XvolError(f"Input shape {input_shape} must have four dimensions, NxCxHxW (e.g. --input-shape "
+                        f"{example}).")
+    if expected and dims[1] != expected[0]:
+        raise XvolError(f"Input shape {input_shape} has {dims[1]} channel(s) but {label} takes {expected[0]} (e.g. "
+                        f"--input-shape {example}).")
+    return dims
+
+
 def prepare_inputs(input_size: tuple[int, ...] | None, label: str, data: str | os.PathLike | None = None,
                    input_shape: InputShape | None = None, seed: int | None = None) -> tuple[InputData, int | None]:
     """Inputs for verification: an ``.npz`` file, or seeded random ones (a fresh seed unless given).
@@ -218,11 +234,7 @@ def prepare_inputs(input_size: tuple[int, ...] | None, label: str, data: str | o
             raise XvolError(f"{label}: the model has no default input size. Pass --input-shape, e.g. 1x3x224x224.")
         dims = (DEFAULT_VERIFY_BATCH, *expected)
     else:
-        dims = input_shape.dims
-        if len(dims) != 4:
-            raise XvolError(f"Input shape {input_shape} must have four dimensions, NxCxHxW.")
-        if expected and dims[1] != expected[0]:
-            raise XvolError(f"Input shape {input_shape} has {dims[1]} channel(s) but {label} takes {expected[0]}.")
+        dims = check_input_shape(input_shape, expected, label)
     seed = fresh_seed() if seed is None else seed
     shape_text = "x".join(map(str, dims))
     return InputData(random_inputs(dims, seed), None, f"random normal {shape_text}, seed {seed}", synthetic=True), seed

@@ -1,4 +1,9 @@
-"""Atomic file writes and file hashes (temporary files are named and cleaned up by :mod:`xvol_export.cleanup`)."""
+"""Atomic file writes and file hashes (temporary files are named and cleaned up by :mod:`xvol_export.cleanup`).
+
+Every output goes through :func:`atomic_write`, which is also where a write that the file system refuses (a full
+disk, the file-size limit, a quota) becomes one :class:`XvolError` naming the file and the room it needs, and where a
+signal's exception that a writer in C++ swallowed is raised again (:func:`xvol_export.cleanup.preserve_interrupts`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from xvol_export import cleanup
 from xvol_export.errors import XvolError
+from xvol_export.limits import no_room_error, out_of_room
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # the files xvol reads as checkpoints
 
@@ -37,8 +43,8 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: list[str
     sources = [Path(p) for p in inputs if p is not None]
     seen: dict[Path, str] = {}
     for option, path in given.items():
-        resolved = path.resolve()
-        if any(resolved == source.resolve() or _same_file(path, source) for source in sources):
+        resolved = _resolve(path)
+        if any(resolved == _resolve(source) or _same_file(path, source) for source in sources):
             raise XvolError(f"{path}: {option} names a file this command reads. Choose another output path "
                             "(--force never replaces an input).")
         if resolved in seen:
@@ -61,6 +67,14 @@ def _check_writable(path: Path) -> None:
     cleanup.discard(probe)
 
 
+def _resolve(path: Path) -> Path:
+    """``path`` made absolute with its links followed; a loop of links stays as it is (its reader refuses it)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: a symlink loop, before Python 3.13
+        return path.absolute()
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -69,14 +83,75 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, force: bool = False, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (``.NAME.xvol-PID-….XXXX.tmp``, with the usual permissions);
-    on success rename it over ``path``, else remove it. Stale ones of killed runs in that folder go first."""
+    on success rename it over ``path``, else remove it. Stale ones of killed runs in that folder go first.
+
+    A file system that will not take the file (no space left, the file-size limit, a quota: whatever the block
+    raises, or a writer's error that names one) is an :class:`XvolError` naming ``path``, the room it needs (``size``
+    bytes, where the caller knows it) and what to do. A signal's exception that code in the block swallowed (a
+    writer in C++) is raised once the block ends (:func:`~xvol_export.cleanup.preserve_interrupts`).
+    """
     path = check_output_path(path, force)
     cleanup.sweep(path.parent)
     with cleanup.temporary_file(path) as tmp:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            with cleanup.preserve_interrupts():
+                yield tmp
+            os.replace(tmp, path)
+        except Exception as err:
+            room = out_of_room(err)
+            if room is None:
+                raise
+            raise no_room_error(room, path, size, _size_of(tmp)) from None
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+class _KeptWriteErrors:
+    """A binary file for a writer in C++ that calls its ``write`` (``torch.save``'s zip writer): such a writer turns
+    the OSError of a failed write into its own RuntimeError (``unexpected pos``); this file keeps it (``error``)."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+
+@contextlib.contextmanager
+def open_for_native_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open ``path`` for writing by a writer in C++ (``torch.save(obj, handle)``): when a write fails (a full disk,
+    the file-size limit) and the writer raises its own error instead, the write's OSError is raised, so that
+    :func:`atomic_write` can say what happened."""
+    with open(path, "wb") as handle:
+        kept = _KeptWriteErrors(handle)
+        try:
+            yield kept  # type: ignore[misc] - a file object in all that writers use
+        except Exception as err:
+            if kept.error is not None and err is not kept.error:
+                raise kept.error from None
+            raise
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -100,5 +175,5 @@ def build_timestamp() -> str:
 
 def write_text(path: str | os.PathLike, text: str, force: bool = False) -> None:
     """Write a text file (a Markdown summary) atomically."""
-    with atomic_write(path, force) as tmp:
+    with atomic_write(path, force, size=len(text.encode())) as tmp:
         tmp.write_text(text)

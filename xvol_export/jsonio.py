@@ -14,8 +14,9 @@ def write_json(path: str | os.PathLike, payload: dict, force: bool = False) -> N
     """Write a JSON report atomically; NaN and infinite figures (a broken candidate's) become the strings
     "NaN", "Infinity" and "-Infinity", so that strict JSON readers accept the file."""
     text = json.dumps(_strict(json.loads(json.dumps(payload, default=_json_default))), indent=2, allow_nan=False)
-    with atomic_write(path, force) as tmp:
-        tmp.write_text(text + "\n")
+    text += "\n"
+    with atomic_write(path, force, size=len(text.encode())) as tmp:
+        tmp.write_text(text)
 
 
 def _strict(value):

@@ -11,7 +11,7 @@ from xvol_export.checkpoint import LoadOptions
 from xvol_export.errors import XvolError
 from xvol_export.fold import fold
 from xvol_export.fold.family import deploy_family, get_family
-from xvol_export.inputs import InputShape
+from xvol_export.inputs import InputShape, check_input_shape
 from xvol_export.limits import check_input_file
 from xvol_export.profile import count_params, profile_model
 from xvol_export.results import JobResult
@@ -135,9 +135,9 @@ def inspect_model(model: nn.Module, ckpt, settings: InspectSettings = InspectSet
 
 
 def _profile_shape(model: nn.Module, label: str, input_shape: InputShape | None) -> tuple[int, ...]:
-    if input_shape is not None:
-        return (1, *input_shape.dims[1:])
     size = getattr(model, "input_size", None)
+    if input_shape is not None:
+        return (1, *check_input_shape(input_shape, size, label)[1:])  # the rank and channels fold checks
     if not size:
         raise XvolError(f"{label}: the model has no default input size. Pass --input-shape, e.g. 1x3x224x224.")
     return (1, *size)
