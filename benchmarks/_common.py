@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import platform
 import statistics
 import time
 from functools import lru_cache
@@ -14,9 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from xvol_export import create_model
-from xvol_export.doctor import package_versions
-from xvol_export.env import cpu_name
+from xvol_export import create_model, env
 from xvol_export.testing import check_not_degenerate, realistic_batchnorm
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -24,12 +21,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 def machine() -> dict:
-    return {
-        "cpu": cpu_name(),
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "packages": {k: v for k, v in package_versions().items() if v},
-    }
+    """The machine results come from (xvol's one description of it), with PyTorch's thread count."""
+    return {**env.machine(), "threads": torch.get_num_threads()}
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], iterations: int, warmup: int = 3) -> dict[str, dict]:

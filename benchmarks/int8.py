@@ -12,7 +12,9 @@ shift convs in the aggregate, checked, simplified with onnxslim). For each calib
 * the per-layer sensitivity (each quantizable layer alone quantized, alone in float), measured on
   the first ``--sensitivity-images`` held-out crops (2 + 2 x layers graph variants each);
 * ``quantize_with_fallback`` to ``--budget`` (default cosine=0.99), judged on all held-out crops:
-  how many layers it keeps in float, which, and the figures.
+  how many layers it keeps in float, which, and the figures;
+* each target's Q/DQ layout (``int8_layout``: TensorRT, ONNX Runtime, OpenVINO) at 8- and 7-bit weights,
+  judged on the runtime it is for (under ``ONEDNN_MAX_CPU_ISA=AVX2``, OpenVINO as on an AVX2 CPU).
 
 Plus one check at this scale: the graph with the minmax ranking's first layer in float, cut from the
 Q/DQ graph, against quantize_static's own ``nodes_to_exclude`` graph (same calibration).
@@ -46,7 +48,13 @@ from xvol_export.export.int8 import (  # noqa: E402
     quantize_once,
     quantize_with_fallback,
 )
-from xvol_export.export.precision import CALIBRATION_METHODS, shift_conv_names, to_int8_qdq  # noqa: E402
+from xvol_export.export.precision import (  # noqa: E402
+    CALIBRATION_METHODS,
+    INT8_TARGETS,
+    int8_layout,
+    shift_conv_names,
+    to_int8_qdq,
+)
 from xvol_export.fold.families.xvolution import onnx_options  # noqa: E402
 
 from _common import machine, photo_crops, realistic_model, write_json  # noqa: E402
@@ -144,6 +152,19 @@ def bench_model(key: str, args, calib: np.ndarray, holdout: np.ndarray, start: f
         if method == args.methods[0]:
             first_ranking = sensitivity.ranking
 
+    # Each target's layout at 8- and 7-bit weights, judged on the runtime it is for (this machine's ISA; run
+    # under ONEDNN_MAX_CPU_ISA=AVX2 to see OpenVINO on an AVX2 CPU).
+    layouts = {}
+    for target in INT8_TARGETS:
+        for bits in (8, 7):
+            layout = int8_layout(target, bits)
+            quantized = to_int8_qdq(graph, calib, "input", calibrate_method=args.methods[0], layout=layout)
+            runtime = "openvino" if target == "openvino" else "onnxruntime"
+            layouts[f"{target}, {bits}-bit weights"] = {
+                "layout": layout.to_dict(), "runtime": runtime,
+                **evaluate(quantized, holdout, truth, backend=runtime).to_dict()}
+    log(start, f"{label}: layouts " + "; ".join(f"{k} rel L2 {v['rel_l2']:.3f}" for k, v in layouts.items()))
+
     # Surgery against quantize_static at this scale: the first method, the most sensitive layer in float.
     clock = time.perf_counter()
     layer = first_ranking[0] if first_ranking else first_base.layers[0]
@@ -162,6 +183,7 @@ def bench_model(key: str, args, calib: np.ndarray, holdout: np.ndarray, start: f
                   "shift_convs": len(shift_conv_names(graph)), "input_shape": [1, 3, args.size, args.size]},
         "fp32_graph": fp32.to_dict(),
         "methods": methods,
+        "layouts": layouts,
         "surgery_check": surgery,
         "timings_s": timings,
     }
@@ -183,6 +205,9 @@ def print_model(row: dict, budget: str, top: int) -> None:
         else:
             line += f" {'(not run)':>22}"
         print(line)
+    for name, f in row.get("layouts", {}).items():
+        print(f"  layout {name:36} on {f['runtime']:11}: cosine {f['cosine']:.4f}, top-1 {f['top1_agreement']:.3f}, "
+              f"rel L2 {f['rel_l2']:.3f}")
     for method, m in row["methods"].items():
         for part, f in m.get("int8_parts", {}).items():
             print(f"  {method}, only the {part} in INT8: cosine {f['cosine']:.4f}, top-1 {f['top1_agreement']:.3f}, "
@@ -218,6 +243,7 @@ def main() -> None:
     parser.add_argument("--models", default="xvol,plain")
     parser.add_argument("--budget", default="cosine=0.99")
     parser.add_argument("--top", type=int, default=10, help="sensitive layers printed per method")
+    parser.add_argument("--name", default="int8", help="results file name (without suffix)")
     args = parser.parse_args()
     args.methods = args.methods.split(",")
     args.fallback_methods = [m for m in args.fallback_methods.split(",") if m in args.methods]
@@ -238,7 +264,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     for row in rows:
         print_model(row, args.budget, args.top)
-    path = write_json("int8", {"benchmark": "int8", "settings": settings, "machine": machine(), "wall_s": wall,
+    path = write_json(args.name, {"benchmark": "int8", "settings": settings, "machine": machine(), "wall_s": wall,
                                "models": rows})
     print(f"\n{wall / 60:.1f} min; wrote benchmarks/results/{Path(path).name}")
 

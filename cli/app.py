@@ -202,7 +202,7 @@ def _verify_golden(artifact: Path, candidate: Path | None, golden: Path, save_go
 
 
 @app.command()
-@opt.with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, load=opt.LOAD)
+@opt.with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, int8=opt.INT8, load=opt.LOAD)
 def export(
     checkpoint: ExportSource,
     format: Annotated[str, typer.Option("--format", help="onnx, openvino (IR: NAME.xml and NAME.bin, checked on "
@@ -226,17 +226,7 @@ def export(
     layout: opt.Layout = "auto",
     inputs: opt.InputRequest = opt.InputRequest(),
     tolerance: opt.ToleranceRequest = opt.ToleranceRequest(),
-    calib_method: Annotated[str, typer.Option(
-        "--calib-method", help="int8 calibration: minmax, entropy or percentile (ONNX Runtime's).")] = "minmax",
-    int8_sensitivity: Annotated[bool, typer.Option(
-        "--int8-sensitivity", help="int8: report each layer's effect, quantized alone and left alone in float "
-        "(needs --data).")] = False,
-    int8_fallback: Annotated[bool, typer.Option(
-        "--int8-fallback", help="int8: keep the most sensitive layers in float until --accuracy-budget is met "
-        "(needs --data).")] = False,
-    accuracy_budget: Annotated[str, typer.Option(
-        "--accuracy-budget", help="With --int8-fallback: cosine=0.99 or top1=0.99 against the float64 "
-        "training form.")] = "cosine=0.99",
+    int8: opt.Int8Request = opt.Int8Request(),
     workspace: Annotated[float | None, typer.Option(
         "--workspace", help="engine: TensorRT's workspace memory limit, GiB (default: the GPU's).")] = None,
     opt_level: Annotated[int | None, typer.Option(
@@ -268,7 +258,7 @@ def export(
                       output=output, json=json_path)
     from xvol_export.tensorrt.build import EngineSettings
 
-    int8 = opt.int8_options(calib_method, int8_sensitivity, int8_fallback, accuracy_budget)
+    int8_options = int8.options()
     engine = EngineSettings(
         workspace_gib=workspace, opt_level=opt_level, min_shapes=tuple(min_shapes or ()),
         opt_shapes=tuple(opt_shapes or ()), max_shapes=tuple(max_shapes or ()),
@@ -279,7 +269,7 @@ def export(
         result = jobs.export_checkpoint(checkpoint, output, jobs.ExportSettings(
             format=format, precision=precision, opset=opset, exporter=exporter, dynamic=dynamic, batch=batch,
             imgsz=opt.imgsz_option(imgsz), simplify=simplify, simplifier=simplifier, layout=opt.layout_option(layout),
-            calib=calib, data=inputs.data, seed=inputs.seed, force=force, load=load.options(), int8=int8,
+            calib=calib, data=inputs.data, seed=inputs.seed, force=force, load=load.options(), int8=int8_options,
             engine=engine,
             # bf16 lives in OpenVINO, not the graph: user tolerances start from the fp32 graph's defaults
             tolerance=tolerance.tolerance("fp32" if precision == "bf16" else precision),
@@ -339,7 +329,7 @@ def bench(
 
 
 @app.command()
-@opt.with_options(load=opt.LOAD)
+@opt.with_options(int8=opt.INT8, load=opt.LOAD)
 def pipeline(
     checkpoint: Checkpoint,
     out: Annotated[Path, typer.Option("--out", help="Folder for the artifacts and manifest.json (created if "
@@ -366,6 +356,7 @@ def pipeline(
         "--config", help="A TOML file with the same fields (options given here override it).")] = None,
     summary: Annotated[Path | None, typer.Option(
         "--summary", help="Write a Markdown summary (for CI job summaries) to this file.")] = None,
+    int8: opt.Int8Request = opt.Int8Request(),
     force: opt.Force = False,
     load: opt.LoadRequest = opt.LoadRequest(),
 ):
@@ -375,8 +366,12 @@ def pipeline(
         config, formats=opt.name_list_option(formats), precisions=opt.name_list_option(precisions),
         calib=str(calib) if calib else None, data=str(data) if data else None, seed=seed, bench=bench,
         require=opt.name_list_option(require), batch=batch, imgsz=opt.imgsz_option(imgsz), dynamic=dynamic,
-        load=load.options(), force=force,
+        calib_method=int8.method, int8_target=int8.target, int8_weight_bits=int8.weight_bits,
+        int8_fallback=int8.fallback or None, accuracy_budget=int8.budget, load=load.options(), force=force,
     )
+    if int8.sensitivity:
+        raise XvolError("--int8-sensitivity is an xvol export option; the pipeline ranks layers when --int8-fallback "
+                        "needs it.")
     from xvol_export.pipeline import summary_markdown, write_manifest
 
     with console.status("Running the pipeline…"):

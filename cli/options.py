@@ -144,17 +144,24 @@ def dtype_option(dtype: str | None) -> str | None:
     return dtype
 
 
-def int8_options(method: str, sensitivity: bool, fallback: bool, budget: str):
-    from xvol_export.export.precision import CALIBRATION_METHODS
+def int8_options(method: str, sensitivity: bool, fallback: bool, budget: str, target: str = "auto",
+                 weight_bits: str = "auto"):
+    from xvol_export.export.precision import CALIBRATION_METHODS, INT8_TARGETS, WEIGHT_BITS
     from xvol_export.jobs.export import Int8Options
 
     if method not in CALIBRATION_METHODS:
         raise XvolError(f"Unknown --calib-method '{method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
-    if not fallback:
-        return Int8Options(method=method, sensitivity=sensitivity)
-    from xvol_export.export.int8 import parse_budget
+    if target not in ("auto", *INT8_TARGETS):
+        raise XvolError(f"Unknown --int8-target '{target}'. Choose one of: auto, {', '.join(INT8_TARGETS)}.")
+    if str(weight_bits) not in WEIGHT_BITS:
+        raise XvolError(f"Unknown --int8-weight-bits '{weight_bits}'. Choose one of: {', '.join(WEIGHT_BITS)}.")
+    parsed = None
+    if fallback:
+        from xvol_export.export.int8 import parse_budget
 
-    return Int8Options(method=method, sensitivity=sensitivity, budget=parse_budget(budget))
+        parsed = parse_budget(budget)
+    return Int8Options(method=method, sensitivity=sensitivity, budget=parsed, target=target,
+                       weight_bits=str(weight_bits))
 
 
 def name_list_option(text: str | None) -> tuple[str, ...] | None:
@@ -255,6 +262,49 @@ def _inputs_group(data: Data = None, seed: Seed = None) -> InputRequest:
     return InputRequest(data, seed)
 
 
+@dataclass(frozen=True)
+class Int8Request:
+    """What the user gave of the int8 options (None: not given, so a pipeline's config file may say it);
+    :meth:`options` completes it with the defaults into the library's ``Int8Options``."""
+
+    method: str | None = None
+    sensitivity: bool = False
+    fallback: bool = False
+    budget: str | None = None
+    target: str | None = None
+    weight_bits: str | None = None
+
+    def options(self):
+        return int8_options(self.method or "minmax", self.sensitivity, self.fallback, self.budget or "cosine=0.99",
+                            self.target or "auto", self.weight_bits or "auto")
+
+
+CalibMethod = Annotated[Optional[str], typer.Option(
+    "--calib-method", help="int8 calibration: minmax, entropy or percentile (ONNX Runtime's; default minmax).")]
+Int8Sensitivity = Annotated[bool, typer.Option(
+    "--int8-sensitivity", help="int8: report each layer's effect, quantized alone and left alone in float (needs "
+    "--data).")]
+Int8Fallback = Annotated[bool, typer.Option(
+    "--int8-fallback", help="int8: keep the most sensitive layers in float until --accuracy-budget is met, measured "
+    "on the runtime the graph is for (needs --data).")]
+AccuracyBudgetOpt = Annotated[Optional[str], typer.Option(
+    "--accuracy-budget", help="With --int8-fallback: cosine=0.99 or top1=0.99 against the float64 training form "
+    "(default cosine=0.99).")]
+Int8Target = Annotated[Optional[str], typer.Option(
+    "--int8-target", help="The runtime the int8 graph is laid out for: tensorrt (s8 activations), onnxruntime (u8, "
+    "integer kernels), openvino (u8); auto (default): the format's (an ONNX graph: onnxruntime).")]
+Int8WeightBits = Annotated[Optional[str], typer.Option(
+    "--int8-weight-bits", help="8, 7, or auto (default): 7 where the target's CPU kernels would saturate without "
+    "VNNI on this machine's ISA (see xvol doctor).")]
+
+
+def _int8_group(calib_method: CalibMethod = None, int8_sensitivity: Int8Sensitivity = False,
+                int8_fallback: Int8Fallback = False, accuracy_budget: AccuracyBudgetOpt = None,
+                int8_target: Int8Target = None, int8_weight_bits: Int8WeightBits = None) -> Int8Request:
+    return Int8Request(calib_method, int8_sensitivity, int8_fallback, accuracy_budget, int8_target, int8_weight_bits)
+
+
 LOAD = _group(_load_group)  # how to read a checkpoint
 TOLERANCE = _group(_tolerance_group)  # Polygraphy's tolerance, in place of the default gate
 INPUTS = _group(_inputs_group)  # the verification inputs
+INT8 = _group(_int8_group)  # how an int8 graph is made and for which runtime

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from xvol_export.env import cpu_isa
 from xvol_export.verify import VerifyReport
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ def render_verify(console: Console, report: VerifyReport) -> None:
             f"{baseline}, {escape(report.candidate)} {_pct(acc['candidate'])}"
         )
     console.print(f"minimum required tolerance: {escape(report.output.min_required())}")
+    console.print(f"verdict made on: {escape(cpu_isa())}")
     for note in report.notes:
         console.print(f"note: {escape(note)}")
 
@@ -322,7 +324,13 @@ def render_doctor(console: Console, report: dict) -> None:
 
     out = lambda text: console.print(text, markup=False)  # noqa: E731 - reasons hold brackets: xvol[tensorrt]
     out(f"xvol {report['xvol_version']} on Python {report['python']}, {report['platform']}")
-    out(f"CPU: {report['cpu']['name']} ({report['cpu']['logical_cores']} logical cores)")
+    cpu = report["cpu"]
+    capped = (f"; oneDNN capped at {cpu['onednn_cap']}: {', '.join(cpu['onednn_isa']) or 'no AVX2'}"
+              if cpu.get("onednn_cap") else "")
+    out(f"CPU: {cpu['name']} ({cpu['logical_cores']} logical cores); ISA {', '.join(cpu['isa']) or 'no AVX2'}{capped}")
+    for line in cpu.get("meaning", []):
+        out(f"  {line}")
+    out("  A verdict holds for the ISA it was made on: every report names it.")
     out("packages: " + ", ".join(f"{name} {version or '(not installed)'}"
                                  for name, version in report["packages"].items()))
     gpu = report["gpu"]

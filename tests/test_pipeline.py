@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from xvol_export import env
 from xvol_export.errors import XvolError
 from xvol_export.jobs import FoldSettings
 from xvol_export.jobs.pipeline import PipelineSettings, load_config
@@ -66,6 +67,12 @@ def test_every_precision_and_format_is_made_proven_and_recorded(runs, capsys):
     assert {"load", "reference", "fold", "bench"} <= set(manifest["stages_s"])
     summary = (folder / "first.md").read_text()
     assert summary.startswith("## xvol pipeline: PASSED") and "| onnx int8 | PASSED |" in summary
+    # each int8 artifact is laid out for its own runtime, and says so; the verdict names the machine
+    layouts = {a["format"]: a["int8_layout"] for a in manifest["artifacts"] if a["precision"] == "int8"}
+    assert layouts["onnx"]["target"] == "onnxruntime" and layouts["openvino"]["target"] == "openvino"
+    assert layouts["openvino"]["weight_bits"] == (8 if env.has_vnni("openvino") else 7)
+    assert manifest["machine"]["isa"] == env.cpu_features() and "Verdicts made on" in summary
+    assert manifest["golden"]["file"] == "golden.npz" and (out / "golden.npz").is_file()
 
 
 def test_a_second_run_makes_byte_identical_artifacts(runs, capsys):

@@ -26,7 +26,7 @@ from xvol_export.export.tensorrt_ops import (
     check_tensorrt_compatible,
     tensorrt_incompatibilities,
 )
-from xvol_export.jobs import ExportSettings, export_checkpoint
+from xvol_export.jobs import ExportSettings, Int8Options, export_checkpoint
 
 from helpers import run_cli
 
@@ -89,9 +89,9 @@ def exports(tmp_path_factory):
         def __missing__(self, key):
             precision, dynamic = key
             out = folder / f"digits.{precision}.{'dynamic' if dynamic else 'static'}.onnx"
-            result = export_checkpoint(CHECKPOINT, out,
+            result = export_checkpoint(CHECKPOINT, out,  # int8: the layout made for TensorRT
                 ExportSettings(precision=precision, dynamic=dynamic, seed=0,
-                               calib=calib if precision == "int8" else None))
+                               calib=calib if precision == "int8" else None, int8=Int8Options(target="tensorrt")))
             assert result.passed and result.written, result.failure_summary()
             self[key] = onnx.load(str(out))
             return self[key]
@@ -110,6 +110,20 @@ def test_every_sample_export_passes(exports, precision, dynamic):
         assert any(a.name == "axis" for n in graph.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
     if dynamic:
         assert isinstance(graph_info.input_dims(graph)[0], str)
+
+
+def test_an_int8_graph_laid_out_for_onnx_runtime_is_flagged_for_tensorrt(tmp_path):
+    """u8 activations (zero points not 0) are ONNX Runtime's fast form and TensorRT's refusal: the export says so,
+    and --format engine would take the TensorRT layout instead."""
+    with np.load(CALIB) as full:
+        np.savez(tmp_path / "calib.npz", input=full["input"][:32])
+    result = export_checkpoint(CHECKPOINT, tmp_path / "d.int8.onnx",
+                               ExportSettings(precision="int8", seed=0, calib=tmp_path / "calib.npz"))
+    assert result.passed and result.int8["layout"]["target"] == "onnxruntime"
+    assert result.int8["layout"]["activations"] == "u8" and result.int8["layout"]["quantize_outputs"]
+    assert not result.tensorrt_compatibility["compatible"]
+    assert any("TensorRT would refuse this graph" in note for note in result.notes)
+    assert ExportSettings().int8.layout("engine").target == "tensorrt"
 
 
 def test_sample_int8_graph_with_a_nonzero_zero_point_is_refused(exports):

@@ -16,8 +16,8 @@ import shutil
 import subprocess
 
 import xvol_export
+from xvol_export import env
 from xvol_export.backends import BACKENDS
-from xvol_export.env import cpu_name
 from xvol_export.models import list_models
 from xvol_export.tensorrt.environment import INSTALL, tensorrt_missing
 
@@ -30,13 +30,9 @@ _NVIDIA_SMI_TIMEOUT_S = 5
 
 
 def package_versions() -> dict[str, str | None]:
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    """Every package doctor reports, None where it is not installed."""
+    found = env.package_versions(_PACKAGES)
+    return {name: found.get(name) for name in _PACKAGES}
 
 
 def _error(err: BaseException) -> str:
@@ -268,7 +264,8 @@ def machine_report() -> dict:
         "xvol_version": xvol_export.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": {"name": cpu_name(), "logical_cores": os.cpu_count()},
+        "cpu": {"name": env.cpu_name(), "logical_cores": os.cpu_count(), "isa": env.cpu_features(),
+                "onednn_cap": env.onednn_cap(), "onednn_isa": env.onednn_features(), "meaning": env.isa_meaning()},
         "packages": package_versions(),
         "gpu": gpu,
         "cuda": _cuda(gpu),

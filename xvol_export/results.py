@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from xvol_export.env import machine
+
 
 @dataclass(kw_only=True)
 class JobResult:
@@ -24,6 +26,7 @@ class JobResult:
         return ""
 
     def job_fields(self) -> dict:
-        """The shared part of every ``to_dict``: verdict, failure, files, timings and notes."""
+        """The shared part of every ``to_dict``: verdict, failure, files, timings, notes, and the machine the
+        verdict was made on (a verdict holds for that ISA)."""
         return {"passed": self.passed, "failure": self.failure_summary(), "files": list(self.files),
-                "timings_s": dict(self.timings), "notes": list(self.notes)}
+                "timings_s": dict(self.timings), "notes": list(self.notes), "machine": machine()}

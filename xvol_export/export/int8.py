@@ -26,14 +26,17 @@ from xvol_export.errors import XvolError
 from xvol_export.export.precision import (
     CALIBRATION_METHODS,
     INT8_OP_TYPES,
+    Int8Layout,
     _named_nodes,
     int8_float_nodes,
+    int8_layout,
     to_int8_qdq,
 )
 
 METRICS = ("cosine", "top1")
 FALLBACK_KEY = "xvol.int8_fallback"
 CALIBRATION_KEY = "xvol.int8_calibration"
+INT8_LAYOUT_KEY = "xvol.int8_layout"  # the Int8Layout the graph was made in: target, activations, weight bits, ISA
 _BUDGET_FIX = "write METRIC=VALUE with METRIC cosine or top1, e.g. cosine=0.99, top1=0.995 or top1=99.5%"
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
@@ -138,33 +141,28 @@ def _fmt(metric: str, value: float | None) -> str:
     return f"{math.floor(value * 1e6) / 1e6:.6f}"
 
 
-def evaluate(graph: onnx.ModelProto, inputs: np.ndarray, truth: np.ndarray, input_name: str = "input") -> Figures:
-    """Run ``graph`` in ONNX Runtime (CPU) on ``inputs`` and compare its output with ``truth``."""
-    import onnxruntime as ort
-
+def evaluate(graph: onnx.ModelProto, inputs: np.ndarray, truth: np.ndarray, input_name: str = "input",
+             backend: str = "onnxruntime") -> Figures:
+    """Run ``graph`` on ``backend`` (``onnxruntime`` or ``openvino``, on the CPU, OpenVINO pinned to f32 as xvol
+    runs int8 IRs) on ``inputs`` and compare its output with ``truth``: the figures of the runtime the graph is
+    for, whose int8 kernels (and their saturation) decide what it computes."""
     from xvol_export.export.onnx_graph import runnable
+    from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
+    from xvol_export.verify.outputs import run_batches
 
     with runnable(graph) as source:
-        session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    dims = next((i.shape for i in session.get_inputs() if i.name == input_name), None)
-    if dims is None:
-        names = ", ".join(repr(i.name) for i in session.get_inputs())
-        raise XvolError(f"The graph has no input named {input_name!r} (its inputs: {names}); "
-                        "pass the image input's name.")
-    batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else min(len(inputs), 32)
-    outputs = []
-    for start in range(0, len(inputs), batch):
-        chunk = inputs[start:start + batch]
-        short = batch - len(chunk)
-        if short:  # a fixed batch is filled up with the first images, and their outputs dropped
-            chunk = np.concatenate([chunk, np.take(inputs, np.arange(short), axis=0, mode="wrap")])
-        out = session.run(None, {input_name: chunk})[0]
-        outputs.append(out[:len(out) - short] if short else out)
-    output = np.concatenate(outputs)
+        runner = (OpenVinoRunner(source, "int8", inference_precision="f32") if backend == "openvino"
+                  else OnnxRuntimeRunner(source, "int8"))
+        with runner:
+            if input_name not in runner.input_names():
+                names = ", ".join(repr(n) for n in runner.input_names())
+                raise XvolError(f"The graph has no input named {input_name!r} (its inputs: {names}); "
+                                "pass the image input's name.")
+            output = next(iter(run_batches(runner, inputs, min(len(inputs), 32)).values()))
     if output.shape != truth.shape:
         raise XvolError(f"The reference output has shape {truth.shape}, but the graph gives {output.shape} on "
                         f"inputs of shape {inputs.shape}; pass the reference model's output on the same inputs.")
-    stats = compare_arrays(truth, output)
+    stats = compare_arrays(truth, output, quantiles=False)
     return Figures(stats.cosine, stats.top1_agreement, stats.rel_l2)
 
 
@@ -179,11 +177,13 @@ def quantizable_layers(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in INT8_OP_TYPES and n.name not in shifts]
 
 
-def keep_in_float(quantized: onnx.ModelProto, fp32: onnx.ModelProto, layers: Iterable[str]) -> onnx.ModelProto:
+def keep_in_float(quantized: onnx.ModelProto, fp32: onnx.ModelProto, layers: Iterable[str],
+                  quantize_outputs: bool = False) -> onnx.ModelProto:
     """A copy of the Q/DQ graph ``quantized`` (from :func:`to_int8_qdq` of ``fp32``) with ``layers`` in float.
 
-    Each layer's weight is the float weight of ``fp32`` again; an activation's Q/DQ pair is removed when
-    no quantized layer reads it any more (its readers get the float tensor back), as quantize_static's
+    Each layer's weight (and bias) is the float one of ``fp32`` again; an activation's Q/DQ pair is removed
+    when no quantized layer reads it any more and (``quantize_outputs``: a layout that quantizes outputs) no
+    quantized layer produces it (its readers get the float tensor back), as quantize_static's
     ``nodes_to_exclude`` would leave it. Q/DQ nodes and initializers left unused are dropped.
     """
     fp32 = _named_nodes(fp32)
@@ -216,13 +216,18 @@ def keep_in_float(quantized: onnx.ModelProto, fp32: onnx.ModelProto, layers: Ite
             feeder = producer.get(source.input[0])
             if feeder is not None and feeder.op_type == "QuantizeLinear":
                 continue  # an activation pair: below
-            node.input[index] = original.input[index]
-            if original.input[index] not in inits:
-                if original.input[index] not in fp32_inits:
-                    raise XvolError(f"The fp32 graph's weight {original.input[index]!r} of {name!r} is not an "
-                                    "initializer; pass the fp32 graph the Q/DQ graph was made from.")
-                g.initializer.append(fp32_inits[original.input[index]])
-                inits.add(original.input[index])
+            weight = original.input[index]
+            if weight not in fp32_inits:
+                raise XvolError(f"The fp32 graph's weight {weight!r} of {name!r} is not an initializer; pass the "
+                                "fp32 graph the Q/DQ graph was made from.")
+            restored = weight if weight not in producer else f"{weight}_xvol_float"  # a DQ may output that name
+            node.input[index] = restored
+            if restored not in inits:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(fp32_inits[weight])
+                tensor.name = restored
+                g.initializer.append(tensor)
+                inits.add(restored)
 
     # Activation pairs: kept while a quantized layer reads them.
     quantized_layers = quantizable - floats
@@ -233,10 +238,26 @@ def keep_in_float(quantized: onnx.ModelProto, fp32: onnx.ModelProto, layers: Ite
     graph_outputs = {o.name for o in g.output}
     for dq in [n for n in g.node if n.op_type == "DequantizeLinear"]:
         q = producer.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or dq.output[0] in graph_outputs:
+        if q is None or q.op_type != "QuantizeLinear":
             continue
         consumers = readers.get(dq.output[0], [])
         if any(c.name in quantized_layers for c in consumers):
+            continue
+        made_by = producer.get(q.input[0])
+        if quantize_outputs and made_by is not None and made_by.name in quantized_layers:
+            continue  # a quantized layer's own output pair
+        if dq.output[0] in graph_outputs:
+            if made_by is None or not quantize_outputs:
+                continue  # a graph output's own pair (not a layer's): it stays
+            # the float layer gives the graph output itself again, under its name
+            name, old_name = dq.output[0], q.input[0]
+            for node in [*readers.get(old_name, []), made_by]:
+                for field in (node.input, node.output):
+                    renamed = [name if t == old_name else t for t in field]
+                    del field[:]
+                    field.extend(renamed)
+            del dq.output[:]
+            dq.output.append(f"{old_name}_xvol_unused")  # the pair is unread now: pruned below
             continue
         for consumer in consumers:
             for index, tensor in enumerate(consumer.input):
@@ -271,7 +292,8 @@ def _prune(graph: onnx.ModelProto) -> onnx.ModelProto:
 
 @dataclass
 class QuantizedBase:
-    """One calibration's result: the fp32 graph, its all-quantized Q/DQ form and its quantizable layers."""
+    """One calibration's result: the fp32 graph, its all-quantized Q/DQ form (in ``layout``) and its quantizable
+    layers."""
 
     fp32: onnx.ModelProto
     quantized: onnx.ModelProto
@@ -279,6 +301,7 @@ class QuantizedBase:
     method: str
     calibration_images: int
     calibration_s: float
+    layout: Int8Layout = field(default_factory=lambda: int8_layout("tensorrt"))
 
     def variant(self, float_layers: Iterable[str] = ()) -> onnx.ModelProto:
         """The Q/DQ graph with ``float_layers`` kept in float (the all-quantized graph when none)."""
@@ -287,19 +310,21 @@ class QuantizedBase:
             graph = onnx.ModelProto()
             graph.CopyFrom(self.quantized)
             return graph
-        return keep_in_float(self.quantized, self.fp32, float_layers)
+        return keep_in_float(self.quantized, self.fp32, float_layers, self.layout.quantize_outputs)
 
 
 def quantize_once(fp32_graph: onnx.ModelProto, calibration: np.ndarray, *, method: str = "minmax",
-                  input_name: str = "input") -> QuantizedBase:
-    """Calibrate and quantize ``fp32_graph`` once (:func:`to_int8_qdq`); variants are cut from the result."""
+                  input_name: str = "input", layout: Int8Layout | None = None) -> QuantizedBase:
+    """Calibrate and quantize ``fp32_graph`` once (:func:`to_int8_qdq`, in ``layout``: default TensorRT's);
+    variants are cut from the result."""
     if method not in CALIBRATION_METHODS:
         raise XvolError(f"Unknown calibration method '{method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
     fp32 = _named_nodes(fp32_graph)
     start = time.perf_counter()
-    quantized = to_int8_qdq(fp32, calibration, input_name, calibrate_method=method)
+    layout = layout or int8_layout("tensorrt")
+    quantized = to_int8_qdq(fp32, calibration, input_name, calibrate_method=method, layout=layout)
     return QuantizedBase(fp32, quantized, quantizable_layers(fp32), method, int(np.shape(calibration)[0]),
-                         time.perf_counter() - start)
+                         time.perf_counter() - start, layout)
 
 
 # --- sensitivity --------------------------------------------------------------------------------------------
@@ -350,20 +375,23 @@ class SensitivityReport:
 
 
 def layer_sensitivity(fp32_graph: onnx.ModelProto, calibration: np.ndarray, inputs: np.ndarray, truth: np.ndarray,
-                      *, method: str = "minmax", input_name: str = "input",
-                      base: QuantizedBase | None = None) -> SensitivityReport:
+                      *, method: str = "minmax", input_name: str = "input", base: QuantizedBase | None = None,
+                      layout: Int8Layout | None = None) -> SensitivityReport:
     """Quantize once with ``method``, then measure each quantizable layer alone quantized and alone in float.
 
     ``truth`` is the reference output on ``inputs`` (the training form in float64); figures are cosine,
     top-1 agreement and relative L2 against it. The ranking puts first the layer whose staying in float
     lifts the cosine most (ties: the larger error when it alone is quantized). ``base`` reuses a
-    :func:`quantize_once` result instead of calibrating.
+    :func:`quantize_once` result instead of calibrating; ``layout`` (default TensorRT's) says how the graph is
+    quantized, and each variant runs on its target's runtime (OpenVINO for an OpenVINO layout, else ONNX
+    Runtime), whose int8 kernels decide what it computes.
     """
     inputs, truth = _check_eval(inputs, truth)
-    base = _base(fp32_graph, calibration, method, input_name, base)
+    base = _base(fp32_graph, calibration, method, input_name, base, layout)
     op_types = {n.name: n.op_type for n in base.fp32.graph.node}
     start = time.perf_counter()
-    run = lambda floats: evaluate(base.variant(floats), inputs, truth, input_name)  # noqa: E731
+    backend = _runtime(base.layout)
+    run = lambda floats: evaluate(base.variant(floats), inputs, truth, input_name, backend)  # noqa: E731
     all_quantized = run(())
     all_float = run(base.layers)
     layers = []
@@ -428,14 +456,16 @@ class FallbackResult:
 
 def quantize_with_fallback(fp32_graph: onnx.ModelProto, calibration: np.ndarray, inputs: np.ndarray,
                            truth: np.ndarray, budget: AccuracyBudget | str, *, method: str = "minmax",
-                           input_name: str = "input", sensitivity: SensitivityReport | None = None) -> FallbackResult:
+                           input_name: str = "input", sensitivity: SensitivityReport | None = None,
+                           layout: Int8Layout | None = None) -> FallbackResult:
     """Quantize ``fp32_graph``; while ``budget`` is not met on ``inputs`` against ``truth``, keep one more layer
     in float, most sensitive first (``sensitivity``; measured here, on the same calibration, when not given
     and needed), recomputing the figures after each.
 
-    The result's graph records ``xvol.int8_fallback`` (budget, layers kept in float and why, figures) and
-    ``xvol.int8_calibration`` (method, calibration images) in its ``metadata_props``. ``met`` is False when
-    even every layer in float misses the budget; the caller reports FAILED with the figures.
+    The figures are those of the runtime ``layout`` is for (:func:`layer_sensitivity`). The result's graph
+    records ``xvol.int8_fallback`` (budget, layers kept in float and why, figures) and ``xvol.int8_calibration``
+    (method, calibration images) in its ``metadata_props``. ``met`` is False when even every layer in float
+    misses the budget; the caller reports FAILED with the figures.
     """
     budget = parse_budget(budget)
     inputs, truth = _check_eval(inputs, truth)
@@ -446,8 +476,9 @@ def quantize_with_fallback(fp32_graph: onnx.ModelProto, calibration: np.ndarray,
                             f"{method}; pass method={sensitivity.method!r} or a report made with {method}.")
         if sorted(sensitivity.ranking) != sorted(quantizable_layers(fp32_graph)):
             raise XvolError("The sensitivity report is for another graph (its layers differ); measure it on this one.")
-    base = _base(fp32_graph, calibration, method, input_name, base)
-    before = evaluate(base.variant(), inputs, truth, input_name)
+    base = _base(fp32_graph, calibration, method, input_name, base, layout)
+    backend = _runtime(base.layout)
+    before = evaluate(base.variant(), inputs, truth, input_name, backend)
     if sensitivity is None and not budget.met_by(before):  # ranked only when a layer has to stay in float
         sensitivity = layer_sensitivity(base.fp32, calibration, inputs, truth, method=method, input_name=input_name,
                                         base=base)
@@ -465,7 +496,7 @@ def quantize_with_fallback(fp32_graph: onnx.ModelProto, calibration: np.ndarray,
             break
         floats.append(name)
         graph = base.variant(floats)
-        after = evaluate(graph, inputs, truth, input_name)
+        after = evaluate(graph, inputs, truth, input_name, backend)
         alone, none = budget.figure(sensitivity.layer(name).float_alone), budget.figure(sensitivity.all_quantized)
         kept.append({
             "name": name,
@@ -497,13 +528,23 @@ def _and_before(count: int) -> str:
     return "" if count == 0 else f" and the {count} layer{'s' if count > 1 else ''} kept before it"
 
 
-def _base(fp32_graph, calibration, method, input_name, base: QuantizedBase | None) -> QuantizedBase:
+def _base(fp32_graph, calibration, method, input_name, base: QuantizedBase | None,
+          layout: Int8Layout | None = None) -> QuantizedBase:
     if base is None:
-        return quantize_once(fp32_graph, calibration, method=method, input_name=input_name)
+        return quantize_once(fp32_graph, calibration, method=method, input_name=input_name, layout=layout)
     if base.method != method:
         raise XvolError(f"The quantized graph was calibrated with {base.method}, not {method}; pass "
                         f"method={base.method!r}.")
+    if layout is not None and base.layout != layout:
+        raise XvolError(f"The quantized graph is laid out for {base.layout.target}, not {layout.target}; "
+                        "quantize again for this target.")
     return base
+
+
+def _runtime(layout: Int8Layout) -> str:
+    """The runtime whose figures decide for a layout: OpenVINO's own, else ONNX Runtime's (TensorRT's Q/DQ graph
+    runs there as DQ -> float op, a faithful simulation of it)."""
+    return "openvino" if layout.target == "openvino" else "onnxruntime"
 
 
 def _check_eval(inputs, truth) -> tuple[np.ndarray, np.ndarray]:
@@ -520,8 +561,8 @@ def _check_eval(inputs, truth) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = [
-    "AccuracyBudget", "CALIBRATION_KEY", "FALLBACK_KEY", "FallbackResult", "Figures", "LayerSensitivity",
-    "QuantizedBase", "SensitivityReport", "evaluate", "keep_in_float", "layer_sensitivity", "parse_budget",
-    "quantizable_layers", "quantize_once", "quantize_with_fallback",
+    "AccuracyBudget", "CALIBRATION_KEY", "FALLBACK_KEY", "INT8_LAYOUT_KEY", "FallbackResult", "Figures",
+    "LayerSensitivity", "QuantizedBase", "SensitivityReport", "evaluate", "keep_in_float", "layer_sensitivity",
+    "parse_budget", "quantizable_layers", "quantize_once", "quantize_with_fallback",
 ]
 

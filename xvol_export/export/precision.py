@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import warnings
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +27,66 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Softmax or the residual Adds left accuracy unchanged and doubled the logit error (rel. L2 0.009 -> 0.015).
 INT8_OP_TYPES = ("Conv", "Gemm", "MatMul")
 _PROTOBUF_LIMIT = 2**31 - 2**26  # a larger model is written with its weights beside it
+
+INT8_TARGETS = ("tensorrt", "onnxruntime", "openvino")
+WEIGHT_BITS = ("auto", "8", "7")
+
+
+@dataclass(frozen=True)
+class Int8Layout:
+    """How an int8 Q/DQ graph is laid out for the runtime that runs it (``xvol.int8_layout`` in its metadata).
+
+    ``activations``: ``s8`` (symmetric, zero point 0) or ``u8`` (asymmetric); ``weight_bits``: 8, or 7 where the
+    target's int8 kernels sum pairs of u8 x s8 products in a saturating int16 (x86 without VNNI): 7-bit weights
+    keep every pair sum within it; ``quantize_outputs``: a Q/DQ pair on each quantized op's output too, with an
+    int32 bias, so the runtime fuses integer kernels; ``isa``: the instruction set ``weight_bits`` was chosen for.
+    """
+
+    target: str
+    activations: str
+    weight_bits: int
+    quantize_outputs: bool
+    reason: str
+    isa: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# One row per target: what its runtime takes, measured (benchmarks/backends.py, XVol-ResNet-50 at 224, batch 8).
+_LAYOUTS = {
+    "tensorrt": ("s8", False, "TensorRT takes symmetric int8 Q/DQ (zero point 0) on each op's inputs and fuses the "
+                              "bias and output itself; its GPU kernels sum in int32"),
+    "onnxruntime": ("u8", True, "ONNX Runtime fuses DQ -> op -> Q into integer u8 x s8 kernels (3.4x faster than "
+                                "fp32 measured); with Q/DQ on inputs only it runs float ops on dequantized values, "
+                                "no faster than fp32 (s8 activations: 1.4x slower)"),
+    "openvino": ("u8", False, "OpenVINO fuses Q/DQ into its own int8 kernels; u8 activations (its native form) "
+                              "were the more accurate on the same calibration"),
+}
+
+
+def int8_layout(target: str = "onnxruntime", weight_bits: str | int = "auto") -> Int8Layout:
+    """The layout for ``target`` (one of :data:`INT8_TARGETS`); ``weight_bits`` ``auto`` gives 7 where the target's
+    CPU kernels can saturate on this machine's ISA (:func:`xvol_export.env.has_vnni`, under oneDNN's cap for
+    OpenVINO) and 8 elsewhere (and always for TensorRT)."""
+    if target not in _LAYOUTS:
+        raise XvolError(f"Unknown int8 target '{target}'. Choose one of: {', '.join(INT8_TARGETS)}.")
+    if str(weight_bits) not in WEIGHT_BITS:
+        raise XvolError(f"--int8-weight-bits must be one of {', '.join(WEIGHT_BITS)}, got {weight_bits!r}.")
+    from xvol_export import env
+
+    activations, outputs, reason = _LAYOUTS[target]
+    isa = "" if target == "tensorrt" else ", ".join(env.cpu_features() if target == "onnxruntime"
+                                                    else env.onednn_features()) or "no AVX2"
+    if str(weight_bits) != "auto":
+        bits = int(weight_bits)
+    elif target == "tensorrt" or env.has_vnni(target):
+        bits = 8
+    else:
+        bits = 7
+        reason += ("; 7-bit weights: without VNNI (" + isa + ") u8 x s8 pair sums saturate int16 at 8 bits "
+                   "(XVol-ResNet-50 on OpenVINO capped at AVX2: rel L2 0.92 at 8 bits, 0.16 at 7)")
+    return Int8Layout(target, activations, bits, outputs, reason, isa)
 
 
 def to_fp16(model: onnx.ModelProto, keep_io_types: bool = True) -> onnx.ModelProto:
@@ -53,11 +114,14 @@ def to_int8_qdq(
     calibrate_method: str = "minmax",
     batch_size: int = 16,
     nodes_to_exclude: Sequence[str] = (),
+    layout: Int8Layout | None = None,
 ) -> onnx.ModelProto:
-    """An INT8 QuantizeLinear/DequantizeLinear copy of ``model`` in the form TensorRT consumes.
+    """An INT8 QuantizeLinear/DequantizeLinear copy of ``model``, laid out for ``layout``'s runtime (default: the
+    TensorRT layout).
 
-    Symmetric int8 (zero point 0) for activations (per tensor) and weights (per output channel unless
-    ``per_channel`` is False), calibrated by ONNX Runtime's ``quantize_static`` on ``calibration``
+    Activations per tensor as the layout says (s8 symmetric or u8 asymmetric), weights symmetric int8 (7-bit
+    where the layout says) per output channel unless ``per_channel`` is False, calibrated by ONNX Runtime's
+    ``quantize_static`` on ``calibration``
     (N, C, H, W float images, preprocessed like the model's inputs) fed to ``input_name`` in batches
     of ``batch_size`` (the input's own batch where that is fixed). ``entropy`` searches 2048-bin
     histograms, as TensorRT's calibrator does, where quantize_static takes a calibration cache
@@ -65,7 +129,8 @@ def to_int8_qdq(
     search, which has a single candidate, the full range. Only the inputs and weights of
     Conv/Gemm/MatMul are quantized; biases and everything else stay float, and so do the one-hot
     grouped convs that take the attention aggregate's shifts (they copy pixels: quantizing them
-    would quantize the attention's k and v). ``nodes_to_exclude`` names more nodes to keep in float
+    would quantize the attention's k and v); a layout with ``quantize_outputs`` also quantizes those ops'
+    outputs and biases (int32). ``nodes_to_exclude`` names more nodes to keep in float
     (``xvol_export.export.int8.quantizable_layers`` lists the candidates). ``model`` is not modified.
     Raises :class:`XvolError` for calibration data that does not fit the model.
     """
@@ -104,17 +169,12 @@ def to_int8_qdq(
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[calibrate_method]
-    extra_options = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        # Q/DQ on inputs only, float biases: TensorRT fuses a Conv's bias and output into what follows.
-        # It also keeps ONNX Runtime's CPU on DQ -> float op, a faithful simulation of the graph: a Q after
-        # the op, or an int32 bias, lets it fuse integer QLinearConv/QGemm kernels that saturate on AVX2
-        # without VNNI (measured on the sample: logit error x10-20, accuracy 99.2 % -> 95.8 %), and the check
-        # would judge a CPU kernel rather than the graph. Output Q/DQ also cost accuracy in simulation.
-        "QuantizeBias": False,
-        "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES),
-    }
+    layout = layout or int8_layout("tensorrt")
+    extra_options = {"ActivationSymmetric": layout.activations == "s8", "WeightSymmetric": True}
+    if not layout.quantize_outputs:
+        # Q/DQ on inputs only, float biases: TensorRT and OpenVINO fuse a Conv's bias and output into what follows,
+        # and ONNX Runtime runs DQ -> float op, a faithful simulation of the graph.
+        extra_options.update({"QuantizeBias": False, "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES)})
     model = _named_nodes(model)
     shift_convs = int8_float_nodes(model)
     if isinstance(nodes_to_exclude, str):
@@ -133,15 +193,17 @@ def to_int8_qdq(
         cache = {}
         with _calibration_overflow(images):
             if calibrate_method == "entropy" and _takes_calibration_cache(quantize_static):
-                cache["calibration_cache_path"] = _entropy_ranges(source, tmp, _Reader(), large, set(excluded))
+                cache["calibration_cache_path"] = _entropy_ranges(source, tmp, _Reader(), large, set(excluded),
+                                                                  layout.quantize_outputs)
             quantize_static(
                 source,
                 target,
                 _Reader(),
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8 if layout.activations == "u8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
+                reduce_range=layout.weight_bits == 7,
                 calibrate_method=method,
                 op_types_to_quantize=list(INT8_OP_TYPES),
                 nodes_to_exclude=excluded,
@@ -180,7 +242,8 @@ def _takes_calibration_cache(quantize_static) -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
-def _entropy_ranges(source: str, folder: str, reader, large: bool, excluded: set[str]) -> str:
+def _entropy_ranges(source: str, folder: str, reader, large: bool, excluded: set[str],
+                    quantize_outputs: bool = False) -> str:
     """Entropy (KL) calibration of ``source`` with ``ENTROPY_BINS`` bins, saved as a calibration cache; its path."""
     from pathlib import Path
 
@@ -197,7 +260,8 @@ def _entropy_ranges(source: str, folder: str, reader, large: bool, excluded: set
     )
     calibrator.collect_data(reader)
     # The KL search is slow Python (~0.5 s per tensor at 2048 bins): search only the tensors that get a Q/DQ
-    # pair, the activation inputs of the quantized ops, not their outputs nor the excluded ops' inputs.
+    # pair, the activation inputs of the quantized ops (their outputs too in a layout that quantizes them),
+    # not the excluded ops' inputs.
     histograms = getattr(getattr(calibrator, "collector", None), "histogram_dict", None)
     if isinstance(histograms, dict):
         model = onnx.load_model(source, load_external_data=False)
@@ -205,6 +269,8 @@ def _entropy_ranges(source: str, folder: str, reader, large: bool, excluded: set
         quantized = [node for node in model.graph.node if node.op_type in INT8_OP_TYPES and node.name not in excluded]
         wanted = {node.input[0] for node in quantized}
         wanted |= {node.input[1] for node in quantized if node.op_type == "MatMul"}
+        if quantize_outputs:
+            wanted |= {node.output[0] for node in quantized}
         wanted -= weights
         for name in [name for name in histograms if name not in wanted]:
             del histograms[name]

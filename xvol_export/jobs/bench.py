@@ -23,8 +23,7 @@ from xvol_export.backends import (
 )
 from xvol_export.bench import LatencyStats, latency_stats
 from xvol_export.checkpoint import LoadOptions
-from xvol_export.doctor import package_versions
-from xvol_export.env import cpu_name
+from xvol_export.env import machine
 from xvol_export.errors import XvolError
 from xvol_export.fold import set_runtime_options
 from xvol_export.fold.family import families
@@ -353,8 +352,7 @@ def _label(path, backend: Backend, plan) -> str:
 
 
 def _machine(device: str) -> dict:
-    info = {"cpu": cpu_name(), "logical_cores": os.cpu_count(),
-            "versions": {k: v for k, v in package_versions().items() if v}}
+    info = machine()
     if device.startswith("cuda"):
         import torch
 

@@ -23,7 +23,7 @@ from xvol_export.export import engine as engine_step
 from xvol_export.export import int8 as int8_step
 from xvol_export.export import onnx_graph, openvino_ir, structure
 from xvol_export.export import precision as precision_step
-from xvol_export.export.int8 import CALIBRATION_KEY, AccuracyBudget
+from xvol_export.export.int8 import CALIBRATION_KEY, INT8_LAYOUT_KEY, AccuracyBudget
 from xvol_export.export.tensorrt_ops import TENSORRT_OPS_SOURCE, tensorrt_incompatibilities
 from xvol_export.fold import FoldReport, RuntimeTarget, fold_both, runtime_options, set_runtime_options
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
@@ -47,11 +47,23 @@ INFERENCE_ONLY_PRECISIONS = ("bf16",)
 class Int8Options:
     """How an int8 graph is made: ONNX Runtime's calibration ``method`` (minmax, entropy, percentile),
     a per-layer ``sensitivity`` report, and ``budget``: keep the most sensitive layers in float until
-    it is met (``--int8-fallback --accuracy-budget``). The last two measure on the verification data."""
+    it is met (``--int8-fallback --accuracy-budget``). The last two measure on the verification data, on the
+    runtime the graph is for. ``target``: that runtime (tensorrt, onnxruntime, openvino; ``auto``: the export's
+    format's, onnxruntime for an ONNX graph), which sets the Q/DQ layout; ``weight_bits``: 8, 7, or ``auto``
+    (7 where the target's CPU kernels would saturate on this machine's ISA)."""
 
     method: str = "minmax"
     sensitivity: bool = False
     budget: AccuracyBudget | None = None
+    target: str = "auto"
+    weight_bits: str = "auto"
+
+    def layout(self, format: str = "onnx") -> precision_step.Int8Layout:
+        """The Q/DQ layout for an export of ``format`` (:func:`xvol_export.export.precision.int8_layout`)."""
+        target = self.target
+        if target == "auto":
+            target = {"engine": "tensorrt", "openvino": "openvino"}.get(format, "onnxruntime")
+        return precision_step.int8_layout(target, self.weight_bits)
 
 
 @dataclass
@@ -516,22 +528,24 @@ def _apply_precision(graph: onnx.ModelProto, precision: str, calibration: np.nda
                      reference: Reference, result: ExportResult) -> onnx.ModelProto:
     if precision == "fp16":
         return onnx_graph.check_graph(precision_step.to_fp16(graph))
-    result.int8 = {"method": int8.method, "calibration_images": len(calibration)}
+    layout = int8.layout(result.format)
+    result.int8 = {"method": int8.method, "calibration_images": len(calibration), "layout": layout.to_dict()}
     if not int8.sensitivity and int8.budget is None:
         return onnx_graph.check_graph(precision_step.to_int8_qdq(graph, calibration, onnx_graph.INPUT_NAME,
-                                                                 calibrate_method=int8.method))
+                                                                 calibrate_method=int8.method, layout=layout))
     inputs = reference.data.inputs.numpy()
     first = next(iter(reference.truth.values))  # int8 accuracy is measured on the graph's first output
     truth = reference.truth.values[first]
     if len(reference.truth.values) > 1:
         result.notes.append(f"int8 sensitivity and fallback measured on the first output, '{first}'")
     sensitivity = int8_step.layer_sensitivity(graph, calibration, inputs, truth, method=int8.method,
-                                              input_name=onnx_graph.INPUT_NAME)
+                                              input_name=onnx_graph.INPUT_NAME, layout=layout)
     result.int8.update(sensitivity=sensitivity.to_dict(), measured_on=reference.data.source)
     if int8.budget is None:
         return onnx_graph.check_graph(sensitivity.base.variant())  # calibrated once, for the report too
     fallback = int8_step.quantize_with_fallback(graph, calibration, inputs, truth, int8.budget, method=int8.method,
-                                                input_name=onnx_graph.INPUT_NAME, sensitivity=sensitivity)
+                                                input_name=onnx_graph.INPUT_NAME, sensitivity=sensitivity,
+                                                layout=layout)
     result.int8["fallback"] = fallback.to_dict()
     if not fallback.met:
         result.failures.append(f"--accuracy-budget: {fallback.summary()}")
@@ -567,6 +581,7 @@ def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
         "xvol.dynamic": json.dumps(result.dynamic),
         "xvol.verified": json.dumps(result.verification.summary()),
     } | ({CALIBRATION_KEY: json.dumps({"method": result.int8["method"],
-                                               "images": result.int8["calibration_images"]})}
+                                               "images": result.int8["calibration_images"]}),
+          INT8_LAYOUT_KEY: json.dumps(result.int8["layout"])}
          if result.int8 else {})
 

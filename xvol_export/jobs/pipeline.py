@@ -65,6 +65,10 @@ class PipelineSettings:
     simplifier: str = "onnxslim"
     layout: str = "auto"
     calib_method: str = "minmax"
+    int8_target: str = "auto"  # the ONNX int8 graph's runtime (the IR and the engine each get their own layout)
+    int8_weight_bits: str = "auto"
+    int8_fallback: bool = False
+    accuracy_budget: str = "cosine=0.99"
     bench_iterations: int = 50
     bench_batches: tuple[int, ...] = (1,)
     # how to read the checkpoint, and whether to overwrite: options of the run, not fields of a config file
@@ -84,10 +88,25 @@ class PipelineSettings:
             raise XvolError(f"--require {','.join(missing)}: not among --formats {','.join(self.formats)}.")
         if "int8" in self.precisions and self.calib is None:
             raise XvolError("--precisions int8 needs calibration images: pass --calib FILE.npz with an 'input' array.")
+        if self.int8_fallback and self.data is None:
+            raise XvolError("--int8-fallback measures the int8 graphs on real images: pass --data FILE.npz with "
+                            "held-out inputs.")
+        self.int8_options()  # the int8 choices and the budget, checked before any work
         if not 0 <= self.seed < 2**32:
             raise XvolError(f"--seed must be from 0 to {2**32 - 1}, got {self.seed}.")
         if not 1 <= self.bench_iterations <= 1_000_000:
             raise XvolError(f"bench_iterations must be from 1 to 1000000, got {self.bench_iterations}.")
+
+    def int8_options(self) -> Int8Options:
+        """The int8 options of every int8 graph this pipeline makes (each format its own target unless the ONNX
+        graph's is given)."""
+        from xvol_export.export.int8 import parse_budget
+        from xvol_export.export.precision import int8_layout
+
+        int8_layout("tensorrt" if self.int8_target == "auto" else self.int8_target, self.int8_weight_bits)  # checks
+        budget = parse_budget(self.accuracy_budget) if self.int8_fallback else None
+        return Int8Options(method=self.calib_method, budget=budget, target=self.int8_target,
+                           weight_bits=str(self.int8_weight_bits))
 
     def to_dict(self) -> dict:
         """The config-file fields (what the manifest records)."""
@@ -196,7 +215,7 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     export = ExportSettings(batch=settings.batch, imgsz=settings.imgsz, data=settings.data, seed=settings.seed,
                             layout=settings.layout, exporter=settings.exporter, opset=settings.opset,
                             dynamic=settings.dynamic, simplify=settings.simplify, simplifier=settings.simplifier,
-                            force=force, load=settings.load, int8=Int8Options(method=settings.calib_method))
+                            force=force, load=settings.load, int8=settings.int8_options())
     prepared = prepare_export(checkpoint, export)
     result.seed = prepared.seed
     result.timings.update(prepared.timings)
@@ -214,7 +233,10 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         graph_path = Path(exported.files[0])
         for fmt in formats:
             with clock(f"{precision} {fmt}"):
-                result.exports.append(_derived(fmt, exported, graph_path, prepared, settings, force))
+                if precision == "int8" and exported.int8["layout"]["target"] != _INT8_TARGET[fmt]:
+                    result.exports.append(_int8_for(fmt, graph_path, prepared, export, calibration, settings))
+                else:
+                    result.exports.append(_derived(fmt, exported, graph_path, prepared, settings, force))
     if result.passed:
         with clock("golden file"):
             result.golden = str(save_golden(out / GOLDEN_NAME, prepared.reference, settings.precisions, force))
@@ -223,6 +245,29 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             result.bench = _bench(result, formats, settings)
     result.files = [f for e in result.exports for f in e.files] + ([result.golden] if result.golden else [])
     return result
+
+
+_INT8_TARGET = {"openvino": "openvino", "engine": "tensorrt"}  # each derived format's own int8 layout
+
+
+def _int8_for(fmt: str, graph_path: Path, prepared, export: ExportSettings, calibration, settings: PipelineSettings):
+    """An int8 IR or engine laid out for its own runtime, quantized (and, with a budget, fallen back) for it: an
+    OpenVINO IR from the fp32 graph quantized for OpenVINO; an engine from a TensorRT-layout graph written
+    beside the ONNX Runtime one (``NAME.int8.tensorrt.onnx``)."""
+    int8 = dataclasses.replace(export.int8, target=_INT8_TARGET[fmt])
+    if fmt == "openvino":
+        return export_prepared(prepared, graph_path.with_suffix(".xml"),
+                               dataclasses.replace(export, format="openvino", precision="int8", int8=int8), calibration)
+    trt_graph = graph_path.with_name(f"{graph_path.stem}.tensorrt.onnx")
+    made = export_prepared(prepared, trt_graph, dataclasses.replace(export, precision="int8", int8=int8), calibration)
+    if not made.written:
+        return made
+    made.format, made.output = "engine", str(graph_path.with_suffix(".engine"))
+    add_engine(made, trt_graph, graph_path.with_suffix(".engine"),
+               EngineSettings(batch=settings.batch, imgsz=settings.imgsz), prepared.reference, None, prepared.seed,
+               export.force)
+    made.written = bool(made.files)
+    return made
 
 
 def _available_formats(settings: PipelineSettings, result: PipelineResult) -> list[str]:
@@ -252,6 +297,8 @@ def _planned_files(checkpoint: Path, out: Path, precisions: tuple[str, ...], for
         if "engine" in formats:
             engine = graph.with_suffix(".engine")
             files += [engine, Path(f"{engine}.json"), Path(f"{engine}.layers.json")]
+            if precision == "int8":
+                files.append(graph.with_name(f"{graph.stem}.tensorrt.onnx"))
     return files
 
 

@@ -4,12 +4,10 @@ summary for CI job summaries."""
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 import xvol_export
-from xvol_export.doctor import package_versions
-from xvol_export.env import cpu_name
+from xvol_export.env import machine, package_versions
 from xvol_export.io import build_timestamp, sha256_file
 from xvol_export.jobs.pipeline import MANIFEST, PipelineResult
 from xvol_export.jsonio import write_json
@@ -46,9 +44,11 @@ def manifest(result: PipelineResult) -> dict:
     for export in result.exports:
         for name in export.files:
             path = Path(name)
-            artifacts.append({"file": os.path.relpath(path, out), "format": export.format,
-                              "precision": export.precision, "sha256": sha256_file(path),
-                              "size": path.stat().st_size})
+            entry = {"file": os.path.relpath(path, out), "format": export.format, "precision": export.precision,
+                     "sha256": sha256_file(path), "size": path.stat().st_size}
+            if export.int8:  # how the int8 graph is laid out, and for which runtime and ISA
+                entry["int8_layout"] = export.int8["layout"]
+            artifacts.append(entry)
     return {
         "command": "pipeline",
         "schema_version": SCHEMA_VERSION,
@@ -65,9 +65,8 @@ def manifest(result: PipelineResult) -> dict:
         "bench": [b.to_dict() for b in result.bench],
         "stages_s": {k: round(v, 3) for k, v in result.timings.items()},
         "tool": {"name": "xvol", "version": xvol_export.__version__},
-        "versions": {k: v for k, v in package_versions().items() if v},
-        "machine": {"cpu": cpu_name(), "logical_cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "versions": package_versions(),
+        "machine": machine(),
     }
 
 
@@ -93,7 +92,10 @@ def summary_markdown(content: dict) -> str:
     if content["failure"]:
         lines += [f"**Failed:** {content['failure']}", ""]
     lines += [f"Source `{Path(content['source']['file']).name}` (sha256 `{content['source']['sha256'][:16]}`), "
-              f"xvol {content['tool']['version']}, seed {content['seed']}.", "",
+              f"xvol {content['tool']['version']}, " + (f"verified on `{content['settings']['data']}`."
+                                                         if content["seed"] is None else f"seed {content['seed']}."),
+              "",
+              f"Verdicts made on {_isa_line(content['machine'])}: they hold for that instruction set.", "",
               "| check | status | rel L2 | vs baseline | top-1 agreement | accuracy |",
               "| --- | --- | --- | --- | --- | --- |"]
     for check in content["checks"]:
@@ -110,7 +112,7 @@ def summary_markdown(content: dict) -> str:
         lines += ["", f"Golden file `{golden['file']}` (sha256 `{golden['sha256'][:16]}`): on the machine that runs "
                   f"an artifact, `xvol verify ARTIFACT --golden {golden['file']}` gives it this verdict there."]
     lines += ["", "| artifact | format | precision | size | sha256 |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| `{a['file']}` | {a['format']} | {a['precision']} | {a['size']:,} | `{a['sha256'][:16]}` |"
+    lines += [f"| `{a['file']}` | {a['format']} | {_precision(a)} | {a['size']:,} | `{a['sha256'][:16]}` |"
               for a in content["artifacts"]]
     for report in content["bench"]:
         lines += ["", "| benchmarked | backend | batch | prec | median ms | vs first |",
@@ -118,6 +120,25 @@ def summary_markdown(content: dict) -> str:
         lines += [f"| `{c['artifact']}` | {c['backend']} | {c['batch']} | {c.get('precision') or ''} | "
                   f"{c['latency_ms']['median']:.2f} | {_num(c['ratio_to_first'], 'x')} |" for c in report["cases"]]
     return "\n".join(lines) + "\n"
+
+
+def _precision(artifact: dict) -> str:
+    layout = artifact.get("int8_layout")
+    if not layout:
+        return artifact["precision"]
+    return (f"{artifact['precision']} ({layout['target']}: {layout['activations']} activations, "
+            f"{layout['weight_bits']}-bit weights)")
+
+
+def _isa_line(machine_info: dict) -> str:
+    isa = ", ".join(machine_info.get("isa") or []) or "no AVX2"
+    cap = machine_info.get("onednn_cap")
+    capped = f"; oneDNN capped at {cap}: {', '.join(machine_info.get('onednn_isa') or []) or 'no AVX2'}" if cap else ""
+    threads = machine_info.get("torch_threads")
+    versions = ", ".join(f"{k} {v}" for k, v in (machine_info.get("versions") or {}).items()
+                         if k in ("onnxruntime", "openvino", "torch"))
+    return (f"{machine_info['cpu']} ({isa}{capped}), {machine_info.get('logical_cores')} cores"
+            + (f", {threads} PyTorch threads" if threads else "") + (f"; {versions}" if versions else ""))
 
 
 def _num(value, suffix: str = "") -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xvol_export.env import native_bf16
 from xvol_export.errors import XvolError
 from xvol_export.runners.base import InputSpec, Runner
 
@@ -168,7 +169,12 @@ class OpenVinoRunner(Runner):
                 model = core.read_model(self.model)
             except RuntimeError as err:
                 raise XvolError(f"{self.name}: OpenVINO cannot read the model ({str(err).splitlines()[0]}).") from None
-        config = {"INFERENCE_PRECISION_HINT": self.inference_precision}
+        hint = self.inference_precision
+        if hint == "bf16" and self.device.startswith("CPU") and not native_bf16():
+            # What the CPU plugin does where the processor has no native bf16, done here so that it also holds
+            # under oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA), where the plugin would try bf16 kernels it cannot have
+            hint = "f32"
+        config = {"INFERENCE_PRECISION_HINT": hint}
         if self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         self.compiled = core.compile_model(model, self.device, config)
