@@ -11,7 +11,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
-import platform
 import shutil
 import subprocess
 
@@ -260,12 +259,13 @@ def machine_report() -> dict:
     openvino = _openvino()
     polygraphy = _polygraphy()
     tensorrt, trt_problems = _tensorrt(gpu, no_gpu, polygraphy)
+    machine = env.machine()  # the one description every report carries; doctor adds what it means here
     return {
         "xvol_version": xvol_export.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": {"name": env.cpu_name(), "logical_cores": os.cpu_count(), "isa": env.cpu_features(),
-                "onednn_cap": env.onednn_cap(), "onednn_isa": env.onednn_features(), "meaning": env.isa_meaning()},
+        "python": machine["python"],
+        "platform": machine["platform"],
+        "cpu": {"name": machine["cpu"], "logical_cores": machine["logical_cores"], "isa": machine["isa"],
+                "onednn_cap": machine["onednn_cap"], "onednn_isa": machine["onednn_isa"], "meaning": env.isa_meaning()},
         "packages": package_versions(),
         "gpu": gpu,
         "cuda": _cuda(gpu),
