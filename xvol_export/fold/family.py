@@ -5,7 +5,8 @@ becomes in an exported graph, which nodes must stay in float under INT8, how it 
 a runtime) is looked up here. A new family is one module that builds a :class:`BlockFamily` and
 calls :func:`register_family`; third-party packages do the same through the ``xvol.families``
 entry point group (each entry point names a module, or a callable returning families, loaded on
-first lookup).
+first lookup). The built-in families (``xvol_export.fold.families``) register when the
+``xvol_export.fold`` package is imported, which Python does before it imports this module.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
+
+from xvol_export.fold.arithmetic import assign
 
 ENTRY_POINT_GROUP = "xvol.families"
 
@@ -49,7 +53,7 @@ def _no_layout(block: nn.Module, context: FoldContext) -> tuple[str, str]:
     return "", ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BlockFamily:
     """One re-parameterizable block family.
 
@@ -58,15 +62,24 @@ class BlockFamily:
     without layouts). ``deploy_config(deploy)`` is the JSON-plain description of
     a deploy module and ``build_deploy(config)`` rebuilds an empty one from it: a deploy checkpoint's fold
     plan stores the first and applies the second. The rest describe the family to the walker's users.
+
+    The three have defaults, so that a family gives only what is its own. ``deploy_config``: the deploy
+    block's ``config()``. ``build_deploy``: the first deploy type called with the config, which must hold
+    exactly ``deploy_args`` (when given). ``fold``: the deploy block built from the training block's
+    attributes named ``deploy_args``, then :func:`finish_fold` with the tensors of ``fold_weights``.
     """
 
     name: str
     description: str  # one line, before -> after, for inspect
     training_types: tuple[type[nn.Module], ...]
     deploy_types: tuple[type[nn.Module], ...]
-    fold: Callable[[nn.Module, FoldContext], nn.Module]
-    deploy_config: Callable[[nn.Module], dict[str, Any]]
-    build_deploy: Callable[[dict[str, Any]], nn.Module]
+    fold: Callable[[nn.Module, FoldContext], nn.Module] | None = None
+    deploy_config: Callable[[nn.Module], dict[str, Any]] | None = None
+    build_deploy: Callable[[dict[str, Any]], nn.Module] | None = None
+    # the deploy block's constructor arguments, which are also attributes of the training block
+    deploy_args: tuple[str, ...] = ()
+    # the family's own arithmetic, for the default fold: the deploy block's tensors by state-dict name, in float64
+    fold_weights: Callable[[nn.Module, FoldContext], dict[str, torch.Tensor]] | None = None
     describe_training: Callable[[nn.Module], str]
     describe_deploy: Callable[[nn.Module], str]
     layouts: tuple[str, ...] = ()  # a family whose deploy form can be laid out more than one way
@@ -92,6 +105,53 @@ class BlockFamily:
             raise ValueError(f"a family name must be an identifier, got {self.name!r}")
         if not self.training_types or not self.deploy_types:
             raise ValueError(f"family {self.name!r}: give at least one training and one deploy module type")
+        if self.fold is None and (self.fold_weights is None or not self.deploy_args):
+            raise ValueError(f"family {self.name!r}: give fold, or fold_weights and deploy_args")
+        if self.deploy_config is None:
+            object.__setattr__(self, "deploy_config", _own_config)
+        if self.build_deploy is None:
+            object.__setattr__(self, "build_deploy", _builder(self.deploy_types[0], self.deploy_args, self.name))
+        if self.fold is None:
+            object.__setattr__(self, "fold", _folder(self.build_deploy, self.deploy_args, self.fold_weights))
+
+
+def finish_fold(block: nn.Module, deploy: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """The shared end of a fold: ``deploy`` (a new block) on the device and dtype of ``block``'s weights, in eval
+    mode, with ``tensors`` (float64, by state-dict name) cast into it once."""
+    weight = next(block.parameters())
+    deploy = deploy.to(device=weight.device, dtype=weight.dtype).eval()
+    assign(deploy, **tensors)
+    return deploy
+
+
+def checked_config(config: dict[str, Any], names: tuple[str, ...], family: str) -> dict[str, Any]:
+    """``config`` if it is a dict with exactly ``names`` as keys, else a ValueError naming the difference."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a {family} deploy config must be a dict, got {type(config).__name__}")
+    missing, unknown = sorted(set(names) - set(config)), sorted(set(config) - set(names))
+    if missing or unknown:
+        raise ValueError(f"bad {family} deploy config: missing {missing}, unknown {unknown}; it takes {list(names)}")
+    return config
+
+
+def _own_config(deploy: nn.Module) -> dict[str, Any]:
+    return deploy.config()
+
+
+def _builder(deploy_type: type[nn.Module], names: tuple[str, ...], family: str) -> Callable[[dict], nn.Module]:
+    def build_deploy(config: dict[str, Any]) -> nn.Module:
+        return deploy_type(**(checked_config(config, names, family) if names else config))
+
+    return build_deploy
+
+
+def _folder(build_deploy: Callable[[dict], nn.Module], names: tuple[str, ...],
+            fold_weights: Callable[[nn.Module, FoldContext], dict[str, torch.Tensor]]) -> Callable:
+    def fold(block: nn.Module, context: FoldContext | None = None) -> nn.Module:
+        deploy = build_deploy({name: getattr(block, name) for name in names})
+        return finish_fold(block, deploy, fold_weights(block, context or FoldContext()))
+
+    return fold
 
 
 _FAMILIES: dict[str, BlockFamily] = {}
@@ -148,6 +208,14 @@ def layout_choices() -> tuple[str, ...]:
     return (*layouts, "auto")
 
 
+def check_layout(layout: str) -> str:
+    """``layout`` if it is one of :func:`layout_choices`, else a ValueError naming them: the one check of a
+    layout choice."""
+    if layout not in layout_choices():
+        raise ValueError(f"layout must be one of {layout_choices()}, got {layout!r}")
+    return layout
+
+
 def _lookup(module: nn.Module, types_of: Callable[[BlockFamily], Iterable[type]]) -> BlockFamily | None:
     for cls in type(module).__mro__:  # the most derived registered type first
         for family in families():
@@ -163,8 +231,6 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    import xvol_export.fold.families  # noqa: F401  (the built-in families register on import)
-
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         loaded = entry.load()
         if callable(loaded) and not isinstance(loaded, type):
