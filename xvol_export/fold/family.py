@@ -12,6 +12,7 @@ first lookup). The built-in families (``xvol_export.fold.families``) register wh
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -154,7 +155,21 @@ def _folder(build_deploy: Callable[[dict], nn.Module], names: tuple[str, ...],
     return fold
 
 
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An entry point of the ``xvol.families`` group that failed to load: ``entry_point`` (``name = value``), the
+    ``distribution`` that declares it (name and version), and the ``error``."""
+
+    entry_point: str
+    distribution: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.entry_point} (from {self.distribution}): {self.error}"
+
+
 _FAMILIES: dict[str, BlockFamily] = {}
+_BROKEN: list[BrokenPlugin] = []
 _entry_points_loaded = False
 
 
@@ -184,7 +199,14 @@ def get_family(name: str) -> BlockFamily:
     try:
         return _FAMILIES[name]
     except KeyError:
-        raise KeyError(f"no block family named {name!r}; registered: {', '.join(_FAMILIES)}") from None
+        broken = f"; plugins that failed to load: {'; '.join(map(str, _BROKEN))}" if _BROKEN else ""
+        raise KeyError(f"no block family named {name!r}; registered: {', '.join(_FAMILIES)}{broken}") from None
+
+
+def broken_plugins() -> list[BrokenPlugin]:
+    """The ``xvol.families`` entry points that failed to load (each warned about once, then skipped)."""
+    _load_entry_points()
+    return list(_BROKEN)
 
 
 def training_family(module: nn.Module) -> BlockFamily | None:
@@ -225,14 +247,27 @@ def _lookup(module: nn.Module, types_of: Callable[[BlockFamily], Iterable[type]]
 
 
 def _load_entry_points() -> None:
-    """Import the families that installed packages declare (once). A broken plugin is named, not fatal
-    for the others: its error is raised when the family is looked up by name."""
+    """Import the families that installed packages declare (once). A broken plugin is not fatal for the others:
+    it is warned about, named with its distribution and error, kept for :func:`broken_plugins`, and skipped."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        loaded = entry.load()
-        if callable(loaded) and not isinstance(loaded, type):
-            for family in loaded() or ():
-                register_family(family)
+        try:
+            loaded = entry.load()
+            if callable(loaded) and not isinstance(loaded, type):
+                for family in loaded() or ():
+                    register_family(family)
+        except Exception as err:  # noqa: BLE001 - third-party code: whatever it raises, the other plugins load
+            _report_broken(entry, err)
+
+
+def _report_broken(entry: importlib.metadata.EntryPoint, err: Exception) -> None:
+    dist = getattr(entry, "dist", None)
+    distribution = f"{dist.name} {dist.version}" if dist is not None else "an unknown distribution"
+    message = " ".join(str(err).split())
+    broken = BrokenPlugin(f"{entry.name} = {entry.value}", distribution, f"{type(err).__name__}: {message}")
+    _BROKEN.append(broken)
+    warnings.warn(f"the xvol block-family plugin {broken}; its families are not registered", RuntimeWarning,
+                  stacklevel=4)
