@@ -32,8 +32,8 @@ from torch import nn
 from xvol_export import XVolution, XVolutionDeploy
 from xvol_export.export import onnx_graph
 from xvol_export.fold import fold_xvolution
+from xvol_export.fold.profile import profile_model
 from xvol_export.layers import shifted_copies
-from xvol_export.profile import profile_model
 from xvol_export.testing import randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # the mixed model the tests use
 from xvol_export.export import onnx_graph  # noqa: E402
 from xvol_export.fold import RuntimeTarget, fold, runtime_options, set_runtime_options  # noqa: E402
-from xvol_export.profile import profile_model  # noqa: E402
+from xvol_export.fold.profile import profile_model  # noqa: E402
 from xvol_export.runners import OnnxRuntimeRunner, Runner, TorchRunner  # noqa: E402
 from xvol_export.testing import check_not_degenerate, input_dependence, realistic_batchnorm  # noqa: E402
 

@@ -52,10 +52,9 @@ from xvol_export.export.precision import (  # noqa: E402
     CALIBRATION_METHODS,
     INT8_TARGETS,
     int8_layout,
-    shift_conv_names,
     to_int8_qdq,
 )
-from xvol_export.fold.families.xvolution import onnx_options  # noqa: E402
+from xvol_export.fold.families.xvolution import onnx_options, shift_conv_names  # noqa: E402
 
 from _common import machine, photo_crops, realistic_model, write_json  # noqa: E402
 

@@ -16,7 +16,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from xvol_export.fold.arithmetic import bn_scale_shift, fuse_bn_before, fuse_bn_transposed
 from xvol_export.fold.conv_bn import fuse_norms, fused_layer
-from xvol_export.fold.plan import FoldPlan, apply_plan
+from xvol_export.fold.model import apply_plan
+from xvol_export.fold.plan import FoldPlan
 
 from helpers import assert_unchanged, make_generator, randomize_bn, rel_l2, snapshot
 

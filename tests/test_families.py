@@ -101,8 +101,8 @@ def test_the_walker_folds_every_family_in_one_model_and_leaves_the_input_alone()
 
 
 def test_per_block_verification_and_profile_cover_every_family():
+    from xvol_export.fold.profile import profile_model
     from xvol_export.inputs import InputData
-    from xvol_export.profile import profile_model
     from xvol_export.verify import Reference, verify
 
     model = mixed_net()
@@ -128,8 +128,9 @@ def test_export_structural_check_counts_every_family_deploy_conv(tmp_path):
 
 def test_int8_keeps_what_families_ask_for_in_float():
     from xvol_export.export import onnx_graph
-    from xvol_export.export.precision import int8_float_nodes, shift_conv_names
+    from xvol_export.export.precision import int8_float_nodes
     from xvol_export.fold import set_runtime_options
+    from xvol_export.fold.families.xvolution import shift_conv_names
 
     deploy, _ = fold(mixed_net(), input_shape=(1, 3, 12, 12))
     deploy = set_runtime_options(deploy, aggregate="convs")
@@ -156,7 +157,7 @@ from torch import nn
 
 from xvol_export.fold.family import BlockFamily
 from xvol_export.fold.arithmetic import add_branches, fuse_bn, pad_kernel
-from xvol_export.fold.blocks import bn_affine64
+from xvol_export.fold.arithmetic import bn_affine64
 
 
 class TwoBranch(nn.Module):
@@ -230,7 +231,7 @@ def test_no_module_but_the_families_names_x_volution():
     families up; only X-volution's own modules (its layers, its family rule, its fold arithmetic and cost model),
     the reference networks and the checkpoint reader of version-1 files name it."""
     root = Path(__file__).resolve().parents[1] / "xvol_export"
-    allowed = {"layers", "models", "fold/families/xvolution.py", "fold/blocks.py", "fold/cost.py", "fold/__init__.py",
+    allowed = {"layers", "models", "fold/families/xvolution.py", "fold/cost.py", "fold/__init__.py",
                "checkpoint.py", "__init__.py"}
     offenders = []
     for path in root.rglob("*.py"):

@@ -13,7 +13,8 @@ from torch import nn
 
 from xvol_export.fold.conv_bn import fuse_norms
 from xvol_export.fold.hooks import fold_with_hook, hook_of, replay_hook
-from xvol_export.fold.plan import FoldPlan, apply_plan
+from xvol_export.fold.model import apply_plan
+from xvol_export.fold.plan import FoldPlan
 from xvol_export.layers.repvgg import RepVGGBlock
 
 from helpers import assert_unchanged, make_generator, randomize_bn, rel_l2, snapshot

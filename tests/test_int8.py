@@ -35,8 +35,8 @@ from xvol_export.export.int8 import (
     quantize_once,
     quantize_with_fallback,
 )
-from xvol_export.export.precision import CALIBRATION_METHODS, shift_conv_names, to_int8_qdq
-from xvol_export.fold.families.xvolution import onnx_options
+from xvol_export.export.precision import CALIBRATION_METHODS, to_int8_qdq
+from xvol_export.fold.families.xvolution import onnx_options, shift_conv_names
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 QDQ = ("QuantizeLinear", "DequantizeLinear")

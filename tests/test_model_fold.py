@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from xvol_export import XVolution, XVolutionDeploy, create_model, fold
 from xvol_export.fold import set_runtime_options
 from xvol_export.fold.cost import choose_layout
-from xvol_export.profile import profile_model
+from xvol_export.fold.profile import profile_model
 
 from helpers import assert_unchanged, count_instances, init_params, make_generator, randomize_bn, rel_l2, snapshot
 

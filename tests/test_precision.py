@@ -29,8 +29,8 @@ from onnx import numpy_helper
 
 from xvol_export import XvolError, XVolution, fold
 from xvol_export.checkpoint import load_model
-from xvol_export.export.precision import shift_conv_names, to_fp16, to_int8_qdq
-from xvol_export.fold.families.xvolution import onnx_options
+from xvol_export.export.precision import to_fp16, to_int8_qdq
+from xvol_export.fold.families.xvolution import onnx_options, shift_conv_names
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 FP16_REL_L2 = 5e-3

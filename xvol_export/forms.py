@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from xvol_export.errors import XvolError
+from xvol_export.fold.family import deploy_family, layout_choices
+from xvol_export.fold.model import apply_plan, fold
 from xvol_export.fold.plan import FoldPlan
 
 # The names common re-parameterizable blocks give their folded layers (when the fold cannot run to tell).
@@ -17,10 +19,8 @@ _DEPLOY_SUFFIXES = ("lk_origin.bias",)
 
 
 def apply_fold_plan(skeleton: nn.Module, plan: FoldPlan) -> nn.Module:
-    """:func:`~xvol_export.fold.plan.apply_plan`, with every way a plan can fail to fit as :class:`ValueError`
+    """:func:`~xvol_export.fold.model.apply_plan`, with every way a plan can fail to fit as :class:`ValueError`
     (a family that is not registered, a deploy config its family refuses)."""
-    from xvol_export.fold.plan import apply_plan
-
     try:
         return apply_plan(skeleton, plan)
     except KeyError as err:  # get_family: no such family
@@ -63,9 +63,7 @@ def recognize_form(make_training: Callable[[], nn.Module], model_keys: set[str],
 def deploy_key_sets(make_training: Callable[[], nn.Module]) -> tuple[set[str], set[str]] | None:
     """The state-dict keys of the training form's deploy forms, one per layout the families offer: (every key
     some form has, the keys all forms have); None when the fold cannot run on the meta device."""
-    from xvol_export.fold.family import families
-
-    layouts = sorted({layout for family in families() for layout in family.layouts}) or ["auto"]
+    layouts = sorted(set(layout_choices()) - {"auto"}) or ["auto"]
     union: set[str] = set()
     shared: set[str] | None = None
     for layout in layouts:
@@ -80,8 +78,6 @@ def deploy_key_sets(make_training: Callable[[], nn.Module]) -> tuple[set[str], s
 
 def meta_fold(make_training: Callable[[], nn.Module], layout: str) -> nn.Module:
     """The fold of a training form built on the meta device (no weights, no profile: structure only)."""
-    from xvol_export.fold import fold
-
     with torch.device("meta"):
         model = make_training()
         vars(model).pop("input_size", None)  # nothing is profiled on the meta device
@@ -99,8 +95,6 @@ def derive_plan(make_training: Callable[[], nn.Module], deploy: nn.Module) -> Fo
     carries none: a version-1 file's, or one built with ``deploy=True``): the fold's plan on a meta copy, with
     each block's deploy config read from ``deploy``. :class:`ValueError` when the plan does not give ``deploy``'s
     weights (the same keys)."""
-    from xvol_export.fold.family import deploy_family
-
     found = getattr(meta_fold(make_training, "auto"), "xvol_fold_plan", None)
     if not isinstance(found, FoldPlan):
         raise ValueError("the fold gives no plan")
@@ -124,8 +118,6 @@ def derive_plan(make_training: Callable[[], nn.Module], deploy: nn.Module) -> Fo
 def current_plan(model: nn.Module, plan: FoldPlan) -> FoldPlan:
     """``plan`` with each block's deploy config read from ``model`` (a block rebuilt after the fold, with other
     runtime options or another layout, is recorded as it is); :class:`XvolError` for a block it no longer has."""
-    from xvol_export.fold.family import deploy_family
-
     modules = dict(model.named_modules())
     blocks = {}
     for name, block in plan.blocks.items():

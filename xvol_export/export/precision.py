@@ -17,7 +17,6 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 
 from xvol_export.errors import XvolError
 
@@ -286,29 +285,6 @@ def int8_float_nodes(model: onnx.ModelProto) -> list[str]:
 
     kept = {name for family in families() if family.int8_float_nodes for name in family.int8_float_nodes(model)}
     return [node.name for node in model.graph.node if node.name in kept]
-
-
-def shift_conv_names(model: onnx.ModelProto) -> list[str]:
-    """Names of the Conv nodes whose constant weights are one-hot shift kernels (``[9 g, 1, 3, 3]``,
-    ``group = g``, each output channel a single 1): the aggregate's pixel copies."""
-    constants = {init.name: init for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                constants[node.output[0]] = value
-    names = []
-    for node in model.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in constants:
-            continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        weight = onnx.numpy_helper.to_array(constants[node.input[1]])
-        if weight.shape != (9 * group, 1, 3, 3):
-            continue
-        onehot = np.tile(np.eye(9, dtype=weight.dtype).reshape(9, 1, 3, 3), (group, 1, 1, 1))
-        if np.array_equal(weight, onehot):
-            names.append(node.name)
-    return names
 
 
 def _named_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

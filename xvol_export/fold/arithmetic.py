@@ -1,12 +1,15 @@
 """Fold arithmetic: small pure functions on tensors, each exact up to rounding.
 
-They compute in the dtype they are given; callers pass float64 and cast once at the end.
+They compute in the dtype they are given; callers pass float64 and cast once at the end. The few that read a
+module (``bn_affine64``, ``conv_bn64``, ``kernel_bn64``) take its tensors in float64; :func:`assign` is the one
+cast at the end.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def bn_scale_shift(
@@ -170,3 +173,56 @@ def fuse_bn_before(
     extra = (grouped * shift.reshape(groups, 1, in_g, 1)).sum(dim=(2, 3)).reshape(out_ch)
     fused_bias = extra if bias is None else bias + extra
     return fused_kernel, fused_bias
+
+
+def add_kxk_branches(
+    kxk: list[tuple[torch.Tensor, torch.Tensor]],
+    one_by_one: tuple[torch.Tensor, torch.Tensor] | None,
+    identity: tuple[torch.Tensor, torch.Tensor] | None,
+    kernel_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum kxk branches, a 1x1 branch (padded onto the centre tap) and an identity branch (already kxk) into one
+    kernel and bias.
+
+    A dilated kxk conv's centre tap reads the pixel the 1x1 branch reads, so this holds for any dilation.
+    """
+    branches = list(kxk)
+    if one_by_one is not None:
+        branches.append((pad_kernel(one_by_one[0], kernel_size), one_by_one[1]))
+    if identity is not None:
+        branches.append(identity)
+    return add_branches(*branches)
+
+
+# ------------------------------------------------------------------------------- reading and writing modules
+
+
+def bn_affine64(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode ``(a, c)`` of a BatchNorm, in float64."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm without running statistics (track_running_stats=False) cannot be folded")
+    weight = None if bn.weight is None else bn.weight.detach().double()
+    bias = None if bn.bias is None else bn.bias.detach().double()
+    return bn_scale_shift(bn.running_mean.double(), bn.running_var.double(), bn.eps, weight, bias)
+
+
+def conv_bn64(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kernel, bias)`` in float64 of ``bn(conv(x))`` in eval mode (the conv's own bias kept, if it has one)."""
+    bias = None if conv.bias is None else conv.bias.detach().double()
+    return fuse_bn(conv.weight.detach().double(), bias, *bn_affine64(bn))
+
+
+def kernel_bn64(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kernel, bias)`` in float64 of a fixed, bias-free ``kernel`` (identity, average pooling) followed by
+    ``bn`` in eval mode."""
+    scale, shift = bn_affine64(bn)
+    return fuse_bn(kernel.to(scale.device), None, scale, shift)
+
+
+def assign(module: nn.Module, **tensors: torch.Tensor) -> None:
+    """Copy float64 results into ``module``'s tensors, casting once; a name may be dotted (``conv.weight``)."""
+    with torch.no_grad():
+        for name, value in tensors.items():
+            owner, _, attr = name.rpartition(".")
+            param = getattr(module.get_submodule(owner) if owner else module, attr)
+            param.copy_(value.to(param.dtype).reshape(param.shape))

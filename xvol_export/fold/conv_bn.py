@@ -20,10 +20,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import parametrize
 
-from xvol_export.fold.arithmetic import fuse_bn, fuse_bn_before, fuse_bn_transposed
-from xvol_export.fold.blocks import bn_affine64
+from xvol_export.fold.arithmetic import bn_affine64, fuse_bn, fuse_bn_before, fuse_bn_transposed
 from xvol_export.fold.family import block_types
-from xvol_export.fold.plan import replace_submodule
+from xvol_export.fold.submodule import replace_submodule
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -401,6 +400,11 @@ def _traces(model: nn.Module, leaves: tuple[type, ...]) -> str | None:
     except Exception as err:  # noqa: BLE001
         return f"{type(err).__name__}: {' '.join(str(err).split())[:_REASON_LIMIT]}"
     return None
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new conv with bias that computes ``bn(conv(x))`` in eval mode (computed in float64)."""
+    return fold_norm("conv_bn", conv, bn).eval()
 
 
 def fold_norm(kind: str, layer: nn.Module, norm: _BatchNorm) -> nn.Module:

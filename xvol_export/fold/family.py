@@ -5,16 +5,21 @@ becomes in an exported graph, which nodes must stay in float under INT8, how it 
 a runtime) is looked up here. A new family is one module that builds a :class:`BlockFamily` and
 calls :func:`register_family`; third-party packages do the same through the ``xvol.families``
 entry point group (each entry point names a module, or a callable returning families, loaded on
-first lookup).
+first lookup). The built-in families (``xvol_export.fold.families``) register when the
+``xvol_export.fold`` package is imported, which Python does before it imports this module.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
+
+from xvol_export.fold.arithmetic import assign
 
 ENTRY_POINT_GROUP = "xvol.families"
 
@@ -49,7 +54,7 @@ def _no_layout(block: nn.Module, context: FoldContext) -> tuple[str, str]:
     return "", ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BlockFamily:
     """One re-parameterizable block family.
 
@@ -58,15 +63,24 @@ class BlockFamily:
     without layouts). ``deploy_config(deploy)`` is the JSON-plain description of
     a deploy module and ``build_deploy(config)`` rebuilds an empty one from it: a deploy checkpoint's fold
     plan stores the first and applies the second. The rest describe the family to the walker's users.
+
+    The three have defaults, so that a family gives only what is its own. ``deploy_config``: the deploy
+    block's ``config()``. ``build_deploy``: the first deploy type called with the config, which must hold
+    exactly ``deploy_args`` (when given). ``fold``: the deploy block built from the training block's
+    attributes named ``deploy_args``, then :func:`finish_fold` with the tensors of ``fold_weights``.
     """
 
     name: str
     description: str  # one line, before -> after, for inspect
     training_types: tuple[type[nn.Module], ...]
     deploy_types: tuple[type[nn.Module], ...]
-    fold: Callable[[nn.Module, FoldContext], nn.Module]
-    deploy_config: Callable[[nn.Module], dict[str, Any]]
-    build_deploy: Callable[[dict[str, Any]], nn.Module]
+    fold: Callable[[nn.Module, FoldContext], nn.Module] | None = None
+    deploy_config: Callable[[nn.Module], dict[str, Any]] | None = None
+    build_deploy: Callable[[dict[str, Any]], nn.Module] | None = None
+    # the deploy block's constructor arguments, which are also attributes of the training block
+    deploy_args: tuple[str, ...] = ()
+    # the family's own arithmetic, for the default fold: the deploy block's tensors by state-dict name, in float64
+    fold_weights: Callable[[nn.Module, FoldContext], dict[str, torch.Tensor]] | None = None
     describe_training: Callable[[nn.Module], str]
     describe_deploy: Callable[[nn.Module], str]
     layouts: tuple[str, ...] = ()  # a family whose deploy form can be laid out more than one way
@@ -92,9 +106,70 @@ class BlockFamily:
             raise ValueError(f"a family name must be an identifier, got {self.name!r}")
         if not self.training_types or not self.deploy_types:
             raise ValueError(f"family {self.name!r}: give at least one training and one deploy module type")
+        if self.fold is None and (self.fold_weights is None or not self.deploy_args):
+            raise ValueError(f"family {self.name!r}: give fold, or fold_weights and deploy_args")
+        if self.deploy_config is None:
+            object.__setattr__(self, "deploy_config", _own_config)
+        if self.build_deploy is None:
+            object.__setattr__(self, "build_deploy", _builder(self.deploy_types[0], self.deploy_args, self.name))
+        if self.fold is None:
+            object.__setattr__(self, "fold", _folder(self.build_deploy, self.deploy_args, self.fold_weights))
+
+
+def finish_fold(block: nn.Module, deploy: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """The shared end of a fold: ``deploy`` (a new block) on the device and dtype of ``block``'s weights, in eval
+    mode, with ``tensors`` (float64, by state-dict name) cast into it once."""
+    weight = next(block.parameters())
+    deploy = deploy.to(device=weight.device, dtype=weight.dtype).eval()
+    assign(deploy, **tensors)
+    return deploy
+
+
+def checked_config(config: dict[str, Any], names: tuple[str, ...], family: str) -> dict[str, Any]:
+    """``config`` if it is a dict with exactly ``names`` as keys, else a ValueError naming the difference."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a {family} deploy config must be a dict, got {type(config).__name__}")
+    missing, unknown = sorted(set(names) - set(config)), sorted(set(config) - set(names))
+    if missing or unknown:
+        raise ValueError(f"bad {family} deploy config: missing {missing}, unknown {unknown}; it takes {list(names)}")
+    return config
+
+
+def _own_config(deploy: nn.Module) -> dict[str, Any]:
+    return deploy.config()
+
+
+def _builder(deploy_type: type[nn.Module], names: tuple[str, ...], family: str) -> Callable[[dict], nn.Module]:
+    def build_deploy(config: dict[str, Any]) -> nn.Module:
+        return deploy_type(**(checked_config(config, names, family) if names else config))
+
+    return build_deploy
+
+
+def _folder(build_deploy: Callable[[dict], nn.Module], names: tuple[str, ...],
+            fold_weights: Callable[[nn.Module, FoldContext], dict[str, torch.Tensor]]) -> Callable:
+    def fold(block: nn.Module, context: FoldContext | None = None) -> nn.Module:
+        deploy = build_deploy({name: getattr(block, name) for name in names})
+        return finish_fold(block, deploy, fold_weights(block, context or FoldContext()))
+
+    return fold
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An entry point of the ``xvol.families`` group that failed to load: ``entry_point`` (``name = value``), the
+    ``distribution`` that declares it (name and version), and the ``error``."""
+
+    entry_point: str
+    distribution: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.entry_point} (from {self.distribution}): {self.error}"
 
 
 _FAMILIES: dict[str, BlockFamily] = {}
+_BROKEN: list[BrokenPlugin] = []
 _entry_points_loaded = False
 
 
@@ -124,7 +199,14 @@ def get_family(name: str) -> BlockFamily:
     try:
         return _FAMILIES[name]
     except KeyError:
-        raise KeyError(f"no block family named {name!r}; registered: {', '.join(_FAMILIES)}") from None
+        broken = f"; plugins that failed to load: {'; '.join(map(str, _BROKEN))}" if _BROKEN else ""
+        raise KeyError(f"no block family named {name!r}; registered: {', '.join(_FAMILIES)}{broken}") from None
+
+
+def broken_plugins() -> list[BrokenPlugin]:
+    """The ``xvol.families`` entry points that failed to load (each warned about once, then skipped)."""
+    _load_entry_points()
+    return list(_BROKEN)
 
 
 def training_family(module: nn.Module) -> BlockFamily | None:
@@ -148,6 +230,14 @@ def layout_choices() -> tuple[str, ...]:
     return (*layouts, "auto")
 
 
+def check_layout(layout: str) -> str:
+    """``layout`` if it is one of :func:`layout_choices`, else a ValueError naming them: the one check of a
+    layout choice."""
+    if layout not in layout_choices():
+        raise ValueError(f"layout must be one of {layout_choices()}, got {layout!r}")
+    return layout
+
+
 def _lookup(module: nn.Module, types_of: Callable[[BlockFamily], Iterable[type]]) -> BlockFamily | None:
     for cls in type(module).__mro__:  # the most derived registered type first
         for family in families():
@@ -157,16 +247,27 @@ def _lookup(module: nn.Module, types_of: Callable[[BlockFamily], Iterable[type]]
 
 
 def _load_entry_points() -> None:
-    """Import the families that installed packages declare (once). A broken plugin is named, not fatal
-    for the others: its error is raised when the family is looked up by name."""
+    """Import the families that installed packages declare (once). A broken plugin is not fatal for the others:
+    it is warned about, named with its distribution and error, kept for :func:`broken_plugins`, and skipped."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    import xvol_export.fold.families  # noqa: F401  (the built-in families register on import)
-
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        loaded = entry.load()
-        if callable(loaded) and not isinstance(loaded, type):
-            for family in loaded() or ():
-                register_family(family)
+        try:
+            loaded = entry.load()
+            if callable(loaded) and not isinstance(loaded, type):
+                for family in loaded() or ():
+                    register_family(family)
+        except Exception as err:  # noqa: BLE001 - third-party code: whatever it raises, the other plugins load
+            _report_broken(entry, err)
+
+
+def _report_broken(entry: importlib.metadata.EntryPoint, err: Exception) -> None:
+    dist = getattr(entry, "dist", None)
+    distribution = f"{dist.name} {dist.version}" if dist is not None else "an unknown distribution"
+    message = " ".join(str(err).split())
+    broken = BrokenPlugin(f"{entry.name} = {entry.value}", distribution, f"{type(err).__name__}: {message}")
+    _BROKEN.append(broken)
+    warnings.warn(f"the xvol block-family plugin {broken}; its families are not registered", RuntimeWarning,
+                  stacklevel=4)

@@ -1,5 +1,6 @@
 """The model walker: every registered block family's blocks to their deploy form, blocks of unknown classes
-through their own re-parameterization hook, then every norm layer into its neighbouring conv or linear."""
+through their own re-parameterization hook, then every norm layer into its neighbouring conv or linear; and the
+replay of a fold plan on a training skeleton."""
 
 from __future__ import annotations
 
@@ -11,20 +12,22 @@ import torch
 from torch import nn
 
 from xvol_export.dtypes import describe_dtype, resolve_dtype
-from xvol_export.fold.conv_bn import fuse_norms
+from xvol_export.fold.conv_bn import fuse_norms, fused_layer
 from xvol_export.fold.family import (
     BlockFamily,
     FoldContext,
     RuntimeTarget,
     block_types,
+    check_layout,
     deploy_family,
     families,
-    layout_choices,
+    get_family,
     training_family,
 )
-from xvol_export.fold.hooks import fold_with_hook, hook_of
-from xvol_export.fold.plan import FoldPlan, replace_submodule
-from xvol_export.profile import count_params, profile_model
+from xvol_export.fold.hooks import fold_with_hook, hook_of, replay_hook
+from xvol_export.fold.plan import FoldPlan
+from xvol_export.fold.profile import count_params, profile_model
+from xvol_export.fold.submodule import replace_submodule
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -97,8 +100,7 @@ def fold(
     and the deploy model is cast once at the end to ``dtype`` (``fp16``, ``bf16``, ``fp32``, ``fp64`` or the
     torch dtype; default: the dtype of the model's first floating parameter).
     """
-    if layout not in layout_choices():
-        raise ValueError(f"layout must be one of {layout_choices()}, got {layout!r}")
+    check_layout(layout)
     _check_runtime(runtime)
     source = _floating_dtype(model)
     target = resolve_dtype(dtype) if dtype is not None else source
@@ -180,6 +182,45 @@ def fold_both(model: nn.Module, layout: str = "auto", input_shape: tuple[int, ..
     deploy = copy.deepcopy(deploy64).to(target)  # the fold plan goes with the copy
     report.deploy_dtype = describe_dtype(target)
     return deploy, deploy64, report
+
+
+def apply_plan(skeleton: nn.Module, plan: FoldPlan) -> nn.Module:
+    """Turn a training-form ``skeleton`` (in place; best on the meta device) into the deploy form ``plan``
+    describes, with the parameters the deploy state dict holds; return it. :class:`ValueError` naming a
+    block or layer the skeleton lacks or that is not what the plan says."""
+    modules = dict(skeleton.named_modules())
+    for name, spec in plan.hooks.items():
+        _require(modules, name, "block")
+        replaced = replay_hook(modules[name], spec["hook"])
+        skeleton = replace_submodule(skeleton, name, replaced)
+    for name, spec in plan.blocks.items():
+        block = _require(modules, name, "block")
+        family = get_family(spec["family"])
+        if not isinstance(block, family.training_types + family.deploy_types):
+            raise ValueError(f"block {name or '(the model)'} is a {type(block).__name__}, not a {family.name} block")
+        deploy = family.build_deploy(spec["config"])
+        _match(deploy, block)
+        skeleton = replace_submodule(skeleton, name, deploy)
+    modules = dict(skeleton.named_modules())
+    for pair in plan.fused:
+        layer = _require(modules, pair["layer"], "layer")
+        _require(modules, pair["norm"], "norm")
+        skeleton = replace_submodule(skeleton, pair["layer"], fused_layer(layer))
+        skeleton = replace_submodule(skeleton, pair["norm"], nn.Identity())
+    return skeleton
+
+
+def _require(modules: dict[str, nn.Module], name: str, what: str) -> nn.Module:
+    if name not in modules:
+        raise ValueError(f"the fold plan names {what} '{name}', which the model does not have")
+    return modules[name]
+
+
+def _match(module: nn.Module, like: nn.Module) -> None:
+    """Move ``module`` to ``like``'s device and floating dtype (the meta device, for a skeleton)."""
+    tensor = next(iter(like.parameters()), None)
+    if tensor is not None:
+        module.to(device=tensor.device, dtype=tensor.dtype)
 
 
 def _layout_for(family: BlockFamily, module: nn.Module, layout: str, name: str, profile) -> tuple[str, str]:

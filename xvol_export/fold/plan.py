@@ -1,16 +1,14 @@
 """The fold plan: what a fold did to a model, JSON-plain, so a deploy model can be rebuilt from its training form.
 
 A deploy checkpoint stores the plan instead of a deploy architecture: the training skeleton is built (on the meta
-device, for free), :func:`apply_plan` turns it into the deploy skeleton, and the file's state dict loads strictly.
-So a model factory only ever builds the training form.
+device, for free), :func:`~xvol_export.fold.model.apply_plan` turns it into the deploy skeleton, and the file's
+state dict loads strictly. So a model factory only ever builds the training form.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-
-from torch import nn
 
 PLAN_VERSION = 1
 FUSION_KINDS = ("conv_bn", "bn_conv", "linear_bn", "bn_linear", "convtranspose_bn")
@@ -55,56 +53,3 @@ class FoldPlan:
     @property
     def empty(self) -> bool:
         return not (self.blocks or self.fused or self.hooks)
-
-
-def apply_plan(skeleton: nn.Module, plan: FoldPlan) -> nn.Module:
-    """Turn a training-form ``skeleton`` (in place; best on the meta device) into the deploy form ``plan``
-    describes, with the parameters the deploy state dict holds; return it. :class:`ValueError` naming a
-    block or layer the skeleton lacks or that is not what the plan says."""
-    from xvol_export.fold.conv_bn import fused_layer
-    from xvol_export.fold.family import get_family
-    from xvol_export.fold.hooks import replay_hook
-
-    modules = dict(skeleton.named_modules())
-    for name, spec in plan.hooks.items():
-        _require(modules, name, "block")
-        replaced = replay_hook(modules[name], spec["hook"])
-        skeleton = replace_submodule(skeleton, name, replaced)
-    for name, spec in plan.blocks.items():
-        block = _require(modules, name, "block")
-        family = get_family(spec["family"])
-        if not isinstance(block, family.training_types + family.deploy_types):
-            raise ValueError(f"block {name or '(the model)'} is a {type(block).__name__}, not a {family.name} block")
-        deploy = family.build_deploy(spec["config"])
-        _match(deploy, block)
-        skeleton = replace_submodule(skeleton, name, deploy)
-    modules = dict(skeleton.named_modules())
-    for pair in plan.fused:
-        layer, norm = _require(modules, pair["layer"], "layer"), _require(modules, pair["norm"], "norm")
-        del norm
-        skeleton = replace_submodule(skeleton, pair["layer"], fused_layer(layer))
-        skeleton = replace_submodule(skeleton, pair["norm"], nn.Identity())
-    return skeleton
-
-
-def _require(modules: dict[str, nn.Module], name: str, what: str) -> nn.Module:
-    if name not in modules:
-        raise ValueError(f"the fold plan names {what} '{name}', which the model does not have")
-    return modules[name]
-
-
-def _match(module: nn.Module, like: nn.Module) -> None:
-    """Move ``module`` to ``like``'s device and floating dtype (the meta device, for a skeleton)."""
-    tensor = next(iter(like.parameters()), None)
-    if tensor is not None:
-        module.to(device=tensor.device, dtype=tensor.dtype)
-
-
-def replace_submodule(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """``root`` with its submodule ``name`` replaced by ``module`` (``module`` itself when ``name`` is the root)."""
-    if not name:
-        return module
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-    return root

@@ -11,9 +11,9 @@ from xvol_export.checkpoint import LoadOptions
 from xvol_export.errors import XvolError
 from xvol_export.fold import fold
 from xvol_export.fold.family import deploy_family, get_family
+from xvol_export.fold.profile import count_params, profile_model
 from xvol_export.inputs import InputShape, check_input_shape
 from xvol_export.limits import check_input_file
-from xvol_export.profile import count_params, profile_model
 from xvol_export.results import JobResult
 from xvol_export.verify.run import check_batch_fits
 

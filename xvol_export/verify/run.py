@@ -18,6 +18,7 @@ from xvol_export.compare import ErrorStats, compare_arrays
 from xvol_export.dtypes import DTYPES, dtype_name
 from xvol_export.fold import fold
 from xvol_export.fold.family import block_types
+from xvol_export.fold.submodule import replace_submodule
 from xvol_export.inputs import InputData
 from xvol_export.layers.phase_conv import PhaseConv2d
 from xvol_export.models.registry import input_cost
@@ -350,6 +351,5 @@ def _with_phase_convs(model: nn.Module) -> nn.Module:
         phase = PhaseConv2d(conv.in_channels, conv.out_channels, k, s, d, conv.groups, bias=conv.bias is not None)
         phase = phase.to(device=conv.weight.device, dtype=conv.weight.dtype)
         phase.load_state_dict(conv.state_dict())
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, phase.train(conv.training))
+        replace_submodule(model, name, phase.train(conv.training))
     return model

@@ -3,48 +3,30 @@ BatchNorm fold into one ``k x k`` conv with bias."""
 
 from __future__ import annotations
 
-from typing import Any
-
+import torch
 from torch import nn
 
-from xvol_export.fold.arithmetic import add_branches, fuse_bn, pad_kernel_to
-from xvol_export.fold.blocks import _assign, bn_affine64
-from xvol_export.fold.families.common import checked_config, conv_label
+from xvol_export.fold.arithmetic import add_branches, conv_bn64, pad_kernel_to
+from xvol_export.fold.families.common import conv_label
 from xvol_export.fold.family import BlockFamily, FoldContext, register_family
 from xvol_export.layers.acb import ACBlock, ACBlockDeploy
 
 DEPLOY_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 
 
-def _branch(conv: nn.Conv2d, bn: nn.BatchNorm2d, size: int):
-    bias = None if conv.bias is None else conv.bias.detach().double()
-    kernel, bias = fuse_bn(conv.weight.detach().double(), bias, *bn_affine64(bn))
+def _branch(conv: nn.Conv2d, bn: nn.BatchNorm2d, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    kernel, bias = conv_bn64(conv, bn)
     return pad_kernel_to(kernel, size, size), bias
 
 
-def fold_acb(block: ACBlock, context: FoldContext | None = None) -> ACBlockDeploy:
-    """The deploy form of an eval-mode ``ACBlock``: each branch's BN fused into its conv (bias kept), the
-    ``k x 1`` and ``1 x k`` kernels centre-padded to ``k x k``, all summed, in float64; ``block`` is unchanged."""
+def fold_weights(block: ACBlock, context: FoldContext) -> dict[str, torch.Tensor]:
+    """The deploy conv of an eval-mode ``ACBlock`` in float64: each branch's BN fused into its conv (bias kept), the
+    ``k x 1`` and ``1 x k`` kernels centre-padded to ``k x k``, all summed."""
     k = block.kernel_size
     kernel, bias = add_branches(_branch(block.square_conv, block.square_bn, k),
                                 _branch(block.ver_conv, block.ver_bn, k),
                                 _branch(block.hor_conv, block.hor_bn, k))
-    weight = block.square_conv.weight
-    cfg = block.config()
-    deploy = ACBlockDeploy(**{name: cfg[name] for name in DEPLOY_ARGS})
-    deploy = deploy.to(device=weight.device, dtype=weight.dtype).eval()
-    _assign(deploy.fused_conv, weight=kernel, bias=bias)
-    return deploy
-
-
-def deploy_config(deploy: ACBlockDeploy) -> dict[str, Any]:
-    """The JSON-plain constructor arguments of a deploy block."""
-    return deploy.config()
-
-
-def build_deploy(config: dict[str, Any]) -> ACBlockDeploy:
-    """An empty deploy block from :func:`deploy_config`'s output (ValueError on missing or unknown keys)."""
-    return ACBlockDeploy(**checked_config(config, DEPLOY_ARGS, "acb"))
+    return {"fused_conv.weight": kernel, "fused_conv.bias": bias}
 
 
 def describe_training(block: ACBlock) -> str:
@@ -64,9 +46,8 @@ FAMILY = register_family(BlockFamily(
     description="ACB (ACNet): kxk+BN + kx1+BN + 1xk+BN -> one kxk conv with bias",
     training_types=(ACBlock,),
     deploy_types=(ACBlockDeploy,),
-    fold=fold_acb,
-    deploy_config=deploy_config,
-    build_deploy=build_deploy,
+    deploy_args=DEPLOY_ARGS,
+    fold_weights=fold_weights,
     describe_training=describe_training,
     describe_deploy=describe_deploy,
     examples=lambda: [ACBlock(8, 8, 3, padding=1, groups=2), ACBlock(4, 6, 5, stride=2, padding=2, bias=True)],

@@ -1,8 +1,10 @@
-"""What several built-in families share: labels of convs for ``inspect``, and the check of a deploy config."""
+"""What several built-in families share: labels of convs for ``inspect``, and the squeeze-and-excitation block
+that RepVGG and MobileOne keep as it is."""
 
 from __future__ import annotations
 
-from typing import Any
+import torch
+from torch import nn
 
 
 def conv_label(kh: int, kw: int, stride: int = 1, dilation: int = 1, groups: int = 1, in_channels: int = 0) -> str:
@@ -16,11 +18,22 @@ def conv_label(kh: int, kw: int, stride: int = 1, dilation: int = 1, groups: int
     return label + (f"/s{stride}" if stride > 1 else "")
 
 
-def checked_config(config: dict[str, Any], names: tuple[str, ...], family: str) -> dict[str, Any]:
-    """``config`` if it is a dict with exactly ``names`` as keys, else a ValueError naming the difference."""
-    if not isinstance(config, dict):
-        raise ValueError(f"a {family} deploy config must be a dict, got {type(config).__name__}")
-    missing, unknown = sorted(set(names) - set(config)), sorted(set(config) - set(names))
-    if missing or unknown:
-        raise ValueError(f"bad {family} deploy config: missing {missing}, unknown {unknown}; it takes {list(names)}")
-    return config
+def block_label(block: nn.Module, kernel_size: int | None = None) -> str:
+    """:func:`conv_label` of a block's geometry (``kernel_size`` overrides, without dilation when 1)."""
+    k = block.kernel_size if kernel_size is None else kernel_size
+    return conv_label(k, k, block.stride, block.dilation if k > 1 else 1, block.groups, block.in_channels)
+
+
+def se_suffix(block: nn.Module) -> str:
+    """`` -> SE`` for a block with squeeze-and-excitation, else nothing."""
+    return " -> SE" if block.use_se else ""
+
+
+def se_graph_convs(deploy: nn.Module) -> int:
+    """The deploy conv, plus the SE block's two 1x1 convs."""
+    return 3 if deploy.use_se else 1
+
+
+def se_weights(block: nn.Module) -> dict[str, torch.Tensor]:
+    """The SE block's tensors (none without one), by the deploy block's state-dict names: the fold copies them."""
+    return {f"se.{name}": tensor.detach().double() for name, tensor in block.se.state_dict().items()}

@@ -4,14 +4,17 @@ parameter-free attention aggregate; see ``docs/xvolution.md``."""
 
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 
+import torch
 from torch import nn
 
-from xvol_export.fold.blocks import fold_xvolution
+from xvol_export.fold.arithmetic import add_branches, bn_affine64, concat_1x1, conv_bn64, dilate_kernel, pad_kernel
 from xvol_export.fold.cost import choose_layout
-from xvol_export.fold.family import BlockFamily, FoldContext, RuntimeTarget, register_family
+from xvol_export.fold.family import BlockFamily, FoldContext, RuntimeTarget, finish_fold, register_family
 from xvol_export.layers.xvolution import AGGREGATES, DILATED_CONVS, LAYOUTS, XVolution, XVolutionDeploy
+from xvol_export.limits import check_fits
 
 # The fastest options measured per runtime (2-core x86 CPU). PyTorch eager: dilated convs by phase images, the
 # aggregate by slices. Exported graphs: see ``onnx_options``.
@@ -35,6 +38,42 @@ def runtime_options(target: RuntimeTarget) -> dict[str, str]:
     return onnx_options(target.batch, target.dynamic)
 
 
+def fold_xvolution(block: XVolution, layout: str = "split", dilated_conv: str = "direct",
+                   aggregate: str = "slices") -> XVolutionDeploy:
+    """The deploy form of an eval-mode ``XVolution``, computed in float64 and cast at the end.
+
+    ``dilated_conv`` and ``aggregate`` only choose how the deploy block computes (see
+    :class:`XVolutionDeploy`); the weights are the same either way.
+    """
+    deploy = XVolutionDeploy(**block.config(), layout=layout, dilated_conv=dilated_conv, aggregate=aggregate)
+    return finish_fold(block, deploy, _deploy_weights(block, deploy.layout))
+
+
+def _deploy_weights(block: XVolution, layout: str) -> dict[str, torch.Tensor]:
+    """The deploy block's tensors in float64: each branch's BN fused into its conv; ``dense``: the 3x3 kernel
+    padded onto the dilated 5x5's taps, one kernel; ``split``: the two kept apart, the biases on the 3x3."""
+    k3, b3 = conv_bn64(block.conv, block.conv_bn)
+    extra_bias = torch.zeros_like(b3)
+    tensors = {}
+    if block.attention:
+        v_scale, v_shift = bn_affine64(block.attn_bn)
+        extra_bias = v_shift  # softmax weights sum to 1, so attn_bn's shift is a constant per channel
+        attn = block.attn
+        q = attn.q.weight.detach().double() / math.sqrt(block.attn_channels)
+        k = attn.k.weight.detach().double()
+        v = attn.v.weight.detach().double() * v_scale.reshape(-1, 1, 1, 1)
+        tensors["proj.weight"] = concat_1x1(q, k, v)
+
+    if not block.dilated_branch:
+        return {**tensors, "static.weight": k3, "static.bias": b3 + extra_bias}
+    k5, b5 = conv_bn64(block.dconv, block.dconv_bn)
+    if layout == "dense":
+        size = 4 * block.dilation + 1
+        kernel, bias = add_branches((pad_kernel(k3, size), b3), (dilate_kernel(k5, block.dilation), b5))
+        return {**tensors, "static.weight": kernel, "static.bias": bias + extra_bias}
+    return {**tensors, "conv.weight": k3, "conv.bias": b3 + b5 + extra_bias, "dconv.weight": k5}
+
+
 def _fold(block: nn.Module, context: FoldContext) -> nn.Module:
     layout = context.layout or "split"
     if layout == "dense" and block.dilated_branch:
@@ -45,8 +84,6 @@ def _fold(block: nn.Module, context: FoldContext) -> nn.Module:
 def _check_dense_fits(block: XVolution) -> None:
     """A dense block's one kernel is ``(4d+1)x(4d+1)``: refuse one that cannot fit before it is made (the
     float64 fold keeps three of that size, the deploy block one more)."""
-    from xvol_export.limits import check_fits
-
     size = 4 * block.dilation + 1
     values = float(block.out_channels) * (block.in_channels // block.groups) * size * size
     check_fits(values * 4 * 8,
@@ -108,10 +145,30 @@ def _graph_convs(block: nn.Module) -> int:
     return convs
 
 
-def _int8_float_nodes(graph) -> list[str]:
-    from xvol_export.export.precision import shift_conv_names
+def shift_conv_names(model) -> list[str]:
+    """Names of the Conv nodes of an ONNX graph whose constant weights are one-hot shift kernels (``[9 g, 1, 3,
+    3]``, ``group = g``, each output channel a single 1): the aggregate's pixel copies, which INT8 keeps in float."""
+    import numpy as np
+    import onnx.numpy_helper
 
-    return shift_conv_names(graph)
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                constants[node.output[0]] = value
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = onnx.numpy_helper.to_array(constants[node.input[1]])
+        if weight.shape != (9 * group, 1, 3, 3):
+            continue
+        onehot = np.tile(np.eye(9, dtype=weight.dtype).reshape(9, 1, 3, 3), (group, 1, 1, 1))
+        if np.array_equal(weight, onehot):
+            names.append(node.name)
+    return names
 
 
 FAMILY = register_family(BlockFamily(
@@ -121,14 +178,13 @@ FAMILY = register_family(BlockFamily(
     deploy_types=(XVolutionDeploy,),
     fold=_fold,
     deploy_config=_deploy_config,
-    build_deploy=lambda config: XVolutionDeploy(**config),
     describe_training=describe_training,
     describe_deploy=describe_deploy,
     layouts=LAYOUTS,
     choose_layout=_choose,
     extra_macs=_extra_macs,
     graph_convs=_graph_convs,
-    int8_float_nodes=_int8_float_nodes,
+    int8_float_nodes=shift_conv_names,
     runtime_choices={"dilated_conv": DILATED_CONVS, "aggregate": AGGREGATES},
     runtime_options=runtime_options,
     apply_runtime=_apply_runtime,
