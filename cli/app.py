@@ -27,6 +27,7 @@ from xvol_export import jobs  # each job is imported when its command runs: `ver
 from xvol_export.errors import CheckFailed, XvolError
 from xvol_export.io import write_text
 from xvol_export.jsonio import write_json
+from xvol_export.naming import named_as
 
 app = typer.Typer(
     name="xvol",
@@ -53,11 +54,13 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks of errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print xvol's version and exit.")] = False,
 ):
     """xvol: structural re-parameterization with proof, for deployment."""
+    ctx.with_resource(named_as(opt.SETTING_FLAGS))  # the library's messages name this command line's flags
 
 
 def _finish(passed: bool, json_path: Path | None, payload: dict, force: bool, failure: str = "") -> int:

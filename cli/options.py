@@ -49,6 +49,9 @@ ModelOpt = Annotated[Optional[str], typer.Option(
 ModelKwargs = Annotated[Optional[str], typer.Option(
     "--model-kwargs", help="Arguments of --model as a JSON object, e.g. '{\"num_classes\": 10}'.")]
 Ema = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of a training checkpoint.")]
+# The library's settings that these options give, by their Python names: its messages name the flags instead.
+SETTING_FLAGS = {"model": "--model", "model_kwargs": "--model-kwargs", "arch": "--arch", "config": "--arch-config",
+                 "trust_pickle": "--trust-pickle", "use_ema": "--ema", "layout": "--layout"}
 
 
 def check_outputs(force: bool, inputs: list[Path | None], **outputs: Path | None) -> None:

@@ -25,6 +25,7 @@ from xvol_export.checkpoint import (
 )
 from xvol_export.errors import XvolError
 from xvol_export.fold.plan import FoldPlan
+from xvol_export.naming import named_as
 
 from helpers import randomize_bn
 
@@ -337,7 +338,7 @@ def test_negative_running_variance_names_the_batchnorm(tmp_path, models):
 def test_pickled_whole_module_refused(tmp_path, models):
     path = tmp_path / "whole.pth"
     torch.save(models["train"], path)
-    _expect_error(path, "--trust-pickle")
+    _expect_error(path, "trust_pickle=True")
 
 
 def test_pickled_whole_module_loads_when_trusted(tmp_path, models):
@@ -359,7 +360,17 @@ def test_pickled_foreign_module_refused_even_when_trusted(tmp_path):
 def test_bare_state_dict_needs_arch(tmp_path, models):
     path = tmp_path / "bare.pth"
     torch.save(models["train"].state_dict(), path)
-    _expect_error(path, "--arch", "xvol_resnet_tiny")
+    _expect_error(path, "arch='NAME'", "xvol_resnet_tiny")
+
+
+def test_messages_name_the_callers_settings(tmp_path, models):
+    """Python parameters by default; a front end's own names (the CLI's flags) where it gives them."""
+    path = tmp_path / "bare.pth"
+    torch.save(models["train"].state_dict(), path)
+    _expect_error(path, "model='NAME'", "model_kwargs for its arguments")
+    with named_as({"model": "--model", "model_kwargs": "--model-kwargs"}):
+        message = _expect_error(path, "--model NAME", "--model-kwargs for its arguments")
+    assert "arch='NAME'" in message  # a setting the front end does not name keeps its Python name
 
 
 def test_bare_state_dict_with_arch_and_config(tmp_path, models):
@@ -391,7 +402,7 @@ def test_training_script_dict_with_ema(tmp_path, models):
     path = tmp_path / "train_script.pth"
     torch.save({"epoch": 3, "state_dict": sd, "state_dict_ema": ema, "arch": ARCH, "config": CONFIG}, path)
     model, ckpt = load_model(path)
-    assert any("--ema" in note for note in ckpt.notes)
+    assert any("use_ema=True" in note for note in ckpt.notes)
     assert torch.equal(model.fc.bias, sd["fc.bias"])
     model, ckpt = load_model(path, use_ema=True)
     assert torch.equal(model.fc.bias, ema["fc.bias"])

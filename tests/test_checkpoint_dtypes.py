@@ -160,7 +160,7 @@ def test_save_in_an_unknown_dtype_writes_nothing(tmp_path, sample):
 @pytest.mark.parametrize("suffix", SUFFIXES)
 @pytest.mark.parametrize("name", NAMES)
 def test_deploy_checkpoint_with_applied_layouts_keeps_the_dtype(tmp_path, sample, name, suffix):
-    """A dense deploy file rebuilds through _apply_layouts (the default deploy build is split)."""
+    """A dense deploy file rebuilds its dense blocks, in its dtype (the default deploy build is split)."""
     deploy, _ = fold(_cast(sample, name), layout="dense")
     path = save_checkpoint(deploy, tmp_path / f"deploy{suffix}")
     model, ckpt = load_model(path)
@@ -370,8 +370,8 @@ def test_refold_with_another_layout_refused(tmp_path, split_deploy):
     with pytest.raises(XvolError) as info:
         check_refold(ckpt, "dense")
     message = str(info.value)
-    for word in (str(tmp_path / "deploy.pth"), "folded with split for 4 block(s)", "--layout dense",
-                 "Fold the training checkpoint again with --layout dense", "cannot change its layout"):
+    for word in (str(tmp_path / "deploy.pth"), "folded with split for 4 block(s)", "layout='dense'",
+                 "Fold the training checkpoint again with layout='dense'", "cannot change its layout"):
         assert word in message, message
     check_refold(ckpt, "split")
     check_refold(ckpt, "auto")

@@ -105,7 +105,7 @@ def test_ema_weights_picked_with_use_ema(work, trained):
     model, ckpt = LoadOptions(model=SPEC, use_ema=True).load(work / "script.pth")
     assert torch.equal(model.head[3].bias, ema["head.3.bias"])
     model, ckpt = LoadOptions(model=SPEC).load(work / "script.pth")
-    assert torch.equal(model.head[3].bias, sd["head.3.bias"]) and any("--ema" in n for n in ckpt.notes)
+    assert torch.equal(model.head[3].bias, sd["head.3.bias"]) and any("use_ema=True" in n for n in ckpt.notes)
 
 
 def test_model_kwargs_reach_the_factory(work):
@@ -217,7 +217,7 @@ def test_spec_named_in_a_file_is_not_imported_unless_given(work, monkeypatch):
     torch.save({"arch": "tripwire_models:net", "state_dict": net.state_dict()}, work / "script.pth")
     monkeypatch.delitem(sys.modules, "tripwire_models")
     for file in (path, work / "script.pth"):
-        message = _error(file, str(file), "tripwire_models:net", "--model tripwire_models:net", "never imports")
+        message = _error(file, str(file), "tripwire_models:net", "model='tripwire_models:net'", "never imports")
         assert "XVOL_TEST_TRIPWIRE" not in os.environ and "tripwire_models" not in sys.modules, message
     _error(path, "tripwire_models:net", "you named 'user_models:tiny_net'", model=SPEC)
     assert "tripwire_models" not in sys.modules
@@ -245,7 +245,7 @@ def test_non_json_default_is_refused_when_a_checkpoint_records_it(work):
     with pytest.raises(XvolError) as info:
         save_checkpoint(loaded, work / "act.pth")
     message = str(info.value)
-    for word in ("--model user_models:act_net", "act_layer=", "ReLU", "JSON-plain", "--model-kwargs", "wrapper"):
+    for word in ("--model user_models:act_net", "act_layer=", "ReLU", "JSON-plain", "model_kwargs", "wrapper"):
         assert word in message, message
     assert _listing(work) == before  # nothing written
 

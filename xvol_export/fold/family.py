@@ -100,6 +100,11 @@ class BlockFamily:
     # small training blocks that exercise the family's branches: what the conformance kit
     # (``xvol_export.testing.check_family``) and the registry's tests fold
     examples: Callable[[], list[nn.Module]] | None = None
+    # deploy checkpoints of a family with layouts: ``relayout(block, layout)`` is ``block`` laid out as ``layout``
+    # (an empty one; version-1 files record only their blocks' layouts), ``single_form(deploy_config)`` whether
+    # that deploy block is the same under every layout (a deploy checkpoint may then be folded again with any)
+    relayout: Callable[[nn.Module, str], nn.Module] | None = None
+    single_form: Callable[[dict[str, Any]], bool] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():

@@ -171,6 +171,23 @@ def shift_conv_names(model) -> list[str]:
     return names
 
 
+# ----------------------------------------------------------------------- deploy checkpoints: layouts
+
+def relayout(block: XVolutionDeploy, layout: str) -> XVolutionDeploy:
+    """``block`` itself when it is laid out as ``layout``, else an empty deploy block like it in that layout, on its
+    device and in its dtype (a version-1 checkpoint records its blocks' layouts, not their deploy configs)."""
+    if block.layout == layout:
+        return block
+    param = next(block.parameters())
+    return XVolutionDeploy(**{**block.config(), "layout": layout}).to(device=param.device, dtype=param.dtype)
+
+
+def single_form(config: dict) -> bool:
+    """Whether the deploy block of ``config`` is the same under every layout: without a dilated branch it is one
+    3x3 conv whatever layout was asked for."""
+    return config.get("dilated_branch") is False
+
+
 FAMILY = register_family(BlockFamily(
     name="xvolution",
     description="3x3 conv+BN + dilated 5x5 conv+BN + pixel-shift attention+BN -> static conv(s) + attention",
@@ -188,6 +205,8 @@ FAMILY = register_family(BlockFamily(
     runtime_choices={"dilated_conv": DILATED_CONVS, "aggregate": AGGREGATES},
     runtime_options=runtime_options,
     apply_runtime=_apply_runtime,
+    relayout=relayout,
+    single_form=single_form,
     examples=lambda: [
         XVolution(8, 8, groups=2, attn_channels=4),
         XVolution(4, 8, stride=2, dilation=1, attention=False),
