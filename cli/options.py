@@ -147,7 +147,7 @@ def dtype_option(dtype: str | None) -> str | None:
 def int8_options(method: str, sensitivity: bool, fallback: bool, budget: str, target: str = "auto",
                  weight_bits: str = "auto"):
     from xvol_export.export.precision import CALIBRATION_METHODS, INT8_TARGETS, WEIGHT_BITS
-    from xvol_export.jobs.export import Int8Options
+    from xvol_export.jobs import Int8Options
 
     if method not in CALIBRATION_METHODS:
         raise XvolError(f"Unknown --calib-method '{method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
