@@ -1,21 +1,21 @@
-"""The `xvol` command line: parse, call the library, print. No logic lives here."""
+"""The `xvol` commands: each parses its options, calls one library function and prints the result.
+
+The program around them (exit codes, signals, cleanup) is :mod:`xvol_cli.main`."""
 
 from __future__ import annotations
 
 import sys
-import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 import xvol_export
 from xvol_cli import options as opt
+from xvol_cli.groups import with_options
 from xvol_cli.render import (
     render_bench,
-    render_doctor,
     render_export,
     render_fold,
     render_graph,
@@ -23,11 +23,13 @@ from xvol_cli.render import (
     render_pipeline,
     render_verify,
 )
+from xvol_cli.render_doctor import render_doctor
 from xvol_export import jobs  # each job is imported when its command runs: `verify --golden` needs no PyTorch
 from xvol_export.errors import CheckFailed, XvolError
 from xvol_export.io import write_text
 from xvol_export.jsonio import write_json
 from xvol_export.naming import named_as
+from xvol_export.verify.gates import tolerance_basis
 
 app = typer.Typer(
     name="xvol",
@@ -73,7 +75,7 @@ def _finish(passed: bool, json_path: Path | None, payload: dict, force: bool, fa
 
 
 @app.command()
-@opt.with_options(load=opt.LOAD)
+@with_options(load=opt.LOAD)
 def inspect(
     checkpoint: Annotated[Path, typer.Argument(
         help="Checkpoint (.pth, .pt or .safetensors), or an .onnx graph (what it holds, and whether TensorRT "
@@ -86,22 +88,19 @@ def inspect(
 ):
     """Architecture, parameters, MACs, and what folding will do to every block; or an ONNX graph's contents."""
     opt.check_outputs(force, [checkpoint], json=json_path)
-    if checkpoint.suffix.lower() == ".onnx":
-        graph = jobs.inspect_graph(checkpoint)
-        render_graph(console, graph)
-        passed = graph["tensorrt_compatibility"]["compatible"]
-        return _finish(passed, json_path, {"command": "inspect", **graph}, force,
-                       f"{checkpoint}: TensorRT's ONNX parser would refuse "
-                       f"{len(graph['tensorrt_compatibility']['problems'])} node(s)")
+    settings = jobs.InspectSettings(opt.layout_option(layout), opt.shape_option(input_shape), load.options())
     with console.status("Inspecting…"):
-        report = jobs.inspect_checkpoint(checkpoint, jobs.InspectSettings(
-            opt.layout_option(layout), opt.shape_option(input_shape), load.options()))
-    render_inspect(console, report)
-    return _finish(True, json_path, {"command": "inspect", **report.to_dict()}, force)
+        report = jobs.inspect_artifact(checkpoint, settings)
+    if isinstance(report, jobs.GraphReport):
+        render_graph(console, report.graph)
+    else:
+        render_inspect(console, report)
+    return _finish(report.passed, json_path, {"command": "inspect", **report.to_dict()}, force,
+                   report.failure_summary())
 
 
 @app.command()
-@opt.with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, load=opt.LOAD)
+@with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, load=opt.LOAD)
 def fold(
     checkpoint: Checkpoint,
     output: Annotated[str | None, typer.Option("-o", "--output", help="Deploy checkpoint to write "
@@ -134,7 +133,7 @@ def fold(
 
 
 @app.command()
-@opt.with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, load=opt.LOAD)
+@with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, load=opt.LOAD)
 def verify(
     reference: Annotated[Path, typer.Argument(
         help="Reference artifact: checkpoint or .onnx; with --golden, the artifact to judge (.onnx, OpenVINO .xml "
@@ -205,7 +204,8 @@ def _verify_golden(artifact: Path, candidate: Path | None, golden: Path, save_go
 
 
 @app.command()
-@opt.with_options(inputs=opt.INPUTS, tolerance=opt.TOLERANCE, int8=opt.INT8, load=opt.LOAD)
+@with_options(graph=opt.GRAPH, inputs=opt.INPUTS, tolerance=opt.TOLERANCE, int8=opt.INT8, engine=opt.ENGINE,
+              load=opt.LOAD)
 def export(
     checkpoint: ExportSource,
     format: Annotated[str, typer.Option("--format", help="onnx, openvino (IR: NAME.xml and NAME.bin, checked on "
@@ -218,72 +218,31 @@ def export(
         "records bf16 as OpenVINO's inference precision, verified so on OpenVINO against the bf16 gate.")] = "fp32",
     calib: Annotated[Path | None, typer.Option(
         "--calib", help="Calibration images for int8: .npz with an 'input' array.")] = None,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (torchscript: 17-20, dynamo: 18-23).")] = 17,
-    exporter: Annotated[str, typer.Option("--exporter", help="torchscript or dynamo.")] = "torchscript",
-    dynamic: Annotated[bool, typer.Option("--dynamic", help="Symbolic batch, height and width.")] = False,
-    batch: Annotated[int, typer.Option("--batch", help="Batch size of the exported graph.")] = 1,
-    imgsz: Annotated[str | None, typer.Option(
-        "--imgsz", help="Image size: 224 or 224,320 (H,W); default the model's.")] = None,
-    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph.")] = True,
-    simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim or onnxsim.")] = "onnxslim",
+    graph: opt.GraphRequest = opt.GraphRequest(),
     layout: opt.Layout = "auto",
     inputs: opt.InputRequest = opt.InputRequest(),
     tolerance: opt.ToleranceRequest = opt.ToleranceRequest(),
     int8: opt.Int8Request = opt.Int8Request(),
-    workspace: Annotated[float | None, typer.Option(
-        "--workspace", help="engine: TensorRT's workspace memory limit, GiB (default: the GPU's).")] = None,
-    opt_level: Annotated[int | None, typer.Option(
-        "--opt-level", help="engine: builder optimization level 0-5 (TensorRT's default 3).")] = None,
-    min_shapes: Annotated[list[str] | None, typer.Option(
-        "--min-shapes", help="engine: a profile's smallest input shape (input:1x3x224x224; name;name for several "
-        "inputs); repeat for more profiles. Default: from --batch, --imgsz, --dynamic.")] = None,
-    opt_shapes: Annotated[list[str] | None, typer.Option(
-        "--opt-shapes", help="engine: the shape each profile is tuned for (default: its max).")] = None,
-    max_shapes: Annotated[list[str] | None, typer.Option(
-        "--max-shapes", help="engine: a profile's largest input shape.")] = None,
-    timing_cache: Annotated[Path | None, typer.Option(
-        "--timing-cache", help="engine: TensorRT timing cache, read if it exists and written after the build.")] = None,
-    version_compatible: Annotated[bool, typer.Option(
-        "--version-compatible", help="engine: runs on later TensorRT versions of the same major version.")] = False,
-    hardware_compat: Annotated[str, typer.Option(
-        "--hardware-compat", help="engine: none (this GPU type), ampere+ (any Ampere or newer GPU), or same-cc "
-        "(any GPU of this compute capability).")] = "none",
-    tf32: Annotated[bool, typer.Option("--tf32", help="engine: let fp32 layers use TF32 math.")] = False,
-    fp16_tactics: Annotated[bool, typer.Option(
-        "--fp16-tactics", help="engine, fp32 graph, TensorRT 10 only: let TensorRT run layers in fp16 where faster "
-        "(prefer --precision fp16).")] = False,
+    engine: opt.EngineRequest = opt.EngineRequest(),
     json_path: opt.JsonPath = None,
     force: opt.Force = False,
     load: opt.LoadRequest = opt.LoadRequest(),
 ):
     """Fold if needed, export, check, simplify, re-verify against the training form, write with metadata."""
-    opt.check_outputs(force, [checkpoint, calib, inputs.data, timing_cache],
-                      output=output, json=json_path)
-    from xvol_export.tensorrt.build import EngineSettings
-
-    int8_options = int8.options()
-    engine = EngineSettings(
-        workspace_gib=workspace, opt_level=opt_level, min_shapes=tuple(min_shapes or ()),
-        opt_shapes=tuple(opt_shapes or ()), max_shapes=tuple(max_shapes or ()),
-        timing_cache=str(timing_cache) if timing_cache else None, version_compatible=version_compatible,
-        hardware_compat=hardware_compat, tf32=tf32, fp16_tactics=fp16_tactics,
-    )
+    opt.check_outputs(force, [checkpoint, calib, inputs.data, engine.timing_cache], output=output, json=json_path)
+    settings = jobs.ExportSettings(
+        format=format, precision=precision, **graph.settings(), layout=opt.layout_option(layout), calib=calib,
+        data=inputs.data, seed=inputs.seed, force=force, load=load.options(), int8=int8.options(),
+        engine=engine.settings(), tolerance=tolerance.tolerance(tolerance_basis(precision)))
     with console.status("Exporting and verifying…"):
-        result = jobs.export_checkpoint(checkpoint, output, jobs.ExportSettings(
-            format=format, precision=precision, opset=opset, exporter=exporter, dynamic=dynamic, batch=batch,
-            imgsz=opt.imgsz_option(imgsz), simplify=simplify, simplifier=simplifier, layout=opt.layout_option(layout),
-            calib=calib, data=inputs.data, seed=inputs.seed, force=force, load=load.options(), int8=int8_options,
-            engine=engine,
-            # bf16 lives in OpenVINO, not the graph: user tolerances start from the fp32 graph's defaults
-            tolerance=tolerance.tolerance("fp32" if precision == "bf16" else precision),
-        ))
+        result = jobs.export_checkpoint(checkpoint, output, settings)
     render_export(console, result)
     return _finish(result.passed, json_path, {"command": "export", **result.to_dict()}, force,
                    result.failure_summary())
 
 
 @app.command()
-@opt.with_options(load=opt.LOAD)
+@with_options(load=opt.LOAD)
 def bench(
     artifacts: Annotated[list[Path] | None, typer.Argument(
         help="Checkpoints, .onnx graphs or TensorRT engines; several are timed interleaved.",
@@ -332,7 +291,7 @@ def bench(
 
 
 @app.command()
-@opt.with_options(int8=opt.INT8, load=opt.LOAD)
+@with_options(graph=opt.GRAPH, int8=opt.INT8, engine=opt.ENGINE, load=opt.LOAD)
 def pipeline(
     checkpoint: Checkpoint,
     out: Annotated[Path, typer.Option("--out", help="Folder for the artifacts and manifest.json (created if "
@@ -351,24 +310,22 @@ def pipeline(
     require: Annotated[str | None, typer.Option(
         "--require", help="Formats that must be made here (engine: fail instead of skipping without "
         "TensorRT).")] = None,
-    batch: Annotated[int | None, typer.Option("--batch", help="Batch size of the graphs (default 1).")] = None,
-    imgsz: Annotated[str | None, typer.Option("--imgsz", help="Image size: 224 or 224,320.")] = None,
-    dynamic: Annotated[bool | None, typer.Option("--dynamic/--static", help="Symbolic batch, height and width.",
-                                                 show_default=False)] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="A TOML file with the same fields (options given here override it).")] = None,
     summary: Annotated[Path | None, typer.Option(
         "--summary", help="Write a Markdown summary (for CI job summaries) to this file.")] = None,
+    graph: opt.GraphRequest = opt.GraphRequest(),
     int8: opt.Int8Request = opt.Int8Request(),
+    engine: opt.EngineRequest = opt.EngineRequest(),
     force: opt.Force = False,
     load: opt.LoadRequest = opt.LoadRequest(),
 ):
     """Every format and precision of a checkpoint, proven against the training form, in one folder with a manifest."""
-    opt.check_outputs(force, [checkpoint, calib, data, config], summary=summary)
+    opt.check_outputs(force, [checkpoint, calib, data, config, engine.timing_cache], summary=summary)
     settings = jobs.PipelineSettings.from_sources(
         config, formats=opt.name_list_option(formats), precisions=opt.name_list_option(precisions),
         calib=str(calib) if calib else None, data=str(data) if data else None, seed=seed, bench=bench,
-        require=opt.name_list_option(require), batch=batch, imgsz=opt.imgsz_option(imgsz), dynamic=dynamic,
+        require=opt.name_list_option(require), **graph.settings(), engine=engine.settings() if engine.given else None,
         calib_method=int8.method, int8_target=int8.target, int8_weight_bits=int8.weight_bits,
         int8_fallback=int8.fallback or None, accuracy_budget=int8.budget, load=load.options(), force=force,
     )
@@ -397,85 +354,3 @@ def doctor(json_path: opt.JsonPath = None, force: opt.Force = False):
     report = machine_report()
     render_doctor(console, report)
     return _finish(True, json_path, {"command": "doctor", **report}, force)
-
-
-def _run(args: list[str], debug: bool) -> int:
-    """Run one command line; print its error, if any; return the exit code. A signal raises
-    :class:`xvol_cli.interrupts.Interrupted` through here."""
-    from xvol_cli.interrupts import Interrupted
-
-    try:
-        app(args=args, prog_name="xvol")  # standalone: usage errors print and exit 2 themselves
-        return 0
-    except SystemExit as exit_:
-        if exit_.code == 130 and _caused_by_keyboard_interrupt(exit_):  # Typer's answer to a KeyboardInterrupt
-            raise Interrupted(2) from None
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
-    except KeyboardInterrupt:  # raised by something other than our handler (which raises Interrupted)
-        raise Interrupted(2) from None
-    except (XvolError, CheckFailed) as err:
-        if debug:
-            err_console.print(traceback.format_exc(), markup=False)
-        message = escape(str(err))
-        err_console.print(f"[red]error:[/] {message}" if isinstance(err, XvolError) else f"[red]{message}[/]")
-        return err.exit_code
-    except Exception as err:  # noqa: BLE001 - a bug of ours: say so plainly
-        if debug:
-            err_console.print(traceback.format_exc(), markup=False)
-        err_console.print(f"[red]internal error:[/] {type(err).__name__}: {escape(str(err))}. "
-                          "Re-run with --debug and report it.")
-        return 3
-
-
-def _caused_by_keyboard_interrupt(err: BaseException) -> bool:
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: exit 0 on success, 1 when a check fails, 2 on bad usage or bad input, 128+N on signal N
-    (130 SIGINT, 143 SIGTERM, 129 SIGHUP) with one line, ``interrupted (SIGTERM)``, and nothing left behind:
-    temporary files unwind with the exception a signal raises, and $TMPDIR is a private folder, removed."""
-    from xvol_cli import interrupts
-    from xvol_export import cleanup
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    if debug:  # accepted anywhere on the line, like a global flag
-        args = ["--debug"] + [a for a in args if a != "--debug"]
-    stale: list = []
-    previous_reporter = cleanup.set_reporter(stale.extend)
-    code, stopped = 3, None
-    try:
-        try:
-            interrupts.catch(cleanup.remove_live)  # from here on a signal unwinds the run (a second: exits at once)
-            cleanup.new_run()
-            with cleanup.private_tempdir():
-                code = _run(args, debug)
-        finally:
-            interrupts.shield()  # a signal from here on is only remembered
-    except interrupts.Interrupted as signal_:
-        stopped = signal_
-    interrupts.shield()
-    try:
-        cleanup.remove_live()
-        cleanup.set_reporter(previous_reporter)
-        stopped = stopped or interrupts.pending()
-        if stale:
-            err_console.print(cleanup.describe_removed(stale), markup=False, soft_wrap=True)
-        if stopped is not None:
-            err_console.print(str(stopped), markup=False, highlight=False)
-            code = stopped.exit_code
-        code = code if isinstance(code, int) else 0
-        sys.stderr.flush()
-        if stopped is None and not (args == ["--debug"] or not args or {"--help", "-h", "--version"} & set(args)):
-            console.print("[green]PASSED[/]" if code == 0 else "[red]FAILED[/]")
-    finally:
-        interrupts.release()
-    sys.exit(code)

@@ -140,8 +140,8 @@ def release() -> None:
 
 
 def is_xvol_command(argv0: str | None = None) -> bool:
-    """Whether this process was started as the ``xvol`` console script, or as ``python -m xvol_export`` (which
-    has imported ``xvol_export``, and torch with it, before it gets here)."""
+    """Whether this process was started as the ``xvol`` console script, or as ``python -m xvol_export`` (whose
+    ``__main__`` calls :func:`early` itself, before the commands import torch)."""
     argv0 = os.path.normcase(sys.argv[0] if argv0 is None else argv0 or "")
     if os.path.basename(argv0).removesuffix(".exe") == "xvol":
         return True

@@ -1,16 +1,16 @@
-"""Options shared by several commands, and their parsing into library types."""
+"""Options shared by several commands, declared once as groups (:mod:`xvol_cli.groups`), and their parsing into
+library types."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from xvol_cli.groups import group
 from xvol_export.compare import ERROR_STATS, Tolerance, parse_tolerance
 from xvol_export.errors import XvolError
 from xvol_export.inputs import InputShape, parse_shape
@@ -150,7 +150,7 @@ def dtype_option(dtype: str | None) -> str | None:
 def int8_options(method: str, sensitivity: bool, fallback: bool, budget: str, target: str = "auto",
                  weight_bits: str = "auto"):
     from xvol_export.export.precision import CALIBRATION_METHODS, INT8_TARGETS, WEIGHT_BITS
-    from xvol_export.jobs.export import Int8Options
+    from xvol_export.jobs import Int8Options
 
     if method not in CALIBRATION_METHODS:
         raise XvolError(f"Unknown --calib-method '{method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
@@ -172,48 +172,6 @@ def name_list_option(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-# ------------------------------------------------------------------------------------------ option groups
-
-@dataclass(frozen=True)
-class OptionGroup:
-    """Options several commands take, declared once: ``options`` are the parameters a command gets in place of
-    the group's one parameter, and ``build`` makes the library value the command receives from theirs."""
-
-    options: tuple[inspect.Parameter, ...]
-    build: Callable[..., Any]
-
-
-def _group(build: Callable[..., Any]) -> OptionGroup:
-    """A group from a builder whose parameters are the options (annotated with ``typer.Option``, with defaults)."""
-    options = tuple(inspect.signature(build, eval_str=True).parameters.values())
-    return OptionGroup(options, build)
-
-
-def with_options(**groups: OptionGroup):
-    """Decorator: each parameter of the command named like a keyword is replaced, on the command line, by that
-    group's options; the command receives the group's built value under the parameter's name."""
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        signature = inspect.signature(command, eval_str=True)
-        unknown = set(groups) - set(signature.parameters)
-        if unknown:
-            raise TypeError(f"{command.__name__} has no parameter {', '.join(sorted(unknown))}")
-        parameters: list[inspect.Parameter] = []
-        for parameter in signature.parameters.values():
-            parameters += groups[parameter.name].options if parameter.name in groups else [parameter]
-
-        @functools.wraps(command)
-        def run(**values):
-            for name, group in groups.items():
-                values[name] = group.build(**{o.name: values.pop(o.name) for o in group.options})
-            return command(**values)
-
-        run.__signature__ = signature.replace(parameters=parameters)  # what Typer reads
-        run.__annotations__ = {p.name: p.annotation for p in parameters}
-        return run
-
-    return decorate
 
 
 @dataclass(frozen=True)
@@ -307,7 +265,110 @@ def _int8_group(calib_method: CalibMethod = None, int8_sensitivity: Int8Sensitiv
     return Int8Request(calib_method, int8_sensitivity, int8_fallback, accuracy_budget, int8_target, int8_weight_bits)
 
 
-LOAD = _group(_load_group)  # how to read a checkpoint
-TOLERANCE = _group(_tolerance_group)  # Polygraphy's tolerance, in place of the default gate
-INPUTS = _group(_inputs_group)  # the verification inputs
-INT8 = _group(_int8_group)  # how an int8 graph is made and for which runtime
+@dataclass(frozen=True)
+class GraphRequest:
+    """How the ONNX graph is made, as the user gave it (None: not given, so the job's default or a pipeline's
+    config file decides); :meth:`settings` gives the fields ``ExportSettings`` and ``PipelineSettings`` share."""
+
+    opset: int | None = None
+    exporter: str | None = None
+    dynamic: bool | None = None
+    batch: int | None = None
+    imgsz: str | None = None
+    simplify: bool | None = None
+    simplifier: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        given = {"opset": self.opset, "exporter": self.exporter, "dynamic": self.dynamic, "batch": self.batch,
+                 "imgsz": imgsz_option(self.imgsz), "simplify": self.simplify, "simplifier": self.simplifier}
+        return {name: value for name, value in given.items() if value is not None}
+
+
+Opset = Annotated[Optional[int], typer.Option(
+    "--opset", help="ONNX opset (torchscript: 17-20, dynamo: 18-23; default 17).", show_default=False)]
+Exporter = Annotated[Optional[str], typer.Option("--exporter", help="torchscript (default) or dynamo.")]
+Dynamic = Annotated[Optional[bool], typer.Option(
+    "--dynamic/--static", help="Symbolic batch, height and width (default static).", show_default=False)]
+Batch = Annotated[Optional[int], typer.Option("--batch", help="Batch size of the graph (default 1).")]
+Imgsz = Annotated[Optional[str], typer.Option(
+    "--imgsz", help="Image size: 224 or 224,320 (H,W); default the model's.")]
+Simplify = Annotated[Optional[bool], typer.Option(
+    "--simplify/--no-simplify", help="Simplify the graph (default: simplify).", show_default=False)]
+Simplifier = Annotated[Optional[str], typer.Option("--simplifier", help="onnxslim (default) or onnxsim.")]
+
+
+def _graph_group(opset: Opset = None, exporter: Exporter = None, dynamic: Dynamic = None, batch: Batch = None,
+                 imgsz: Imgsz = None, simplify: Simplify = None, simplifier: Simplifier = None) -> GraphRequest:
+    return GraphRequest(opset, exporter, dynamic, batch, imgsz, simplify, simplifier)
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """TensorRT's build options as the user gave them; :meth:`settings` makes the library's ``EngineSettings``."""
+
+    workspace: float | None = None
+    opt_level: int | None = None
+    min_shapes: tuple[str, ...] = ()
+    opt_shapes: tuple[str, ...] = ()
+    max_shapes: tuple[str, ...] = ()
+    timing_cache: Path | None = None
+    version_compatible: bool = False
+    hardware_compat: str = "none"
+    tf32: bool = False
+    fp16_tactics: bool = False
+
+    @property
+    def given(self) -> bool:
+        """Whether any option differs from its default."""
+        return self != EngineRequest()
+
+    def settings(self):
+        from xvol_export.tensorrt.build import EngineSettings
+
+        return EngineSettings(
+            workspace_gib=self.workspace, opt_level=self.opt_level, min_shapes=self.min_shapes,
+            opt_shapes=self.opt_shapes, max_shapes=self.max_shapes,
+            timing_cache=str(self.timing_cache) if self.timing_cache else None,
+            version_compatible=self.version_compatible, hardware_compat=self.hardware_compat, tf32=self.tf32,
+            fp16_tactics=self.fp16_tactics)
+
+
+Workspace = Annotated[Optional[float], typer.Option(
+    "--workspace", help="engine: TensorRT's workspace memory limit, GiB (default: the GPU's).")]
+OptLevel = Annotated[Optional[int], typer.Option(
+    "--opt-level", help="engine: builder optimization level 0-5 (TensorRT's default 3).")]
+MinShapes = Annotated[Optional[list[str]], typer.Option(
+    "--min-shapes", help="engine: a profile's smallest input shape (input:1x3x224x224; name;name for several "
+    "inputs); repeat for more profiles. Default: from --batch, --imgsz, --dynamic.")]
+OptShapes = Annotated[Optional[list[str]], typer.Option(
+    "--opt-shapes", help="engine: the shape each profile is tuned for (default: its max).")]
+MaxShapes = Annotated[Optional[list[str]], typer.Option(
+    "--max-shapes", help="engine: a profile's largest input shape.")]
+TimingCache = Annotated[Optional[Path], typer.Option(
+    "--timing-cache", help="engine: TensorRT timing cache, read if it exists and written after the build.")]
+VersionCompatible = Annotated[bool, typer.Option(
+    "--version-compatible", help="engine: runs on later TensorRT versions of the same major version.")]
+HardwareCompat = Annotated[str, typer.Option(
+    "--hardware-compat", help="engine: none (this GPU type), ampere+ (any Ampere or newer GPU), or same-cc "
+    "(any GPU of this compute capability).")]
+Tf32 = Annotated[bool, typer.Option("--tf32", help="engine: let fp32 layers use TF32 math.")]
+Fp16Tactics = Annotated[bool, typer.Option(
+    "--fp16-tactics", help="engine, fp32 graph, TensorRT 10 only: let TensorRT run layers in fp16 where faster "
+    "(prefer --precision fp16).")]
+
+
+def _engine_group(workspace: Workspace = None, opt_level: OptLevel = None, min_shapes: MinShapes = None,
+                  opt_shapes: OptShapes = None, max_shapes: MaxShapes = None, timing_cache: TimingCache = None,
+                  version_compatible: VersionCompatible = False, hardware_compat: HardwareCompat = "none",
+                  tf32: Tf32 = False, fp16_tactics: Fp16Tactics = False) -> EngineRequest:
+    return EngineRequest(workspace, opt_level, tuple(min_shapes or ()), tuple(opt_shapes or ()),
+                         tuple(max_shapes or ()), timing_cache, version_compatible, hardware_compat, tf32,
+                         fp16_tactics)
+
+
+LOAD = group(_load_group)  # how to read a checkpoint
+TOLERANCE = group(_tolerance_group)  # Polygraphy's tolerance, in place of the default gate
+INPUTS = group(_inputs_group)  # the verification inputs
+INT8 = group(_int8_group)  # how an int8 graph is made and for which runtime
+GRAPH = group(_graph_group)  # how the ONNX graph is exported and simplified
+ENGINE = group(_engine_group)  # how TensorRT builds an engine

@@ -109,11 +109,11 @@ class Result:
 
 def run_cli(capsys, *args) -> Result:
     """``xvol ARGS`` in this process; returns the exit code and what it printed."""
-    from xvol_cli import app as cli_app
+    from xvol_cli.main import main
 
     capsys.readouterr()  # drop anything printed before
     with pytest.raises(SystemExit) as info:
-        cli_app.main([str(a) for a in args])
+        main([str(a) for a in args])
     captured = capsys.readouterr()
     code = info.value.code
     return Result(code if isinstance(code, int) else 0, ANSI.sub("", captured.out), ANSI.sub("", captured.err))

@@ -13,10 +13,11 @@ import onnx
 import pytest
 import torch
 
-from xvol_export import create_model, graph_info
+from xvol_export import create_model, graph_info, jobs
 from xvol_export.checkpoint import save_checkpoint
 from xvol_export.inputs import random_inputs
 from xvol_export.jobs import ExportSettings, export_checkpoint
+from xvol_export.verify.gates import tolerance_basis
 
 from helpers import randomize_bn, run_cli
 
@@ -253,3 +254,18 @@ def test_bad_export_input_exits_2_without_traceback_or_file(capsys, work, setup,
     for word in words:
         assert word in r.message, (word, r.message)
     assert listing(work) == before  # no output, no report, no temporary file; nothing changed
+
+
+# ------------------------------------------------------------------------------ what the commands delegate
+
+def test_inspect_artifact_takes_a_graph_or_a_checkpoint(shared):
+    graph = jobs.inspect_artifact(shared / "model.onnx")
+    assert isinstance(graph, jobs.GraphReport) and graph.to_dict() == jobs.inspect_graph(shared / "model.onnx")
+    assert graph.passed and graph.failure_summary() == ""
+    assert isinstance(jobs.inspect_artifact(shared / "train.pth"), jobs.InspectReport)
+
+
+def test_a_user_tolerance_for_bf16_starts_from_the_fp32_graphs():
+    """bf16 is OpenVINO's inference precision on an fp32 graph: --atol/--rtol complete from fp32's defaults."""
+    assert tolerance_basis("bf16") == "fp32"
+    assert [tolerance_basis(p) for p in ("fp32", "fp16", "int8")] == ["fp32", "fp16", "int8"]

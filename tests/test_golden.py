@@ -22,7 +22,7 @@ SAMPLE = ROOT / "samples" / "digits_xvol_resnet_tiny.pth"
 HOLDOUT = ROOT / "samples" / "digits_holdout.npz"
 
 # `xvol` in a fresh process in which `import torch` fails, as on a host with only ONNX Runtime and OpenVINO
-NO_TORCH = ("import sys; sys.modules['torch'] = None; from xvol_cli.app import main; main(sys.argv[1:])")
+NO_TORCH = ("import sys; sys.modules['torch'] = None; from xvol_cli.main import main; main(sys.argv[1:])")
 
 
 def xvol_without_torch(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -36,10 +36,10 @@ def made(tmp_path_factory):
     folder = tmp_path_factory.mktemp("golden")
     with np.load(HOLDOUT) as held:
         np.savez(folder / "held.npz", input=held["input"][:48], labels=held["labels"][:48])
-    from xvol_cli import app as cli_app
+    from xvol_cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
-        cli_app.main(["pipeline", str(SAMPLE), "--out", str(folder / "out"), "--formats", "onnx,openvino",
+        main(["pipeline", str(SAMPLE), "--out", str(folder / "out"), "--formats", "onnx,openvino",
                       "--precisions", "fp32,fp16", "--data", str(folder / "held.npz")])
     assert exit_.value.code == 0
     return folder, json.loads((folder / "out" / "manifest.json").read_text())

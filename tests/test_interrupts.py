@@ -113,8 +113,9 @@ def test_a_signal_ends_the_run_with_its_code_one_line_and_no_files(dirs, name, m
 @posix
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_python_dash_m_handles_signals_while_torch_imports(dirs, name):
-    """``python -m xvol_export`` imports the package (torch with it) before its ``__main__``: the handlers are
-    installed by the package's first lines, so a signal during those seconds ends the run with its one line."""
+    """``python -m xvol_export`` imports the package before its ``__main__``; the package imports no torch, and
+    ``__main__`` installs the handlers on its first lines, so a signal while torch imports ends the run with its
+    one line."""
     out, tmp = dirs
     proc = _start([sys.executable, "-m", "xvol_export", "export", str(SAMPLE), "-o", str(out / "m.onnx")], tmp)
     _wait_for(lambda: _catches_sigterm(proc.pid), "SIGTERM handler", proc)
@@ -139,7 +140,7 @@ def test_a_run_killed_while_writing_is_cleaned_up_by_the_next_one(dirs, tmp_path
         "import sys, time, onnx\n"
         "save = onnx.save_model\n"
         "onnx.save_model = lambda *a, **k: (save(*a, **k), time.sleep(120))\n"
-        "from xvol_cli.app import main\n"
+        "from xvol_cli.main import main\n"
         "main(sys.argv[1:])\n")
     proc = _start([sys.executable, str(driver), "export", str(SAMPLE), "-o", str(out / "m.onnx")], tmp)
     _wait_for(lambda: any(p.name.startswith(".m.onnx.") and p.name.endswith(".tmp") and p.stat().st_size

@@ -14,10 +14,12 @@ import torch
 
 from xvol_cli import app as cli_app
 from xvol_cli import options as opt
+from xvol_cli.groups import with_options
 from xvol_export import create_model, jobs
 from xvol_export.bench import SCHEMA_PATH as BENCH_SCHEMA
 from xvol_export.checkpoint import LoadOptions, save_checkpoint
 from xvol_export.compare import Tolerance
+from xvol_export.errors import XvolError
 from xvol_export.results import JobResult
 
 from helpers import randomize_bn, run_cli
@@ -25,8 +27,8 @@ from helpers import randomize_bn, run_cli
 ARCH_CONFIG = {"stages": [2, 3], "blocks_per_stage": 1, "num_classes": 4}  # two X-volution blocks
 SETTINGS = [jobs.InspectSettings, jobs.FoldSettings, jobs.VerifySettings, jobs.ExportSettings, jobs.BenchSettings,
             jobs.PipelineSettings]
-RESULTS = [jobs.InspectReport, jobs.FoldResult, jobs.VerifyReport, jobs.ExportResult, jobs.BenchReport,
-           jobs.PipelineResult]
+RESULTS = [jobs.InspectReport, jobs.GraphReport, jobs.FoldResult, jobs.VerifyReport, jobs.ExportResult,
+           jobs.BenchReport, jobs.PipelineResult]
 SHARED_KEYS = {"passed", "failure", "files", "timings_s", "notes"}
 
 
@@ -54,8 +56,9 @@ def test_results_share_the_job_result_shape(result):
         assert name in {f.name for f in dataclasses.fields(result)}
 
 
-@pytest.mark.parametrize("job", [jobs.inspect_checkpoint, jobs.fold_checkpoint, jobs.verify_artifacts,
-                                 jobs.export_checkpoint, jobs.bench_artifacts, jobs.run_pipeline],
+@pytest.mark.parametrize("job", [jobs.inspect_artifact, jobs.inspect_checkpoint, jobs.fold_checkpoint,
+                                 jobs.verify_artifacts, jobs.export_checkpoint, jobs.bench_artifacts,
+                                 jobs.run_pipeline],
                          ids=lambda j: j.__name__)
 def test_path_functions_take_one_settings_object(job):
     parameters = inspect.signature(job).parameters
@@ -112,6 +115,9 @@ COMMANDS_WITH = {
     "LOAD": ["inspect", "fold", "verify", "export", "bench", "pipeline"],
     "TOLERANCE": ["fold", "verify", "export"],
     "INPUTS": ["fold", "verify", "export"],
+    "GRAPH": ["export", "pipeline"],
+    "INT8": ["export", "pipeline"],
+    "ENGINE": ["export", "pipeline"],
 }
 
 
@@ -125,6 +131,58 @@ def test_each_group_is_declared_once_and_offered_by_its_commands(group):
         source = inspect.getsource(commands[name].callback.__wrapped__)
         spelled = [o for o in options if f"\n    {o}:" in source]
         assert not spelled, f"xvol {name} declares {spelled} itself: a group's options live in cli/options.py"
+
+
+def test_with_options_refuses_a_group_the_command_does_not_take():
+    with pytest.raises(TypeError, match="has no parameter engine"):
+        with_options(engine=opt.ENGINE)(lambda load: load)
+
+
+def test_export_and_pipeline_pass_the_same_engine_and_graph_flags_to_their_jobs(train, capsys, tmp_path,
+                                                                                  monkeypatch):
+    """The ENGINE and GRAPH groups reach each job's settings: the same flags give the same values; given no engine
+    flag, the pipeline builds with TensorRT's defaults at its own batch and image size."""
+    from xvol_export.jobs import export as export_job
+    from xvol_export.jobs import pipeline as pipeline_job
+    from xvol_export.tensorrt.build import EngineSettings
+
+    seen = {}
+
+    def stop(name):
+        def job(path, out, settings):
+            seen[name] = settings
+            raise XvolError("stopped before any work")
+        return job
+
+    monkeypatch.setattr(export_job, "export_checkpoint", stop("export"))
+    monkeypatch.setattr(pipeline_job, "run_pipeline", stop("pipeline"))
+    graph = ["--opset", "18", "--no-simplify", "--simplifier", "onnxsim", "--batch", "4", "--imgsz", "32", "--dynamic"]
+    engine = ["--workspace", "2", "--opt-level", "4", "--min-shapes", "input:1x3x32x32", "--max-shapes",
+              "input:4x3x32x32", "--timing-cache", tmp_path / "t.cache", "--version-compatible", "--hardware-compat",
+              "ampere+", "--tf32", "--fp16-tactics"]
+    assert run_cli(capsys, "export", train, "-o", tmp_path / "m.onnx", *graph, *engine).code == 2
+    assert run_cli(capsys, "pipeline", train, "--out", tmp_path / "out", *graph, *engine).code == 2
+    built = EngineSettings(workspace_gib=2.0, opt_level=4, min_shapes=("input:1x3x32x32",),
+                           max_shapes=("input:4x3x32x32",), timing_cache=str(tmp_path / "t.cache"),
+                           version_compatible=True, hardware_compat="ampere+", tf32=True, fp16_tactics=True)
+    assert seen["export"].engine == built and seen["pipeline"].engine == built
+    given = {"opset": 18, "simplify": False, "simplifier": "onnxsim", "batch": 4, "imgsz": (32, 32), "dynamic": True}
+    for name, value in given.items():
+        assert getattr(seen["export"], name) == value == getattr(seen["pipeline"], name), name
+    assert seen["pipeline"].engine_settings() == dataclasses.replace(built, batch=4, imgsz=(32, 32))
+
+    assert run_cli(capsys, "export", train, "-o", tmp_path / "m.onnx").code == 2
+    assert run_cli(capsys, "pipeline", train, "--out", tmp_path / "out", "--static").code == 2
+    assert seen["export"].engine == EngineSettings() and seen["pipeline"].engine is None
+    assert seen["export"] == jobs.ExportSettings(load=seen["export"].load, engine=EngineSettings())  # job defaults
+    assert seen["pipeline"].engine_settings() == EngineSettings() and seen["pipeline"].dynamic is False
+
+
+def test_pipeline_checks_its_engine_settings_before_any_work():
+    from xvol_export.tensorrt.build import EngineSettings
+
+    with pytest.raises(XvolError, match="--workspace must be a positive number"):
+        jobs.PipelineSettings(engine=EngineSettings(workspace_gib=-1.0)).check()
 
 
 def test_a_group_builds_the_library_value(train, capsys, tmp_path):

@@ -127,11 +127,11 @@ def _cli(*args) -> tuple[int, str]:
     import contextlib
     import io
 
-    from xvol_cli import app as cli_app
+    from xvol_cli.main import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), pytest.raises(SystemExit) as info:
-        cli_app.main([str(a) for a in args])
+        main([str(a) for a in args])
     return info.value.code, out.getvalue()
 
 

@@ -36,7 +36,7 @@ _FSIZE_CHILD = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-from xvol_cli.app import main
+from xvol_cli.main import main
 main(sys.argv[2:])
 """
 
@@ -45,7 +45,7 @@ main(sys.argv[2:])
 _AS_CHILD = """
 import resource, sys
 import torch
-from xvol_cli.app import main
+from xvol_cli.main import main
 from xvol_export.limits import _mapped_bytes
 resource.setrlimit(resource.RLIMIT_AS, (_mapped_bytes() + int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_AS)[1]))
 main(sys.argv[2:])

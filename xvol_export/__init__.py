@@ -9,12 +9,6 @@ import types as _types  # noqa: E402
 # ONNX Runtime's telemetry writes a session file into $TMPDIR on first use unless this is set before it
 # loads; a run of xvol leaves nothing there (a user's own setting is kept).
 _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-_argv = getattr(_sys, "orig_argv", [])
-if "-mxvol_export" in _argv or any(_argv[i:i + 2] == ["-m", "xvol_export"] for i in range(len(_argv))):
-    # `python -m xvol_export`: the command line's signal handling starts before torch imports
-    from xvol_cli import interrupts as _interrupts
-
-    _interrupts.early()
 
 from xvol_export.errors import CheckFailed, XvolError  # noqa: E402
 

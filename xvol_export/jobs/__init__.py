@@ -11,8 +11,8 @@ _HOMES = {
     "BenchReport": "bench", "BenchSettings": "bench", "bench_artifacts": "bench",
     "ExportResult": "export", "ExportSettings": "export", "Int8Options": "export", "export_checkpoint": "export",
     "FoldResult": "fold", "FoldSettings": "fold", "fold_checkpoint": "fold",
-    "InspectReport": "inspect", "InspectSettings": "inspect", "inspect_checkpoint": "inspect",
-    "inspect_graph": "inspect",
+    "GraphReport": "inspect", "InspectReport": "inspect", "InspectSettings": "inspect",
+    "inspect_artifact": "inspect", "inspect_checkpoint": "inspect", "inspect_graph": "inspect",
     "PipelineResult": "pipeline", "PipelineSettings": "pipeline", "run_pipeline": "pipeline",
     "VerifySettings": "verify", "verify_artifacts": "verify",
 }
@@ -33,8 +33,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BenchReport", "BenchSettings", "ExportResult", "ExportSettings", "FoldResult", "FoldSettings", "InspectReport",
-    "InspectSettings", "Int8Options", "JobResult", "PipelineResult", "PipelineSettings", "VerifyReport",
-    "VerifySettings", "bench_artifacts", "export_checkpoint", "fold_checkpoint", "inspect_checkpoint",
-    "inspect_graph", "run_pipeline", "verify_artifacts",
+    "BenchReport", "BenchSettings", "ExportResult", "ExportSettings", "FoldResult", "FoldSettings", "GraphReport",
+    "InspectReport", "InspectSettings", "Int8Options", "JobResult", "PipelineResult", "PipelineSettings",
+    "VerifyReport", "VerifySettings", "bench_artifacts", "export_checkpoint", "fold_checkpoint", "inspect_artifact",
+    "inspect_checkpoint", "inspect_graph", "run_pipeline", "verify_artifacts",
 ]

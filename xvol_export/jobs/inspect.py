@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from torch import nn
 
@@ -73,6 +74,35 @@ class InspectReport(JobResult):
             out.pop(shared)
         out["input_shape"] = list(self.input_shape)
         return {**self.job_fields(), **out}
+
+
+@dataclass
+class GraphReport(JobResult):
+    """An ONNX graph's contents (:func:`inspect_graph`); it passes when TensorRT's ONNX parser takes every node."""
+
+    path: str
+    graph: dict
+
+    @property
+    def passed(self) -> bool:
+        return self.graph["tensorrt_compatibility"]["compatible"]
+
+    def failure_summary(self) -> str:
+        if self.passed:
+            return ""
+        refused = len(self.graph["tensorrt_compatibility"]["problems"])
+        return f"{self.path}: TensorRT's ONNX parser would refuse {refused} node(s)"
+
+    def to_dict(self) -> dict:
+        return dict(self.graph)
+
+
+def inspect_artifact(path: str | os.PathLike,
+                     settings: InspectSettings = InspectSettings()) -> InspectReport | GraphReport:
+    """What any artifact holds: an ``.onnx`` graph's contents, else a checkpoint's (:func:`inspect_checkpoint`)."""
+    if Path(path).suffix.lower() == ".onnx":
+        return GraphReport(path=os.fspath(path), graph=inspect_graph(path))
+    return inspect_checkpoint(path, settings)
 
 
 def inspect_graph(path: str | os.PathLike) -> dict:

@@ -71,8 +71,10 @@ class PipelineSettings:
     accuracy_budget: str = "cosine=0.99"
     bench_iterations: int = 50
     bench_batches: tuple[int, ...] = (1,)
-    # how to read the checkpoint, and whether to overwrite: options of the run, not fields of a config file
+    # how to read the checkpoint, TensorRT's build options, and whether to overwrite: options of the run, not fields
+    # of a config file
     load: LoadOptions = field(default=LoadOptions(), metadata={"config": False})
+    engine: EngineSettings | None = field(default=None, metadata={"config": False})
     force: bool = field(default=False, metadata={"config": False})
 
     def check(self) -> None:
@@ -92,6 +94,8 @@ class PipelineSettings:
             raise XvolError("--int8-fallback measures the int8 graphs on real images: pass --data FILE.npz with "
                             "held-out inputs.")
         self.int8_options()  # the int8 choices and the budget, checked before any work
+        if self.engine is not None:
+            self.engine_settings().check()
         if not 0 <= self.seed < 2**32:
             raise XvolError(f"--seed must be from 0 to {2**32 - 1}, got {self.seed}.")
         if not 1 <= self.bench_iterations <= 1_000_000:
@@ -107,6 +111,10 @@ class PipelineSettings:
         budget = parse_budget(self.accuracy_budget) if self.int8_fallback else None
         return Int8Options(method=self.calib_method, budget=budget, target=self.int8_target,
                            weight_bits=str(self.int8_weight_bits))
+
+    def engine_settings(self) -> EngineSettings:
+        """How every engine is built: ``engine``'s options at this pipeline's batch and image size."""
+        return dataclasses.replace(self.engine or EngineSettings(), batch=self.batch, imgsz=self.imgsz)
 
     def to_dict(self) -> dict:
         """The config-file fields (what the manifest records)."""
@@ -264,8 +272,7 @@ def _int8_for(fmt: str, graph_path: Path, prepared, export: ExportSettings, cali
         return made
     made.format, made.output = "engine", str(graph_path.with_suffix(".engine"))
     add_engine(made, trt_graph, graph_path.with_suffix(".engine"),
-               EngineSettings(batch=settings.batch, imgsz=settings.imgsz), prepared.reference, None, prepared.seed,
-               export.force)
+               settings.engine_settings(), prepared.reference, None, prepared.seed, export.force)
     made.written = bool(made.files)
     return made
 
@@ -314,9 +321,8 @@ def _derived(fmt: str, exported: ExportResult, graph_path: Path, prepared, setti
         return save_openvino_ir(onnx.load(str(graph_path)), graph_path.with_suffix(".xml"), prepared.reference,
                                 None, prepared.seed, force, derived, StepClock(derived.timings))
     derived.output = str(graph_path.with_suffix(".engine"))
-    engine = EngineSettings(batch=settings.batch, imgsz=settings.imgsz)
-    add_engine(derived, graph_path, graph_path.with_suffix(".engine"), engine, prepared.reference, None,
-               prepared.seed, force)
+    add_engine(derived, graph_path, graph_path.with_suffix(".engine"), settings.engine_settings(),
+               prepared.reference, None, prepared.seed, force)
     derived.written = bool(derived.files)
     return derived
 

@@ -104,6 +104,12 @@ def default_gate(precision: str) -> Gate:
         raise ValueError(f"no gate for precision {precision!r}; known: {', '.join(DEFAULT_GATES)}") from None
 
 
+def tolerance_basis(precision: str) -> str:
+    """The precision whose default tolerances complete a user's ``--atol``/``--rtol`` for an export at
+    ``precision``: bf16 lives in OpenVINO, not in the graph (an fp32 graph), so it starts from fp32's."""
+    return "fp32" if precision == "bf16" else precision
+
+
 @dataclass
 class Condition:
     """One figure against its limit: ``value <= limit`` (``at_least``: ``value >= limit``)."""
