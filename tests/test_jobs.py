@@ -130,7 +130,7 @@ def test_each_group_is_declared_once_and_offered_by_its_commands(group):
         assert set(options) <= offered, (name, set(options) - offered)
         source = inspect.getsource(commands[name].callback.__wrapped__)
         spelled = [o for o in options if f"\n    {o}:" in source]
-        assert not spelled, f"xvol {name} declares {spelled} itself: a group's options live in cli/options.py"
+        assert not spelled, f"xvol {name} declares {spelled} itself: a group's options live in xvol_cli/options.py"
 
 
 def test_with_options_refuses_a_group_the_command_does_not_take():

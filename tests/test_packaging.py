@@ -1,21 +1,22 @@
-"""The wheel must carry every subpackage: pyproject lists them by hand (cli/ installs as xvol_cli)."""
+"""The wheel carries every module and data file of the two packages, and nothing else at its top level."""
 
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
-import pytest
-
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("xvol_export", "xvol_cli")
+DATA_SUFFIXES = (".py", ".json")
 
 
-def test_every_subpackage_is_listed_in_pyproject():
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = set(config["packages"])
-    found = {
-        ".".join(init.parent.relative_to(ROOT).parts)
-        for init in (ROOT / "xvol_export").rglob("__init__.py")
-    }
-    assert found <= listed, f"missing from pyproject packages: {sorted(found - listed)}"
-    assert config["package-dir"] == {"xvol_cli": "cli"}
-    assert "cli" not in listed  # never a generic top-level `cli` module in users' environments
+def test_the_wheel_carries_every_module_and_data_file(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--wheel-dir", str(tmp_path), str(ROOT)], check=True, timeout=300, capture_output=True)
+    (wheel,) = tmp_path.glob("xvol-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {path.relative_to(ROOT).as_posix() for package in PACKAGES for path in (ROOT / package).rglob("*")
+                if path.suffix in DATA_SUFFIXES and "__pycache__" not in path.parts}
+    assert expected - names == set(), "missing from the wheel"
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == set(PACKAGES)  # never a generic `cli`, `tests` or `benchmarks` in users' environments
