@@ -99,3 +99,17 @@ def test_no_module_does_several_jobs():
              for package in PACKAGES for path in (ROOT / package).rglob("*.py")}
     assert sizes, "no modules found"
     assert {path: lines for path, lines in sizes.items() if lines > 500} == {}
+
+
+def test_the_top_level_offers_what_a_user_needs():
+    """``import xvol_export`` loads no PyTorch, and every name it offers resolves (the functions, not the
+    subpackages of the same name, even once those are imported)."""
+    code = ("import sys, xvol_export as x; assert 'torch' not in sys.modules; "
+            "import xvol_export.verify.run, xvol_export.export.onnx_graph, xvol_export.fold.family; "
+            "missing = [n for n in x.__all__ if getattr(x, n, None) is None]; assert not missing, missing; "
+            "assert callable(x.fold) and callable(x.verify) and callable(x.export); "
+            "print(sorted(set(x.__all__) & {'load_model', 'save_checkpoint', 'fold', 'verify', 'export', "
+            "'register_family', 'FoldSettings', 'ExportSettings', 'FoldResult', 'ExportResult', 'Tolerance'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(eval(done.stdout)) == 11

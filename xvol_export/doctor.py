@@ -14,11 +14,11 @@ import os
 import shutil
 import subprocess
 
-import xvol_export
 from xvol_export import env
 from xvol_export.backends import BACKENDS
 from xvol_export.models import list_models
 from xvol_export.tensorrt.environment import INSTALL, tensorrt_missing
+from xvol_export.version import __version__
 
 _PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxslim", "onnxscript", "openvino", "tensorrt",
              "polygraphy", "safetensors", "typer", "rich")
@@ -261,7 +261,7 @@ def machine_report() -> dict:
     tensorrt, trt_problems = _tensorrt(gpu, no_gpu, polygraphy)
     machine = env.machine()  # the one description every report carries; doctor adds what it means here
     return {
-        "xvol_version": xvol_export.__version__,
+        "xvol_version": __version__,
         "python": machine["python"],
         "platform": machine["platform"],
         "cpu": {"name": machine["cpu"], "logical_cores": machine["logical_cores"], "isa": machine["isa"],
