@@ -74,6 +74,14 @@ def test_a_broken_plugin_is_reported_and_the_others_still_load(plugins):
         assert torch.allclose(deploy(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+def test_doctor_names_the_broken_plugin(plugins):
+    from xvol_export.doctor import machine_report
+
+    with pytest.warns(RuntimeWarning):
+        report = machine_report()
+    assert report["broken_plugins"] == [f"broken = {BROKEN} (from xvol-broken-plugin 0.3): {BROKEN_ERROR}"]
+
+
 def test_without_plugins_nothing_is_broken(monkeypatch):
     monkeypatch.setattr(registry, "_BROKEN", [])
     monkeypatch.setattr(registry, "_entry_points_loaded", False)

@@ -56,3 +56,5 @@ def render_doctor(console: Console, report: dict) -> None:
                       Text(row["reason"] or ""))
     console.print(table)
     out(f"architectures: {', '.join(report['architectures'])}")
+    for plugin in report["broken_plugins"]:
+        out(f"family plugin that failed to load (skipped): {plugin}")

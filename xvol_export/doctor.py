@@ -16,6 +16,7 @@ import subprocess
 
 from xvol_export import env
 from xvol_export.backends import BACKENDS
+from xvol_export.fold.family import broken_plugins
 from xvol_export.models import list_models
 from xvol_export.tensorrt.environment import INSTALL, tensorrt_missing
 from xvol_export.version import __version__
@@ -275,4 +276,5 @@ def machine_report() -> dict:
         "polygraphy": polygraphy,
         "features": features(no_gpu, onnxruntime, openvino, trt_problems),
         "architectures": list_models(),
+        "broken_plugins": [str(plugin) for plugin in broken_plugins()],
     }
