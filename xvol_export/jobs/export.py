@@ -14,7 +14,7 @@ from torch import nn
 
 import xvol_export
 from xvol_export import graph_info
-from xvol_export.artifacts import INPUT_SHAPE_KEY, artifact_kind, onnx_input_size
+from xvol_export.artifacts import artifact_kind, onnx_input_size
 from xvol_export.backends import BACKENDS
 from xvol_export.checkpoint import Checkpoint, LoadOptions
 from xvol_export.compare import Tolerance
@@ -24,15 +24,16 @@ from xvol_export.export import int8 as int8_step
 from xvol_export.export import onnx_graph, openvino_ir, structure
 from xvol_export.export import precision as precision_step
 from xvol_export.export.int8 import CALIBRATION_KEY, INT8_LAYOUT_KEY, AccuracyBudget
-from xvol_export.export.tensorrt_ops import TENSORRT_OPS_SOURCE, tensorrt_incompatibilities
 from xvol_export.fold import FoldReport, RuntimeTarget, fold_both, runtime_options, set_runtime_options
 from xvol_export.inputs import InputShape, load_npz, prepare_inputs
 from xvol_export.io import check_output_path, sha256_file
 from xvol_export.limits import check_not_folder_syntax, check_output_name, check_seed
+from xvol_export.metadata_keys import INPUT_SHAPE as INPUT_SHAPE_KEY
 from xvol_export.results import JobResult
 from xvol_export.runners import OnnxRuntimeRunner, OpenVinoRunner
 from xvol_export.runners.openvino_runner import PRECISION_OF_HINT
 from xvol_export.tensorrt.build import EngineSettings
+from xvol_export.tensorrt.ops import compatibility_report
 from xvol_export.utils import StepClock
 from xvol_export.verify import Reference, VerifyReport, verify, verify_fold
 from xvol_export.verify.run import check_batch_fits
@@ -454,9 +455,7 @@ def _export_graph_engine(path: Path, output: str | os.PathLike | None, engine: E
 
 
 def _tensorrt_compatibility(graph: onnx.ModelProto) -> dict:
-    problems = tensorrt_incompatibilities(graph)
-    return {"checked_against": TENSORRT_OPS_SOURCE, "compatible": not problems,
-            "problems": [f"{p.node} ({p.op_type}): {p.reason}" for p in problems]}
+    return compatibility_report(graph)
 
 
 def save_openvino_ir(graph: onnx.ModelProto, output: Path, reference: Reference, tolerance: Tolerance | None,
