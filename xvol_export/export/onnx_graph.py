@@ -15,7 +15,7 @@ import onnx
 import torch
 from torch import nn
 
-from xvol_export.cleanup import discard, staging_folder, sweep, temporary_folder
+from xvol_export.cleanup import staged, temporary_folder
 from xvol_export.errors import XvolError
 from xvol_export.graph_info import graph_precision, op_counts, read_metadata
 from xvol_export.io import atomic_write, check_output_path
@@ -141,17 +141,11 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, force: bool = Fal
     data_path = path.with_name(path.name + ".data")
     check_output_path(path, force)
     check_output_path(data_path, force)
-    sweep(path.parent)
-    staging = None
-    try:  # both files are written aside, then renamed into place
-        staging = staging_folder(path)
-        onnx.save_model(_copy(model), staging / path.name, save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=data_path.name)
-        os.replace(staging / data_path.name, data_path)
-        os.replace(staging / path.name, path)
-    finally:
-        if staging is not None:
-            discard(staging)
+    with staged(path) as aside:  # both files are written aside, then renamed into place
+        onnx.save_model(_copy(model), aside, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_path.name)
+        os.replace(aside.with_name(data_path.name), data_path)
+        os.replace(aside, path)
     return [path, data_path]
 
 
