@@ -135,9 +135,9 @@ def test_int8_keeps_what_families_ask_for_in_float():
     deploy, _ = fold(mixed_net(), input_shape=(1, 3, 12, 12))
     deploy = set_runtime_options(deploy, aggregate="convs")
     graph = onnx.load_from_string(onnx_graph.export_onnx(deploy.float(), (1, 3, 12, 12)).SerializeToString())
-    from xvol_export.export.precision import _named_nodes
+    from xvol_export.export.int8 import named_nodes
 
-    graph = _named_nodes(graph)
+    graph = named_nodes(graph)
     assert int8_float_nodes(graph) == shift_conv_names(graph) and len(shift_conv_names(graph)) == 2
 
 

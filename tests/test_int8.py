@@ -25,6 +25,7 @@ from xvol_export.checkpoint import load_model
 from xvol_export.export import onnx_graph
 from xvol_export.export.int8 import (
     CALIBRATION_KEY,
+    CALIBRATION_METHODS,
     FALLBACK_KEY,
     AccuracyBudget,
     evaluate,
@@ -34,8 +35,8 @@ from xvol_export.export.int8 import (
     quantizable_layers,
     quantize_once,
     quantize_with_fallback,
+    to_int8_qdq,
 )
-from xvol_export.export.precision import CALIBRATION_METHODS, to_int8_qdq
 from xvol_export.fold.families.xvolution import onnx_options, shift_conv_names
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

@@ -20,8 +20,7 @@ from onnx import numpy_helper
 
 from xvol_export import env, graph_info
 from xvol_export.export import onnx_graph
-from xvol_export.export.int8 import INT8_LAYOUT_KEY, evaluate, quantize_with_fallback
-from xvol_export.export.precision import int8_layout, to_int8_qdq
+from xvol_export.export.int8 import INT8_LAYOUT_KEY, evaluate, int8_layout, quantize_with_fallback, to_int8_qdq
 from xvol_export.jobs import ExportSettings, Int8Options
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,8 @@ from xvol_export import env
 from xvol_export.checkpoint import load_model
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
-from xvol_export.export.precision import int8_layout, to_fp16, to_int8_qdq
+from xvol_export.export.int8 import int8_layout, to_int8_qdq
+from xvol_export.export.precision import to_fp16
 from xvol_export.inputs import load_npz
 from xvol_export.runners import InputSpec, OnnxRuntimeRunner, OpenVinoRunner
 from xvol_export.verify import Reference, verify

@@ -29,7 +29,8 @@ from onnx import numpy_helper
 
 from xvol_export import XvolError, XVolution, fold
 from xvol_export.checkpoint import load_model
-from xvol_export.export.precision import to_fp16, to_int8_qdq
+from xvol_export.export.int8 import to_int8_qdq
+from xvol_export.export.precision import to_fp16
 from xvol_export.fold.families.xvolution import onnx_options, shift_conv_names
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

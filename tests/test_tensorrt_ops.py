@@ -1,4 +1,4 @@
-"""xvol_export.export.tensorrt_ops: onnx-tensorrt's operator table as data, checked on the CPU.
+"""xvol_export.tensorrt.ops: onnx-tensorrt's operator table as data, checked on the CPU.
 
 Every graph the project exports passes; hand-made graphs with what the table refuses (an unsupported or
 custom operator, a refused attribute value, a type, a run-time input that must be constant) are refused
@@ -20,20 +20,20 @@ import xvol_export
 from xvol_export import graph_info
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
-from xvol_export.export.tensorrt_ops import (
+from xvol_export.jobs import ExportSettings, Int8Options, export_checkpoint
+from xvol_export.tensorrt.ops import (
     TENSORRT_OPS_SOURCE,
     Incompatibility,
     check_tensorrt_compatible,
     tensorrt_incompatibilities,
 )
-from xvol_export.jobs import ExportSettings, Int8Options, export_checkpoint
 
 from helpers import run_cli
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CHECKPOINT = SAMPLES / "digits_xvol_resnet_tiny.pth"
 CALIB = SAMPLES / "digits_calib.npz"
-TABLE = json.loads(resources.files("xvol_export.export").joinpath("tensorrt_ops.json").read_text("utf-8"))
+TABLE = json.loads(resources.files("xvol_export.tensorrt").joinpath("ops.json").read_text("utf-8"))
 OPS = TABLE["operators"]
 EXPORTS = [(precision, dynamic) for precision in ("fp32", "fp16", "int8") for dynamic in (False, True)]
 

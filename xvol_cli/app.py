@@ -332,14 +332,13 @@ def pipeline(
     if int8.sensitivity:
         raise XvolError("--int8-sensitivity is an xvol export option; the pipeline ranks layers when --int8-fallback "
                         "needs it.")
-    from xvol_export.pipeline import summary_markdown, write_manifest
+    from xvol_export.pipeline import summary_markdown
 
     with console.status("Running the pipeline…"):
-        result = jobs.run_pipeline(checkpoint, out, settings)
-        path, content = write_manifest(result, force)
-    render_pipeline(console, content, path)
+        result = jobs.run_pipeline(checkpoint, out, settings)  # writes the manifest too
+    render_pipeline(console, result.manifest_content, result.manifest)
     if summary is not None:
-        write_text(summary, summary_markdown(content), force)
+        write_text(summary, summary_markdown(result.manifest_content), force)
     if not result.passed:
         raise CheckFailed(result.failure_summary())
     return 0

@@ -11,6 +11,7 @@ from xvol_export.backends import RunnerOptions, backends_for
 from xvol_export.errors import XvolError
 from xvol_export.io import CHECKPOINT_SUFFIXES
 from xvol_export.limits import check_input_file
+from xvol_export.metadata_keys import INPUT_SHAPE
 from xvol_export.runners import Runner
 
 if TYPE_CHECKING:
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 OPENVINO_SUFFIXES = (".xml",)  # an OpenVINO IR: NAME.xml with its weights in NAME.bin
-# metadata_props key holding the shape an ONNX graph was exported at (NxCxHxW)
-INPUT_SHAPE_KEY = "xvol.input_shape"
 
 
 @dataclass
@@ -92,5 +91,5 @@ def onnx_input_size(path: Path) -> tuple[int, ...] | None:
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) == 4 and all(dims[1:]):
         return tuple(dims[1:])
-    nominal = {p.key: p.value for p in model.metadata_props}.get(INPUT_SHAPE_KEY)
+    nominal = {p.key: p.value for p in model.metadata_props}.get(INPUT_SHAPE)
     return tuple(int(d) for d in nominal.split("x")[1:]) if nominal else None

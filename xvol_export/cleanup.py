@@ -252,6 +252,21 @@ def staging_folder(path: str | os.PathLike) -> Path:
     return new_folder(path.parent, f".{path.name}.")
 
 
+@contextlib.contextmanager
+def staged(path: str | os.PathLike) -> Iterator[Path]:
+    """Where to write ``path`` (and its companion files) before they are checked: ``path``'s name in a
+    :func:`staging_folder` beside it, so the checked files are renamed into place on the same file system.
+    The folder is swept of dead runs' leftovers first and removed, with whatever was not renamed away, when
+    the block ends (interrupted or not)."""
+    path = Path(path)
+    sweep(path.parent)
+    folder = staging_folder(path)
+    try:
+        yield folder / path.name
+    finally:
+        discard(folder)
+
+
 def _is_stale(path: Path, match: re.Match) -> bool:
     pid, host, started = int(match.group(1)), match.group(2), match.group(3)
     if path in _live:

@@ -7,6 +7,8 @@ import collections
 
 import onnx
 
+from xvol_export.metadata_keys import PRECISION
+
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
@@ -14,7 +16,7 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 def graph_precision(model: onnx.ModelProto) -> str:
     """int8 for a Q/DQ graph, fp16 for a graph with float16 weights, else fp32 (xvol's metadata first)."""
-    tagged = read_metadata(model).get("xvol.precision")
+    tagged = read_metadata(model).get(PRECISION)
     if tagged in ("fp32", "fp16", "int8"):
         return tagged
     if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):

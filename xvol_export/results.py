@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from xvol_export.env import machine
 
@@ -30,3 +30,23 @@ class JobResult:
         verdict was made on (a verdict holds for that ISA)."""
         return {"passed": self.passed, "failure": self.failure_summary(), "files": list(self.files),
                 "timings_s": dict(self.timings), "notes": list(self.notes), "machine": machine()}
+
+    def own_fields(self) -> dict:
+        """This result's own dataclass fields, in the order declared, as JSON-plain data (a field with
+        ``metadata={"json": False}`` is left out)."""
+        shared = {f.name for f in fields(JobResult)}
+        return {f.name: json_plain(getattr(self, f.name)) for f in fields(self)
+                if f.name not in shared and f.metadata.get("json", True)}
+
+    def to_dict(self) -> dict:
+        """The shared fields, then this result's own."""
+        return {**self.job_fields(), **self.own_fields()}
+
+
+def json_plain(value):
+    """``value`` as JSON-plain data: what has ``to_dict`` gives that, lists and tuples become lists of plain data."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [json_plain(item) for item in value]
+    return value

@@ -55,9 +55,7 @@ def build_verified_engine(onnx_path: Path, output: Path, settings: EngineSetting
                "compute_capability": built.sidecar.compute_capability}
     if not built.layer_check.passed:
         return None, summary, [f"engine: {built.layer_check.failure()}"], []
-    staging = cleanup.staging_folder(output)  # named for this process: swept by the next run if it is killed
-    try:
-        staged = staging / output.name
+    with cleanup.staged(output) as staged:  # named for this process: swept by the next run if it is killed
         save_engine(built, staged, force=True)
         with TensorRTRunner(staged, f"TensorRT engine {built.sidecar.precision}",
                             device_index=settings.device_index) as runner:
@@ -67,5 +65,3 @@ def build_verified_engine(onnx_path: Path, output: Path, settings: EngineSetting
         for source, target in reversed(list(zip(engine_files(staged), engine_files(output), strict=True))):
             os.replace(source, target)  # the engine last: it never appears without its sidecar
         return report, summary, [], engine_files(output)
-    finally:
-        cleanup.discard(staging)

@@ -15,10 +15,11 @@ import onnx
 import torch
 from torch import nn
 
-from xvol_export.cleanup import discard, staging_folder, sweep, temporary_folder
+from xvol_export.cleanup import staged, temporary_folder
 from xvol_export.errors import XvolError
 from xvol_export.graph_info import graph_precision, op_counts, read_metadata
 from xvol_export.io import atomic_write, check_output_path
+from xvol_export.metadata_keys import VERIFIED
 
 EXPORTERS = ("torchscript", "dynamo")
 # Opsets each exporter can write; the design asks for 17 or newer.
@@ -140,17 +141,11 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, force: bool = Fal
     data_path = path.with_name(path.name + ".data")
     check_output_path(path, force)
     check_output_path(data_path, force)
-    sweep(path.parent)
-    staging = None
-    try:  # both files are written aside, then renamed into place
-        staging = staging_folder(path)
-        onnx.save_model(_copy(model), staging / path.name, save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=data_path.name)
-        os.replace(staging / data_path.name, data_path)
-        os.replace(staging / path.name, path)
-    finally:
-        if staging is not None:
-            discard(staging)
+    with staged(path) as aside:  # both files are written aside, then renamed into place
+        onnx.save_model(_copy(model), aside, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_path.name)
+        os.replace(aside.with_name(data_path.name), data_path)
+        os.replace(aside, path)
     return [path, data_path]
 
 
@@ -196,9 +191,8 @@ def _quiet():
 def describe_graph(path: str | os.PathLike) -> dict:
     """What ``xvol inspect`` says of an ONNX file: inputs, outputs, opset, precision, op counts, and whether
     TensorRT's ONNX parser would take every node (checked on the CPU)."""
-    from xvol_export.errors import XvolError
-    from xvol_export.export.tensorrt_ops import TENSORRT_OPS_SOURCE, tensorrt_incompatibilities
     from xvol_export.io import sha256_file
+    from xvol_export.tensorrt.ops import compatibility_report
 
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
@@ -209,14 +203,12 @@ def describe_graph(path: str | os.PathLike) -> dict:
         return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
 
     initializers = {init.name for init in model.graph.initializer}
-    problems = tensorrt_incompatibilities(model)
     return {
         "path": os.fspath(path), "sha256": sha256_file(path),
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "precision": graph_precision(model),
         "inputs": tensors(v for v in model.graph.input if v.name not in initializers),
         "outputs": tensors(model.graph.output), "nodes": len(model.graph.node), "ops": op_counts(model),
-        "metadata": {k: v for k, v in read_metadata(model).items() if k != "xvol.verified"},
-        "tensorrt_compatibility": {"checked_against": TENSORRT_OPS_SOURCE, "compatible": not problems,
-                                   "problems": [f"{p.node} ({p.op_type}): {p.reason}" for p in problems]},
+        "metadata": {k: v for k, v in read_metadata(model).items() if k != VERIFIED},
+        "tensorrt_compatibility": compatibility_report(model),
     }

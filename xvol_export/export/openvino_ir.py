@@ -8,12 +8,9 @@ from pathlib import Path
 
 import onnx
 
-from xvol_export import cleanup
 from xvol_export.cleanup import temporary_folder
 from xvol_export.io import check_output_path
-
-# metadata key (rt_info xvol/inference_precision) of the precision OpenVINO is to compute the IR in
-INFERENCE_PRECISION_KEY = "xvol.inference_precision"
+from xvol_export.metadata_keys import rt_info_path
 
 
 def ir_files(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -37,7 +34,7 @@ def save_ir(graph: onnx.ModelProto, path: str | os.PathLike, metadata: dict[str,
         model = ov.convert_model(source)
     _number_generated_names(model, {node.name for node in graph.graph.node})
     for key, value in metadata.items():
-        model.set_rt_info(value, ["xvol", key.removeprefix("xvol.")])
+        model.set_rt_info(value, rt_info_path(key))
     ov.save_model(model, str(path), compress_to_fp16=compress_to_fp16)
     return list(ir_files(path))
 
@@ -61,16 +58,3 @@ def move_into_place(staged: Path, path: str | os.PathLike, force: bool) -> list[
     os.replace(staged.with_suffix(".bin"), weights)
     os.replace(staged, xml)
     return [xml, weights]
-
-
-def staging_folder(path: str | os.PathLike) -> Path:
-    """A hidden folder ``.NAME.xvol-PID-….XXXX`` beside ``path`` for files that are renamed into place once
-    checked; it is registered, so a run that ends (or is interrupted) before :func:`remove` still removes it,
-    and one killed is swept by the next run."""
-    path = Path(path)
-    cleanup.sweep(path.parent)
-    return cleanup.staging_folder(path)
-
-
-def remove(folder: Path) -> None:
-    cleanup.discard(folder)

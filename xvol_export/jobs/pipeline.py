@@ -8,41 +8,32 @@ and judged against the same reference.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
-
-from xvol_export.backends import BACKENDS
 from xvol_export.checkpoint import LoadOptions
 from xvol_export.errors import XvolError
 from xvol_export.export import onnx_graph
+from xvol_export.export.formats import FORMATS, GRAPH_PRECISIONS, MakeJob
+from xvol_export.export.int8 import Int8Options, load_calibration, parse_budget
 from xvol_export.golden import GOLDEN_NAME, save_golden
 from xvol_export.io import check_output_path
 from xvol_export.jobs.bench import BenchReport, BenchSettings, bench_artifacts
 from xvol_export.jobs.export import (
-    FORMATS,
-    PRECISIONS,
     ExportResult,
     ExportSettings,
-    Int8Options,
-    _load_calibration,
-    add_engine,
+    PreparedExport,
     default_export_output,
     export_prepared,
     prepare_export,
-    save_openvino_ir,
 )
+from xvol_export.pipeline.manifest import MANIFEST, write_manifest
 from xvol_export.results import JobResult
 from xvol_export.tensorrt.build import EngineSettings
-from xvol_export.tensorrt.environment import engine_build_missing
 from xvol_export.utils import StepClock
-
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -79,8 +70,9 @@ class PipelineSettings:
 
     def check(self) -> None:
         """:class:`XvolError` for a request no run could satisfy, before any work."""
-        for name, values, choices in (("formats", self.formats, FORMATS), ("precisions", self.precisions, PRECISIONS),
-                                      ("require", self.require, FORMATS)):
+        for name, values, choices in (("formats", self.formats, tuple(FORMATS)),
+                                      ("precisions", self.precisions, GRAPH_PRECISIONS),
+                                      ("require", self.require, tuple(FORMATS))):
             unknown = [v for v in values if v not in choices]
             if unknown or (name != "require" and not values):
                 raise XvolError(f"--{name}: {', '.join(unknown) or 'nothing given'}; choose from "
@@ -103,11 +95,7 @@ class PipelineSettings:
 
     def int8_options(self) -> Int8Options:
         """The int8 options of every int8 graph this pipeline makes (each format its own target unless the ONNX
-        graph's is given)."""
-        from xvol_export.export.int8 import parse_budget
-        from xvol_export.export.precision import int8_layout
-
-        int8_layout("tensorrt" if self.int8_target == "auto" else self.int8_target, self.int8_weight_bits)  # checks
+        graph's is given), checked as they are made."""
         budget = parse_budget(self.accuracy_budget) if self.int8_fallback else None
         return Int8Options(method=self.calib_method, budget=budget, target=self.int8_target,
                            weight_bits=str(self.int8_weight_bits))
@@ -170,20 +158,23 @@ def load_config(path: str | os.PathLike) -> dict:
     return values
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PipelineResult(JobResult):
     """Everything a pipeline made and checked: the exports (one per format and precision), what was skipped
-    and why, the benchmark, and the failures; ``files`` are the exports' files (the manifest is written apart)."""
+    and why, the benchmark, and the failures; ``files`` are the exports' files (the manifest is written apart,
+    at ``manifest``, its content in ``manifest_content``). Its JSON lists the fields in the order declared."""
 
     source: str
     out_dir: str
     settings: PipelineSettings
+    seed: int | None = None
     exports: list[ExportResult] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # {"stage", "reason"}
     bench: list[BenchReport] = field(default_factory=list)  # the CPU artifacts; the engines on the GPU
     failures: list[str] = field(default_factory=list)
-    seed: int | None = None
     golden: str | None = None  # the golden file, for `xvol verify ARTIFACT --golden` on the deployment host
+    manifest: str | None = field(default=None, metadata={"json": False})
+    manifest_content: dict | None = field(default=None, repr=False, metadata={"json": False})
 
     @property
     def passed(self) -> bool:
@@ -193,13 +184,6 @@ class PipelineResult(JobResult):
         parts = list(self.failures)
         parts += [f"{e.format} {e.precision}: {e.failure_summary()}" for e in self.exports if not e.passed]
         return "; ".join(parts)
-
-    def to_dict(self) -> dict:
-        """The result as JSON-plain data (the manifest, :func:`~xvol_export.pipeline.manifest`, is the full record)."""
-        return {**self.job_fields(), "source": self.source, "out_dir": self.out_dir,
-                "settings": self.settings.to_dict(), "seed": self.seed, "exports": [e.to_dict() for e in self.exports],
-                "skipped": self.skipped, "bench": [b.to_dict() for b in self.bench], "failures": self.failures,
-                "golden": self.golden}
 
 
 def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
@@ -212,7 +196,7 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         raise XvolError(f"{out}: its folder '{out.parent}' does not exist. Create it first or choose another --out.")
     if out.exists() and not out.is_dir():
         raise XvolError(f"{out}: is a file; --out names a folder for the artifacts and the manifest.")
-    result = PipelineResult(str(checkpoint), str(out), settings)
+    result = PipelineResult(source=str(checkpoint), out_dir=str(out), settings=settings)
     formats = _available_formats(settings, result)
     planned = _planned_files(Path(checkpoint), out, settings.precisions, formats)
     out.mkdir(exist_ok=True)
@@ -227,7 +211,7 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     prepared = prepare_export(checkpoint, export)
     result.seed = prepared.seed
     result.timings.update(prepared.timings)
-    calibration = _load_calibration(settings.calib, prepared.shape[1]) if "int8" in settings.precisions else None
+    calibration = load_calibration(settings.calib, prepared.shape[1]) if "int8" in settings.precisions else None
     for precision in settings.precisions:
         before = set(result.timings)
         graph_output = out / default_export_output(Path(checkpoint), precision).name
@@ -241,10 +225,10 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         graph_path = Path(exported.files[0])
         for fmt in formats:
             with clock(f"{precision} {fmt}"):
-                if precision == "int8" and exported.int8["layout"]["target"] != _INT8_TARGET[fmt]:
+                if precision == "int8" and exported.int8["layout"]["target"] != FORMATS[fmt].int8_target:
                     result.exports.append(_int8_for(fmt, graph_path, prepared, export, calibration, settings))
                 else:
-                    result.exports.append(_derived(fmt, exported, graph_path, prepared, settings, force))
+                    result.exports.append(_from_graph(fmt, exported, graph_path, prepared, settings))
     if result.passed:
         with clock("golden file"):
             result.golden = str(save_golden(out / GOLDEN_NAME, prepared.reference, settings.precisions, force))
@@ -252,29 +236,31 @@ def run_pipeline(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         with clock("bench"):
             result.bench = _bench(result, formats, settings)
     result.files = [f for e in result.exports for f in e.files] + ([result.golden] if result.golden else [])
+    path, result.manifest_content = write_manifest(result, force)
+    result.manifest = str(path)
     return result
 
 
-_INT8_TARGET = {"openvino": "openvino", "engine": "tensorrt"}  # each derived format's own int8 layout
-
-
-def _int8_for(fmt: str, graph_path: Path, prepared, export: ExportSettings, calibration, settings: PipelineSettings):
+def _int8_for(fmt: str, graph_path: Path, prepared: PreparedExport, export: ExportSettings, calibration,
+              settings: PipelineSettings) -> ExportResult:
     """An int8 IR or engine laid out for its own runtime, quantized (and, with a budget, fallen back) for it: an
     OpenVINO IR from the fp32 graph quantized for OpenVINO; an engine from a TensorRT-layout graph written
     beside the ONNX Runtime one (``NAME.int8.tensorrt.onnx``)."""
-    int8 = dataclasses.replace(export.int8, target=_INT8_TARGET[fmt])
+    int8 = dataclasses.replace(export.int8, target=FORMATS[fmt].int8_target)
     if fmt == "openvino":
         return export_prepared(prepared, graph_path.with_suffix(".xml"),
                                dataclasses.replace(export, format="openvino", precision="int8", int8=int8), calibration)
     trt_graph = graph_path.with_name(f"{graph_path.stem}.tensorrt.onnx")
-    made = export_prepared(prepared, trt_graph, dataclasses.replace(export, precision="int8", int8=int8), calibration)
-    if not made.written:
-        return made
-    made.format, made.output = "engine", str(graph_path.with_suffix(".engine"))
-    add_engine(made, trt_graph, graph_path.with_suffix(".engine"),
-               settings.engine_settings(), prepared.reference, None, prepared.seed, export.force)
-    made.written = bool(made.files)
-    return made
+    graph = export_prepared(prepared, trt_graph, dataclasses.replace(export, precision="int8", int8=int8),
+                            calibration)
+    if not graph.written:
+        return graph
+    engine_path = graph_path.with_suffix(".engine")
+    engine = dataclasses.replace(graph, format="engine", output=str(engine_path))  # the graph's files stay listed
+    engine.record(FORMATS["engine"].make_from_file(trt_graph, engine_path, MakeJob(
+        prepared.reference, "int8", graph.metadata, None, prepared.seed, export.force, settings.engine_settings())))
+    engine.written = bool(engine.files)
+    return engine
 
 
 def _available_formats(settings: PipelineSettings, result: PipelineResult) -> list[str]:
@@ -283,14 +269,14 @@ def _available_formats(settings: PipelineSettings, result: PipelineResult) -> li
     for fmt in settings.formats:
         if fmt == "onnx":
             continue
-        missing = BACKENDS["openvino"].unavailable() if fmt == "openvino" else engine_build_missing()
+        missing = FORMATS[fmt].missing()
         if missing is None:
             formats.append(fmt)
         elif fmt in settings.require:
             result.failures.append(f"{fmt}: required (--require {fmt}) but cannot be made here: {missing}")
         else:
-            what = "no TensorRT on this machine" if fmt == "engine" else "no OpenVINO on this machine"
-            result.skipped.append({"stage": fmt, "reason": f"skipped: {what} ({missing})"})
+            result.skipped.append({"stage": fmt, "reason": f"skipped: no {FORMATS[fmt].runtime} on this machine "
+                                                           f"({missing})"})
     return formats
 
 
@@ -299,31 +285,22 @@ def _planned_files(checkpoint: Path, out: Path, precisions: tuple[str, ...], for
     for precision in precisions:
         graph = out / default_export_output(checkpoint, precision).name
         files.append(graph)
-        if "openvino" in formats:
-            files += [graph.with_suffix(".xml"), graph.with_suffix(".bin")]
-        if "engine" in formats:
-            engine = graph.with_suffix(".engine")
-            files += [engine, Path(f"{engine}.json"), Path(f"{engine}.layers.json")]
-            if precision == "int8":
+        for fmt in formats:
+            files += [f for f in FORMATS[fmt].files(graph.with_suffix(FORMATS[fmt].suffix)) if f != graph]
+            if precision == "int8" and FORMATS[fmt].tensorrt:  # its own TensorRT-layout graph
                 files.append(graph.with_name(f"{graph.stem}.tensorrt.onnx"))
     return files
 
 
-def _derived(fmt: str, exported: ExportResult, graph_path: Path, prepared, settings: PipelineSettings,
-             force: bool) -> ExportResult:
-    """The OpenVINO IR or TensorRT engine of a written, verified graph, judged against the same reference."""
-    derived = copy.copy(exported)
-    derived.format, derived.files, derived.written, derived.failures = fmt, [], False, []
-    derived.notes, derived.timings = [], {}
-    if fmt == "openvino":
-        derived.output = str(graph_path.with_suffix(".xml"))
-        derived.metadata = dict(exported.metadata)
-        return save_openvino_ir(onnx.load(str(graph_path)), graph_path.with_suffix(".xml"), prepared.reference,
-                                None, prepared.seed, force, derived, StepClock(derived.timings))
-    derived.output = str(graph_path.with_suffix(".engine"))
-    add_engine(derived, graph_path, graph_path.with_suffix(".engine"), settings.engine_settings(),
-               prepared.reference, None, prepared.seed, force)
-    derived.written = bool(derived.files)
+def _from_graph(fmt: str, exported: ExportResult, graph_path: Path, prepared: PreparedExport,
+                settings: PipelineSettings) -> ExportResult:
+    """The OpenVINO IR or TensorRT engine of a written, verified graph, judged against the same reference: a
+    result of its own, carrying the graph's record."""
+    output = graph_path.with_suffix(FORMATS[fmt].suffix)
+    derived = exported.for_artifact(fmt, output)
+    job = MakeJob(prepared.reference, exported.precision, derived.metadata, None, prepared.seed, settings.force,
+                  settings.engine_settings(), StepClock(derived.timings))
+    derived.record(FORMATS[fmt].make_from_file(graph_path, output, job))
     return derived
 
 

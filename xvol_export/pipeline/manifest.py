@@ -1,5 +1,6 @@
 """The pipeline's record: ``manifest.json`` (schema: ``manifest.schema.json`` beside this module) and a Markdown
-summary for CI job summaries."""
+summary for CI job summaries. The pipeline job (:func:`xvol_export.jobs.pipeline.run_pipeline`) writes the
+manifest; ``result`` below is its :class:`~xvol_export.jobs.pipeline.PipelineResult`."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from pathlib import Path
 import xvol_export
 from xvol_export.env import machine, package_versions
 from xvol_export.io import build_timestamp, sha256_file
-from xvol_export.jobs.pipeline import MANIFEST, PipelineResult
 from xvol_export.jsonio import write_json
 
+MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
 
-def _checks(result: PipelineResult) -> list[dict]:
+def _checks(result) -> list[dict]:
     checks = []
     first = result.exports[0] if result.exports else None
     if first is not None and first.fold_verification is not None:
@@ -36,7 +37,7 @@ def _checks(result: PipelineResult) -> list[dict]:
     return checks
 
 
-def manifest(result: PipelineResult) -> dict:
+def manifest(result) -> dict:
     """Every artifact (file, format, precision, sha256, size), every check with its figures and verdict, the
     settings, versions, machine and the time of each stage."""
     out = Path(result.out_dir)
@@ -70,7 +71,7 @@ def manifest(result: PipelineResult) -> dict:
     }
 
 
-def _golden(result: PipelineResult) -> dict | None:
+def _golden(result) -> dict | None:
     if result.golden is None:
         return None
     path = Path(result.golden)
@@ -78,8 +79,9 @@ def _golden(result: PipelineResult) -> dict | None:
             "size": path.stat().st_size, "precisions": list(result.settings.precisions)}
 
 
-def write_manifest(result: PipelineResult, force: bool = False) -> tuple[Path, dict]:
-    """Write ``manifest.json`` into the pipeline's folder; returns its path and content."""
+def write_manifest(result, force: bool = False) -> tuple[Path, dict]:
+    """Write ``manifest.json`` into the pipeline's folder (the pipeline job does, as its last step); returns its
+    path and content."""
     content = manifest(result)
     path = Path(result.out_dir) / MANIFEST
     write_json(path, content, force)

@@ -9,6 +9,7 @@ import numpy as np
 
 from xvol_export.env import native_bf16
 from xvol_export.errors import XvolError
+from xvol_export.metadata_keys import INFERENCE_PRECISION, rt_info_path
 from xvol_export.runners.base import InputSpec, Runner
 
 # OpenVINO's CPU plugin computes in bf16 by default where the processor has bf16 instructions: an fp32
@@ -18,7 +19,7 @@ INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 PRECISION_OF_HINT = {hint: name for name, hint in HINTS.items()}
 # Where an IR records the precision OpenVINO should compute it in (xvol export --format openvino --precision bf16)
-IR_PRECISION_KEY = ["xvol", "inference_precision"]
+IR_PRECISION_KEY = rt_info_path(INFERENCE_PRECISION)
 
 
 def openvino_missing() -> str | None:

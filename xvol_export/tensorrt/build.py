@@ -19,9 +19,11 @@ import onnx
 
 from xvol_export import __version__
 from xvol_export.errors import XvolError
+from xvol_export.graph_info import graph_precision
 from xvol_export.io import atomic_write, sha256_file
 from xvol_export.tensorrt.environment import TensorRTEnvironment, engine_build_missing
 from xvol_export.tensorrt.layers import LayerPrecisionCheck, check_layer_precisions, expected_precisions
+from xvol_export.tensorrt.ops import check_tensorrt_compatible
 from xvol_export.tensorrt.plan import PrecisionPlan, precision_plan
 from xvol_export.tensorrt.profiles import (
     GraphShape,
@@ -118,8 +120,6 @@ def build_engine(onnx_path: str | os.PathLike, settings: EngineSettings = Engine
     missing = engine_build_missing()
     if missing:
         raise XvolError(f"{onnx_path}: cannot build a TensorRT engine here: {missing}.")
-    from xvol_export.export.tensorrt_ops import check_tensorrt_compatible
-    from xvol_export.graph_info import graph_precision
 
     graph = onnx.load(os.fspath(onnx_path), load_external_data=False)
     check_tensorrt_compatible(graph, str(onnx_path))

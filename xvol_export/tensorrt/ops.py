@@ -1,6 +1,6 @@
 """Would TensorRT's ONNX parser take this graph? A CPU-only check against onnx-tensorrt's operator table.
 
-``tensorrt_ops.json`` holds onnx-tensorrt's ``docs/operators.md`` as data: which operators it parses, the
+``ops.json`` holds onnx-tensorrt's ``docs/operators.md`` as data: which operators it parses, the
 tensor types each takes, and the documented restrictions a graph shows statically (attribute values,
 inputs that must be constant, ranks, types). Nothing here runs TensorRT; a graph that passes can still
 fail in TensorRT for reasons the table does not state, but one that fails would be refused.
@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from xvol_export.errors import XvolError
 
-_TABLE = json.loads(resources.files("xvol_export.export").joinpath("tensorrt_ops.json").read_text("utf-8"))
+_TABLE = json.loads(resources.files("xvol_export.tensorrt").joinpath("ops.json").read_text("utf-8"))
 _OPS: dict[str, dict] = _TABLE["operators"]
 TENSORRT_OPS_SOURCE = f"onnx-tensorrt {_TABLE['source']['version']}"
 
@@ -59,6 +59,13 @@ def tensorrt_incompatibilities(graph: onnx.ModelProto) -> list[Incompatibility]:
     outputs = {o.name for o in model.graph.output}
     _check_graph(model.graph, _Scope(graph_outputs=outputs), "", functions, found)
     return found
+
+
+def compatibility_report(graph: onnx.ModelProto) -> dict:
+    """:func:`tensorrt_incompatibilities` as JSON-plain data: the table checked against, the verdict, the problems."""
+    problems = tensorrt_incompatibilities(graph)
+    return {"checked_against": TENSORRT_OPS_SOURCE, "compatible": not problems,
+            "problems": [f"{p.node} ({p.op_type}): {p.reason}" for p in problems]}
 
 
 def check_tensorrt_compatible(graph: onnx.ModelProto, path_label: str) -> None:
