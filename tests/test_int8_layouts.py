@@ -53,9 +53,9 @@ def test_each_target_gets_its_layout_and_bad_choices_are_refused():
     assert Int8Options(target="openvino").layout("onnx").target == "openvino"
     from xvol_export.errors import XvolError
 
-    with pytest.raises(XvolError, match="int8 target"):
+    with pytest.raises(XvolError, match="int8_target"):
         int8_layout("tflite")
-    with pytest.raises(XvolError, match="weight-bits"):
+    with pytest.raises(XvolError, match="int8_weight_bits"):
         int8_layout("openvino", "6")
 
 

@@ -51,7 +51,9 @@ ModelKwargs = Annotated[Optional[str], typer.Option(
 Ema = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of a training checkpoint.")]
 # The library's settings that these options give, by their Python names: its messages name the flags instead.
 SETTING_FLAGS = {"model": "--model", "model_kwargs": "--model-kwargs", "arch": "--arch", "config": "--arch-config",
-                 "trust_pickle": "--trust-pickle", "use_ema": "--ema", "layout": "--layout"}
+                 "trust_pickle": "--trust-pickle", "use_ema": "--ema", "layout": "--layout",
+                 "calib_method": "--calib-method", "int8_target": "--int8-target",
+                 "int8_weight_bits": "--int8-weight-bits"}
 
 
 def check_outputs(force: bool, inputs: list[Path | None], **outputs: Path | None) -> None:
@@ -149,21 +151,10 @@ def dtype_option(dtype: str | None) -> str | None:
 
 def int8_options(method: str, sensitivity: bool, fallback: bool, budget: str, target: str = "auto",
                  weight_bits: str = "auto"):
-    from xvol_export.export.precision import CALIBRATION_METHODS, INT8_TARGETS, WEIGHT_BITS
+    """The library's ``Int8Options``, which checks every choice (its messages name this command line's flags)."""
     from xvol_export.jobs import Int8Options
 
-    if method not in CALIBRATION_METHODS:
-        raise XvolError(f"Unknown --calib-method '{method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
-    if target not in ("auto", *INT8_TARGETS):
-        raise XvolError(f"Unknown --int8-target '{target}'. Choose one of: auto, {', '.join(INT8_TARGETS)}.")
-    if str(weight_bits) not in WEIGHT_BITS:
-        raise XvolError(f"Unknown --int8-weight-bits '{weight_bits}'. Choose one of: {', '.join(WEIGHT_BITS)}.")
-    parsed = None
-    if fallback:
-        from xvol_export.export.int8 import parse_budget
-
-        parsed = parse_budget(budget)
-    return Int8Options(method=method, sensitivity=sensitivity, budget=parsed, target=target,
+    return Int8Options(method=method, sensitivity=sensitivity, budget=budget if fallback else None, target=target,
                        weight_bits=str(weight_bits))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from xvol_export.errors import XvolError
+from xvol_export.naming import setting
 
 # Quantized: inputs and weights of the ops that carry weights, as TensorRT's Q/DQ placement advice asks.
 # Measured on the digits sample (``samples/``): also quantizing the PSSA aggregate's Add/Mul/ReduceSum/
@@ -14,17 +15,20 @@ INT8_TARGETS = ("tensorrt", "onnxruntime", "openvino")
 WEIGHT_BITS = ("auto", "8", "7")
 
 
-def check_target(target: str) -> str:
-    """``target`` if it is one of :data:`INT8_TARGETS` (:class:`XvolError` otherwise)."""
-    if target not in INT8_TARGETS:
-        raise XvolError(f"Unknown int8 target '{target}'. Choose one of: {', '.join(INT8_TARGETS)}.")
+def check_target(target: str, auto: bool = False) -> str:
+    """``target`` if it is one of :data:`INT8_TARGETS` (or ``auto`` where ``auto`` is allowed; :class:`XvolError`
+    otherwise)."""
+    choices = ("auto", *INT8_TARGETS) if auto else INT8_TARGETS
+    if target not in choices:
+        raise XvolError(f"Unknown {setting('int8_target')} '{target}'. Choose one of: {', '.join(choices)}.")
     return target
 
 
 def check_weight_bits(weight_bits: str | int) -> str:
     """``weight_bits`` as text if it is one of :data:`WEIGHT_BITS` (:class:`XvolError` otherwise)."""
     if str(weight_bits) not in WEIGHT_BITS:
-        raise XvolError(f"--int8-weight-bits must be one of {', '.join(WEIGHT_BITS)}, got {weight_bits!r}.")
+        raise XvolError(f"Unknown {setting('int8_weight_bits')} '{weight_bits}'. "
+                        f"Choose one of: {', '.join(WEIGHT_BITS)}.")
     return str(weight_bits)
 
 

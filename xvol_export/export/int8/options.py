@@ -11,6 +11,7 @@ import numpy as np
 from xvol_export.errors import XvolError
 from xvol_export.export.int8.figures import LABELS, format_figure
 from xvol_export.export.int8.layout import Int8Layout, check_target, check_weight_bits, int8_layout
+from xvol_export.naming import setting
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 METRICS = ("cosine", "top1")
@@ -22,7 +23,8 @@ _BUDGET_FIX = "write METRIC=VALUE with METRIC cosine or top1, e.g. cosine=0.99, 
 def check_method(method: str) -> str:
     """``method`` if it is one of :data:`CALIBRATION_METHODS` (:class:`XvolError` otherwise)."""
     if method not in CALIBRATION_METHODS:
-        raise XvolError(f"Unknown calibration method '{method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
+        raise XvolError(f"Unknown {setting('calib_method')} '{method}'. "
+                        f"Choose one of: {', '.join(CALIBRATION_METHODS)}.")
     return method
 
 
@@ -114,8 +116,7 @@ class Int8Options:
 
     def __post_init__(self):
         check_method(self.method)
-        if self.target != "auto":
-            check_target(self.target)
+        check_target(self.target, auto=True)
         object.__setattr__(self, "weight_bits", check_weight_bits(self.weight_bits))
         if self.budget is not None:
             object.__setattr__(self, "budget", parse_budget(self.budget))
