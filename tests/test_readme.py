@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def _first_commands() -> list[str]:
@@ -53,3 +54,13 @@ def test_readme_gate_table_states_the_default_gates():
             expected.append(f"**{100 * gate.max_accuracy_drop:g} point**")
         for text in expected:
             assert text in row, f"README's {gate.precision} row lacks {text}: {row}"
+
+
+def test_the_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's Python API example, as it is, from a folder holding the samples (its outputs land there)."""
+    section = README.read_text().split("## Python API\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "samples").symlink_to(ROOT / "samples")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (Python API)", "exec"), {})
+    assert (tmp_path / "digits.deploy.pth").is_file() and (tmp_path / "digits.fp16.onnx").is_file()
