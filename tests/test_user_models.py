@@ -245,7 +245,7 @@ def test_non_json_default_is_refused_when_a_checkpoint_records_it(work):
     with pytest.raises(XvolError) as info:
         save_checkpoint(loaded, work / "act.pth")
     message = str(info.value)
-    for word in ("--model user_models:act_net", "act_layer=", "ReLU", "JSON-plain", "model_kwargs", "wrapper"):
+    for word in ("model='user_models:act_net'", "act_layer=", "ReLU", "JSON-plain", "model_kwargs", "wrapper"):
         assert word in message, message
     assert _listing(work) == before  # nothing written
 

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-import xvol_export
 from xvol_export.compare import ErrorStats, Tolerance
 from xvol_export.env import cpu_isa
 from xvol_export.errors import CheckFailed, XvolError
@@ -32,6 +31,7 @@ from xvol_export.limits import check_input_file
 from xvol_export.runners import Runner
 from xvol_export.verify.outputs import Outputs, run_batches
 from xvol_export.verify.report import VerifyReport, judge
+from xvol_export.version import __version__
 
 if TYPE_CHECKING:
     from xvol_export.verify.run import Reference
@@ -60,7 +60,7 @@ def save_golden(path: str | os.PathLike, reference: Reference, precisions: Itera
                                                                                          f"output:{n}").items()}
             for n in names}
         accuracy[gate_precision] = {n: reference.baseline_accuracy(gate_precision, n) for n in names}
-    meta = {"format": GOLDEN_FORMAT, "xvol": xvol_export.__version__, "reference": reference.name,
+    meta = {"format": GOLDEN_FORMAT, "xvol": __version__, "reference": reference.name,
             "outputs": names, "input_source": reference.data.source, "synthetic": bool(reference.data.synthetic),
             "notes": list(reference.notes), "baselines": baselines, "baseline_accuracy": accuracy,
             "machine": cpu_isa()}

@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 from torch import nn
 
-import xvol_export
 from xvol_export import metadata_keys as keys
 from xvol_export.artifacts import artifact_kind
 from xvol_export.compare import Tolerance
@@ -33,6 +32,7 @@ from xvol_export.tensorrt.build import EngineSettings
 from xvol_export.tensorrt.ops import compatibility_report
 from xvol_export.utils import StepClock
 from xvol_export.verify import Reference, VerifyReport, verify
+from xvol_export.version import __version__
 
 __all__ = ["ExportResult", "ExportSettings", "Int8Options", "PreparedExport", "default_export_output",
            "export_checkpoint", "export_prepared", "prepare_export"]
@@ -191,7 +191,7 @@ def _check_other_shape(model: nn.Module, deploy64: nn.Module | None, graph: onnx
 def _metadata(ckpt, result: ExportResult) -> dict[str, str]:
     layouts = result.fold.layouts if result.fold else ckpt.layouts
     return {
-        keys.VERSION: xvol_export.__version__,
+        keys.VERSION: __version__,
         keys.SOURCE_SHA256: ckpt.sha256 or "",
         keys.ARCHITECTURE: ckpt.architecture,
         keys.CONFIG: json.dumps(ckpt.config),

@@ -22,6 +22,7 @@ from torch import nn
 
 from xvol_export.errors import XvolError
 from xvol_export.models.registry import FORM_ARGS, create_model, get_model_entry, list_models
+from xvol_export.naming import assignment, setting
 
 _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _USER_SPEC = re.compile(rf"{_DOTTED}:{_DOTTED}")
@@ -41,8 +42,10 @@ class ModelSpec:
     name: str
 
     @classmethod
-    def parse(cls, text: str, option: str = "--model") -> ModelSpec:
-        """The spec ``text`` names (its syntax only: nothing is imported); :class:`XvolError` naming ``option``."""
+    def parse(cls, text: str, option: str | None = None) -> ModelSpec:
+        """The spec ``text`` names (its syntax only: nothing is imported); :class:`XvolError` naming ``option``
+        (default: the ``model`` setting, as the caller knows it)."""
+        option = option or setting("model")
         if not isinstance(text, str) or not text.strip():
             raise XvolError(f"{option} is empty. Give a registered name (one of: {', '.join(list_models())}) "
                             "or your own factory as package.module:factory.")
@@ -58,7 +61,7 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        return f"--model {self.name}" if self.is_user else f"architecture '{self.name}'"
+        return assignment("model", self.name) if self.is_user else f"architecture '{self.name}'"
 
     def factory(self) -> Callable[..., nn.Module]:
         """The callable that builds the model; a user's module is imported here (the current folder first)."""
@@ -70,17 +73,17 @@ class ModelSpec:
                 module = importlib.import_module(module_name)
         except Exception as err:  # noqa: BLE001 - the user's module may fail in any way while importing
             raise XvolError(
-                f"--model {self.name}: cannot import module '{module_name}' ({type(err).__name__}: {err}). Check "
+                f"{self.label}: cannot import module '{module_name}' ({type(err).__name__}: {err}). Check "
                 "the name, and that the module is importable from the current folder or PYTHONPATH."
             ) from None
         target: Any = module
         for part in attribute.split("."):
             if not hasattr(target, part):
-                raise XvolError(f"--model {self.name}: module '{module_name}' has no '{attribute}'. Check the "
+                raise XvolError(f"{self.label}: module '{module_name}' has no '{attribute}'. Check the "
                                 "factory's name (after the colon).")
             target = getattr(target, part)
         if not callable(target):
-            raise XvolError(f"--model {self.name}: '{attribute}' is a {type(target).__name__}, not a function or "
+            raise XvolError(f"{self.label}: '{attribute}' is a {type(target).__name__}, not a function or "
                             "class that builds a model.")
         return target
 
@@ -96,8 +99,8 @@ class ModelSpec:
         given_form = sorted(set(kwargs) & set(FORM_ARGS))
         if given_form:
             raise XvolError(
-                f"--model-kwargs gives {', '.join(given_form)}: xvol always builds the training form of "
-                f"--model {self.name} and folds it itself (a deploy checkpoint records how). Drop it, and load "
+                f"{setting('model_kwargs')} gives {', '.join(given_form)}: xvol always builds the training form of "
+                f"{self.label} and folds it itself (a deploy checkpoint records how). Drop it, and load "
                 "the training weights."
             )
         factory = self.factory()
@@ -110,8 +113,8 @@ class ModelSpec:
         except TypeError as err:
             known = ", ".join(p.name for p in signature.parameters.values()
                               if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in FORM_ARGS)
-            raise XvolError(f"--model {self.name} does not take these arguments: {err}. It takes: "
-                            f"{known or 'no named arguments'} (give them with --model-kwargs).") from None
+            raise XvolError(f"{self.label} does not take these arguments: {err}. It takes: "
+                            f"{known or 'no named arguments'} (give them with {setting('model_kwargs')}).") from None
         bound.apply_defaults()
         config: dict = {}
         for name, value in bound.arguments.items():
@@ -135,10 +138,10 @@ class ModelSpec:
         except XvolError:
             raise
         except Exception as err:  # noqa: BLE001 - the user's factory may fail in any way
-            raise XvolError(f"--model {self.name}: building it with {_shown(resolved)} failed "
-                            f"({type(err).__name__}: {err}). Check --model-kwargs.") from None
+            raise XvolError(f"{self.label}: building it with {_shown(resolved)} failed "
+                            f"({type(err).__name__}: {err}). Check {setting('model_kwargs')}.") from None
         if not isinstance(model, nn.Module):
-            raise XvolError(f"--model {self.name} returned a {type(model).__name__}, not a torch.nn.Module.")
+            raise XvolError(f"{self.label} returned a {type(model).__name__}, not a torch.nn.Module.")
         size = declared_input_size(model)
         if size is not None and not hasattr(model, "input_size"):
             model.input_size = size

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import xvol_export
 from xvol_export.env import machine, package_versions
 from xvol_export.io import build_timestamp, sha256_file
 from xvol_export.jsonio import write_json
+from xvol_export.version import __version__
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -65,7 +65,7 @@ def manifest(result) -> dict:
         "golden": _golden(result),
         "bench": [b.to_dict() for b in result.bench],
         "stages_s": {k: round(v, 3) for k, v in result.timings.items()},
-        "tool": {"name": "xvol", "version": xvol_export.__version__},
+        "tool": {"name": "xvol", "version": __version__},
         "versions": package_versions(),
         "machine": machine(),
     }
