@@ -32,7 +32,7 @@ from sklearn.model_selection import train_test_split
 
 import xvol_export
 from xvol_export.checkpoint import save_checkpoint
-from xvol_export.doctor import cpu_name
+from xvol_export.env import cpu_name
 from xvol_export.inputs import save_npz
 
 HERE = Path(__file__).resolve().parent
