@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from xvol_export.checkpoint import load_checkpoint
-from xvol_export.jobs import ExportSettings, FoldSettings, export_checkpoint, fold_checkpoint
+from xvol_export.export.int8 import load_calibration
+from xvol_export.jobs import ExportSettings, FoldSettings, fold_checkpoint
+from xvol_export.jobs.export import export_prepared, prepare_export
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 SAMPLES = sorted(SAMPLES_DIR.glob("mnist_*.pth"))
@@ -73,31 +75,46 @@ def test_fold_is_exact_and_keeps_every_prediction(sample, splits, tmp_path):
     assert result.verification.output.top1_agreement == 1.0
 
 
+@pytest.fixture(scope="module")
+def prepared(splits):
+    """Each sample loaded, folded and exported to ONNX once, with its float64 reference on the held-out subset
+    (what ``xvol export`` does once per run; the pipeline shares it between formats and precisions the same way)."""
+    holdout, _ = splits
+    cache = {}
+
+    def get(sample: Path):
+        if sample not in cache:
+            cache[sample] = prepare_export(sample, ExportSettings(data=holdout))
+        return cache[sample]
+
+    return get
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("sample", SAMPLES, ids=family)
-def test_onnx_graph_passes_its_gate(sample, precision, splits, tmp_path):
+def test_onnx_graph_passes_its_gate(sample, precision, splits, prepared, tmp_path):
     holdout, _ = splits
-    result = export_checkpoint(sample, tmp_path / f"s.{precision}.onnx", ExportSettings(precision=precision,
-                                                                                        data=holdout))
+    result = export_prepared(prepared(sample), tmp_path / f"s.{precision}.onnx",
+                             ExportSettings(precision=precision, data=holdout))
     assert result.passed and result.written, result.failure_summary()
     assert result.verification.accuracy["count"] == HOLDOUT_IMAGES
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=family)
-def test_openvino_fp32_ir_passes_its_gate(sample, splits, tmp_path):
+def test_openvino_fp32_ir_passes_its_gate(sample, splits, prepared, tmp_path):
     pytest.importorskip("openvino", reason="needs OpenVINO (pip install 'xvol[openvino]')")
     holdout, _ = splits
-    result = export_checkpoint(sample, tmp_path / "s.xml", ExportSettings(format="openvino", data=holdout))
+    result = export_prepared(prepared(sample), tmp_path / "s.xml", ExportSettings(format="openvino", data=holdout))
     assert result.passed and result.written, result.failure_summary()
     assert result.ir_verification is not None and result.ir_verification.passed
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=family)
-def test_int8_keeps_the_held_out_accuracy(sample, splits, tmp_path):
+def test_int8_keeps_the_held_out_accuracy(sample, splits, prepared, tmp_path):
     """The int8 gate on real held-out digits: cosine, top-1 agreement and at most 1 point of accuracy lost."""
     holdout, calib = splits
-    result = export_checkpoint(sample, tmp_path / "s.int8.onnx", ExportSettings(precision="int8", calib=calib,
-                                                                               data=holdout))
+    settings = ExportSettings(precision="int8", calib=calib, data=holdout)
+    result = export_prepared(prepared(sample), tmp_path / "s.int8.onnx", settings, load_calibration(calib, 1))
     accuracy = result.verification.accuracy
     assert accuracy["count"] == HOLDOUT_IMAGES
     assert result.passed and result.written, result.failure_summary()
