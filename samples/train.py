@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
+from train_digits import evaluate  # this folder is on the path of a script run from it
 
 import xvol_export
 from xvol_export.checkpoint import save_checkpoint
@@ -127,18 +128,6 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
                          torch.stack([sin, cos, u[:, 3] * 2 * MAX_SHIFT / h], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode."""
-    model.eval()
-    loss, correct = 0.0, 0
-    for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch])
-        loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch]).sum().item()
-    return loss / len(x), correct / len(x)
 
 
 def fold_check(checkpoint: Path, holdout: Path) -> dict:
@@ -271,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             "size": SIZE,
             "channels": 1,
         },
-        "augmentation": f"random affine per image on the [0, 1] image before normalizing: rotation up to +-{ROTATE} deg, "
-                        f"scale 1 +- {SCALE}, translation up to +-{MAX_SHIFT} px (affine_grid, bilinear grid_sample, "
-                        "zeros outside)",
+        "augmentation": f"random affine per image on the [0, 1] image before normalizing: rotation up to "
+                        f"+-{ROTATE} deg, scale 1 +- {SCALE}, translation up to +-{MAX_SHIFT} px (affine_grid, "
+                        "bilinear grid_sample, zeros outside)",
         "family": args.family,
         "holdout_accuracy": test_acc,
         "holdout_correct": f"{correct}/{len(x_test)}",

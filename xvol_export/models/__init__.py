@@ -1,7 +1,7 @@
 """Reference networks and the architecture registry."""
 
-from xvol_export.models import mobileone, repvgg, resnet  # noqa: F401  (each registers its networks)
-from xvol_export.models import samples  # noqa: F401  (the small networks of the trained MNIST samples)
+# each registers its networks (samples: the small networks of the trained MNIST samples)
+from xvol_export.models import mobileone, repvgg, resnet, samples  # noqa: F401
 from xvol_export.models.registry import (
     ModelSize,
     create_model,
