@@ -71,7 +71,7 @@ FAMILIES = {
     "acb": ("mnist_acb", {}, 12),
     "dbb": ("mnist_dbb", {}, 12),
     "mobileone": ("mnist_mobileone", {}, 12),
-    "dilated": ("mnist_dilated", {}, 12),
+    "dilated": ("mnist_dilated", {}, 16),  # 12 epochs reached 96.6 %
     "xvolution": ("xvol_resnet_tiny", {"stages": [2, 3], "in_chans": 1, "num_classes": 10, "blocks_per_stage": 1},
                   12),
     "resnet": ("xvol_resnet_tiny", {"stages": [], "in_chans": 1, "num_classes": 10, "blocks_per_stage": 1}, 12),
