@@ -158,13 +158,26 @@ def test_engine_features_do_not_work_and_say_what_is_missing_and_how_to_install_
             assert words in row["reason"], (feature, words)
 
 
-@pytest.mark.skipif(REAL_TENSORRT or importlib.util.find_spec("tensorrt") is None,
-                    reason="needs a tensorrt module that is not TensorRT (tensorrt-stubs)")
-def test_type_stubs_are_not_taken_for_tensorrt(report):
-    # tensorrt-stubs leaves an importable, empty 'tensorrt' namespace package: a find_spec check says yes
-    trt = report["tensorrt"]
+@pytest.mark.skipif(REAL_TENSORRT, reason="TensorRT is installed here: the stubs' namespace package cannot stand in")
+def test_type_stubs_are_not_taken_for_tensorrt(tmp_path, monkeypatch):
+    """tensorrt-stubs leaves an importable, empty 'tensorrt' namespace package (a find_spec check says yes): laid
+    out here as the stubs' wheel installs it (a folder of .pyi files and its dist-info), on the import path."""
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.pyi").write_text("class Builder: ...\n")
+    info = tmp_path / "tensorrt_stubs-10.13.0.35.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tensorrt-stubs\nVersion: 10.13.0.35.1\n")
+    (info / "RECORD").write_text("tensorrt/__init__.pyi,,\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    importlib.invalidate_caches()
+    try:
+        trt = machine_report()["tensorrt"]
+    finally:
+        sys.modules.pop("tensorrt", None)
     assert trt["available"] is False
     assert "empty namespace package" in trt["reason"] and "type stubs are not TensorRT" in trt["reason"]
+    assert "tensorrt-stubs 10.13.0.35.1" in trt["reason"]
     stubs = {name: version for name, version in trt["distributions"].items() if "stubs" in name.lower()}
     assert stubs and all(f"{name} {version}" in trt["reason"] for name, version in stubs.items())
 

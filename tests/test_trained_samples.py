@@ -22,7 +22,7 @@ from xvol_export.jobs.export import export_prepared, prepare_export
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 SAMPLES = sorted(SAMPLES_DIR.glob("mnist_*.pth"))
 HOLDOUT, CALIB = SAMPLES_DIR / "mnist_holdout.npz", SAMPLES_DIR / "mnist_calib.npz"
-HOLDOUT_IMAGES = 64  # a stratified-enough prefix of the held-out split: the whole file stays under a minute
+HOLDOUT_IMAGES = 64  # a prefix of the held-out split for the float gates: the whole file stays about a minute
 CALIB_IMAGES = 64
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -110,12 +110,14 @@ def test_openvino_fp32_ir_passes_its_gate(sample, splits, prepared, tmp_path):
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=family)
-def test_int8_keeps_the_held_out_accuracy(sample, splits, prepared, tmp_path):
-    """The int8 gate on real held-out digits: cosine, top-1 agreement and at most 1 point of accuracy lost."""
-    holdout, calib = splits
-    settings = ExportSettings(precision="int8", calib=calib, data=holdout)
-    result = export_prepared(prepared(sample), tmp_path / "s.int8.onnx", settings, load_calibration(calib, 1))
+def test_int8_keeps_the_held_out_accuracy(sample, splits, tmp_path):
+    """The int8 gate on all 500 held-out digits (on 64, one image is 1.6 points: more than the gate's 1-point
+    budget), calibrated on 64 calibration images: cosine, top-1 agreement and at most 1 point of accuracy lost."""
+    _, calib = splits
+    settings = ExportSettings(precision="int8", calib=calib, data=HOLDOUT)
+    result = export_prepared(prepare_export(sample, settings), tmp_path / "s.int8.onnx", settings,
+                             load_calibration(calib, 1))
     accuracy = result.verification.accuracy
-    assert accuracy["count"] == HOLDOUT_IMAGES
+    assert accuracy["count"] == 500
     assert result.passed and result.written, result.failure_summary()
     assert accuracy["candidate"] >= accuracy["reference"] - 0.01
