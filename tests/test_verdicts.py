@@ -113,7 +113,10 @@ def test_fp16_graph_of_xvol_resnet50_passes_on_photo_crops(tmp_path):
     with torch.inference_mode():
         logits = copy.deepcopy(model).double()(torch.from_numpy(crops).double()).numpy()
     top2 = np.sort(logits, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 0.05 * np.sqrt(np.mean(logits**2))  # no near-ties: top-1 is well defined
+    # No near-ties: a flip needs the two top logits' fp16 errors to differ by more than their margin, and this
+    # graph's largest logit error is 0.14 of the logits' RMS (at 0.05, one crop in twelve flipped on some runs).
+    clear = (top2[:, 1] - top2[:, 0]) > 0.3 * np.sqrt(np.mean(logits**2))
+    assert clear.sum() >= 4
     data = tmp_path / "clear.npz"
     np.savez(data, input=crops[clear][:12])
     path = tmp_path / "r50.pth"
