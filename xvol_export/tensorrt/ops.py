@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import onnx
@@ -234,8 +235,9 @@ def _rule_reason(rule: dict, node: onnx.NodeProto, attrs: dict, scope: _Scope) -
         return None if known else f"{what} is computed at run time: {doc}"
     if "types" in rule:
         code = scope.types.get(name)
-        refused = code is not None and not _type_ok(code, rule["types"])
-        return f"{what} is {_type_name(code)}: {doc}" if refused else None
+        if code is not None and not _type_ok(code, rule["types"]):
+            return f"{what} is {_type_name(code)}: {doc}"
+        return None
     if "zero" in rule or "below" in rule:
         value = _value(scope.weights.get(name))
         if value is None or value.size == 0:
@@ -301,7 +303,7 @@ def _check_reason(check: str, node: onnx.NodeProto, attrs: dict, scope: _Scope, 
     return None
 
 
-def _attr(attrs: dict, name: str, default):
+def _attr(attrs: dict, name: str, default) -> Any:  # an ONNX attribute: int, float, string or a list of them
     if name not in attrs:
         return default
     value = helper.get_attribute_value(attrs[name])
