@@ -39,3 +39,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    """(the output folder, the run's private $TMPDIR), both empty: where a run may write, and what it must leave."""
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    tmp.mkdir()
+    return out, tmp

@@ -33,15 +33,6 @@ console_script = pytest.mark.skipif(not XVOL.exists(), reason="the xvol console 
 SIGNALS = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
 
 
-@pytest.fixture
-def dirs(tmp_path) -> tuple[Path, Path]:
-    """(the output folder, the private $TMPDIR of the run)."""
-    out, tmp = tmp_path / "out", tmp_path / "tmp"
-    out.mkdir()
-    tmp.mkdir()
-    return out, tmp
-
-
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1", "NO_COLOR": "1", **extra}
     if "ORT_DISABLE_TELEMETRY" not in extra:

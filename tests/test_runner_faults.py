@@ -67,15 +67,6 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
             "deploy": save_checkpoint(deploy, folder / "deploy.pth")}
 
 
-@pytest.fixture
-def dirs(tmp_path) -> tuple[Path, Path]:
-    """(the output folder, the run's $TMPDIR), both empty."""
-    out, tmp = tmp_path / "out", tmp_path / "tmp"
-    out.mkdir()
-    tmp.mkdir()
-    return out, tmp
-
-
 def _xvol(child: str, limit: int, args: list, tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1", "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run([sys.executable, "-c", child, str(limit), *map(str, args)], cwd=ROOT, env=env,
