@@ -9,7 +9,8 @@ as ``xvol fold``/``xvol export`` judge them (:func:`xvol_export.verify.verify` o
   a pre-activation network whose BatchNorms stay; a two-head user model with a hook block, a grouped
   ConvTranspose + BN and a Linear + BN1d), the digits sample (its held-out digits, and random 8x8 inputs at
   batch 4), every trained MNIST sample (``samples/mnist_*.pth``: one network per family and the plain ResNet
-  control, trained weights and statistics; 32 held-out digits drawn with the seed), XVol-ResNet-50 and RepVGG-A0 at 64x64 with BatchNorm statistics calibrated on photo crops;
+  control, trained weights and statistics; 32 held-out digits drawn with the seed), XVol-ResNet-50 and
+  RepVGG-A0 at 64x64 with BatchNorm statistics calibrated on photo crops;
   weights from the seed, inputs drawn with the seed (photo crops and digits: a seeded subset);
 * candidates: the fold (the fp32 deploy model in PyTorch), its ONNX fp32 graph on ONNX Runtime (exported
   and simplified as ``xvol export`` does), the same graph on OpenVINO (f32 asked), and its fp16 graph on

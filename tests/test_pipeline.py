@@ -73,6 +73,30 @@ def test_every_precision_and_format_is_made_proven_and_recorded(runs, capsys):
     assert layouts["openvino"]["weight_bits"] == (8 if env.has_vnni("openvino") else 7)
     assert manifest["machine"]["isa"] == env.cpu_features() and "Verdicts made on" in summary
     assert manifest["golden"]["file"] == "golden.npz" and (out / "golden.npz").is_file()
+    _check_overview(manifest, out, summary)
+
+
+def _check_overview(manifest: dict, out: Path, summary: str) -> None:
+    """One row per artifact, as the checks and the benchmark give it, the training form first."""
+    rows = manifest["formats"]
+    assert rows[0]["status"] == "REFERENCE" and rows[0]["precision"] == "float64"
+    checks = {c["stage"]: c["figures"] for c in manifest["checks"] if "figures" in c}
+    assert rows[0]["accuracy"] == checks["onnx fp32"]["accuracy"]["reference"]
+    made = [r for r in rows if r["status"] not in ("REFERENCE", "SKIPPED")]
+    assert {(r["format"], r["precision"]) for r in made} == {(a["format"], a["precision"])
+                                                             for a in manifest["artifacts"]}
+    medians = {(c["file"], c["backend"]): c["latency_ms"]["median"] for c in manifest["bench"][0]["cases"]}
+    for row in made:
+        figures = checks[f"{row['format']} {row['precision']}"]
+        assert row["status"] == "PASSED" and row["accuracy"] == figures["accuracy"]["candidate"]
+        assert row["rel_l2"] == figures["output"]["rel_l2"]
+        files = [a for a in manifest["artifacts"] if (a["format"], a["precision"]) == (row["format"], row["precision"])]
+        assert row["size"] == sum(a["size"] for a in files)  # an IR's .xml and .bin
+        assert row["latency_ms"]["1"] == medians[(str(out / row["file"]), row["runtime"])] > 0
+    skipped = [c["stage"] for c in manifest["checks"] if c["status"] == "SKIPPED"]
+    assert [r["format"] for r in rows if r["status"] == "SKIPPED"] == skipped
+    header = "| format | precision | status | size (MB) | accuracy | rel L2 vs float64 | runtime | ms, batch 1 |"
+    assert header in summary
 
 
 def test_a_second_run_makes_byte_identical_artifacts(runs, capsys):
@@ -109,6 +133,14 @@ def test_a_required_format_that_cannot_be_made_fails_the_run(tmp_path, capsys, h
 def test_bad_requests_are_refused_before_any_work(tmp_path, capsys, args, message):
     r = run_cli(capsys, "pipeline", SAMPLE, "--out", tmp_path / "o", *args)
     assert r.code == 2 and message in r.message, r.text
+    assert not (tmp_path / "o").exists()
+
+
+def test_benchmarking_other_batches_of_fixed_shape_graphs_is_refused_before_any_work(tmp_path, capsys):
+    config = tmp_path / "p.toml"
+    config.write_text("bench_batches = [1, 8]\n")
+    r = run_cli(capsys, "pipeline", SAMPLE, "--out", tmp_path / "o", "--bench", "--config", config)
+    assert r.code == 2 and "bench_batches 8: the graphs are exported at the fixed batch 1; pass --dynamic" in r.message
     assert not (tmp_path / "o").exists()
 
 

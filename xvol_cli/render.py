@@ -351,8 +351,28 @@ def render_pipeline(console: Console, content: dict, manifest_path) -> None:
             table.add_row(escape(c["artifact"]), c["backend"], str(c["batch"]), c.get("precision") or "",
                           f"{c['latency_ms']['median']:.2f}", _ratio(c["ratio_to_first"]))
         console.print(table)
+    _render_overview(console, content.get("formats") or [])
     console.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in content["stages_s"].items()))
     console.print(f"manifest: {escape(str(manifest_path))}")
+
+
+def _render_overview(console: Console, rows: list[dict]) -> None:
+    """One row per artifact: verdict, size, accuracy, error against float64, latency on its own runtime."""
+    batches = sorted({int(b) for row in rows for b in row["latency_ms"]})
+    table = Table(title="formats (latency: median on each artifact's own runtime)")
+    for column in ("format", "precision", "status", "size MB", "accuracy", "rel L2 vs f64", "runtime",
+                   *(f"ms b{b}" for b in batches)):
+        table.add_column(column, justify="left" if column in ("format", "precision", "status", "runtime") else "right")
+    for row in rows:
+        if row["status"] == "SKIPPED":  # the reason in full is in the checks table
+            table.add_row(escape(row["format"]), "", "SKIPPED", "", "", "", escape(row["reason"].split(" (")[0]),
+                          *([""] * len(batches)))
+            continue
+        status = {"PASSED": "[green]PASSED[/]", "FAILED": "[red]FAILED[/]"}.get(row["status"], row["status"])
+        table.add_row(escape(row["format"]), row["precision"], status, f"{row['size'] / 1e6:.3f}",
+                      _pct(row["accuracy"]), _err(row["rel_l2"]), row["runtime"],
+                      *(f"{row['latency_ms'][str(b)]:.3f}" if str(b) in row["latency_ms"] else "" for b in batches))
+    _print_whole(console, table)
 
 
 def _print_whole(console: Console, table: Table) -> None:

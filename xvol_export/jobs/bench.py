@@ -74,6 +74,7 @@ class BenchCase:
     ratio_to_first: float | None = None
     transfers: dict[str, LatencyStats] = field(default_factory=dict)  # "h2d", "d2h": copies timed apart (TensorRT)
     precision: str | None = None  # what ran: fp32, fp16, bf16, int8 (OpenVINO: read back from the compiled model)
+    file: str | None = None  # the artifact's path as given (``artifact`` is its label)
 
     @property
     def latency(self) -> LatencyStats:
@@ -83,6 +84,7 @@ class BenchCase:
     def to_dict(self) -> dict:
         return {
             "artifact": self.artifact,
+            "file": self.file,
             "backend": self.backend,
             "batch": self.batch,
             "precision": self.precision,
@@ -208,6 +210,7 @@ def _time_round_robin(runners: list[tuple[Artifact, Runner, str, tuple]], batch:
             device=latency_stats(device[index], settings.percentiles) if device[index] else None,
             transfers={kind: latency_stats(ms, settings.percentiles) for kind, ms in transfers[index].items() if ms},
             precision=_ran_precision(runner),
+            file=str(artifact.path),
         ))
     first = cases[0].latency.median
     for case in cases:

@@ -11,6 +11,8 @@ from xvol_export.fold import FoldReport
 from xvol_export.results import JobResult
 from xvol_export.verify import VerifyReport
 
+# The check that judges each format's artifact itself (an IR's and an engine's results carry their graph's too).
+ARTIFACT_CHECK = {"onnx": "verification", "openvino": "ir_verification", "engine": "engine_verification"}
 # Every check an export can make: the result's field and its label in the failure summary.
 CHECKS = (("fold_verification", "fold"), ("verification", "ONNX"), ("dynamic_check", "other shape"),
           ("ir_verification", "OpenVINO IR"), ("engine_verification", "TensorRT engine"))
@@ -54,6 +56,11 @@ class ExportResult(JobResult):
     @property
     def reports(self) -> list[VerifyReport]:
         return [r for name, _ in CHECKS if (r := getattr(self, name)) is not None]
+
+    @property
+    def artifact_verification(self) -> VerifyReport | None:
+        """The verdict on this result's own artifact: the graph, the IR or the engine, run on its runtime."""
+        return getattr(self, ARTIFACT_CHECK[self.format])
 
     @property
     def passed(self) -> bool:

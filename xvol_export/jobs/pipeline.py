@@ -90,6 +90,10 @@ class PipelineSettings:
             self.engine_settings().check()
         if not 0 <= self.seed < 2**32:
             raise XvolError(f"--seed must be from 0 to {2**32 - 1}, got {self.seed}.")
+        other = [b for b in self.bench_batches if b != self.batch]
+        if self.bench and other and not self.dynamic:
+            raise XvolError(f"bench_batches {','.join(map(str, other))}: the graphs are exported at the fixed batch "
+                            f"{self.batch}; pass --dynamic to time other batches, or bench batch {self.batch} only.")
         if not 1 <= self.bench_iterations <= 1_000_000:
             raise XvolError(f"bench_iterations must be from 1 to 1000000, got {self.bench_iterations}.")
 
@@ -307,7 +311,7 @@ def _from_graph(fmt: str, exported: ExportResult, graph_path: Path, prepared: Pr
 def _bench(result: PipelineResult, formats: list[str], settings: PipelineSettings) -> list[BenchReport]:
     """Everything made, timed interleaved: the graphs on ONNX Runtime (and OpenVINO) with the IR in one table;
     the engines, on the GPU, in another."""
-    made = [e.files[0] for e in result.exports if e.written and e.files]
+    made = [e.output for e in result.exports if e.written]  # an int8 engine's files start with its graph
     cpu = [f for f in made if Path(f).suffix in (".onnx", ".xml")]
     engines = [f for f in made if Path(f).suffix == ".engine"]
     reports = []

@@ -10,6 +10,7 @@ from pathlib import Path
 from xvol_export.env import machine, package_versions
 from xvol_export.io import build_timestamp, sha256_file
 from xvol_export.jsonio import write_json
+from xvol_export.pipeline.overview import overview_rows
 from xvol_export.version import __version__
 
 MANIFEST = "manifest.json"
@@ -25,8 +26,7 @@ def _checks(result) -> list[dict]:
                        "figures": first.fold_verification.to_dict()})
     for export in result.exports:
         stage = f"{export.format} {export.precision}"
-        reports = {"onnx": [export.verification, export.dynamic_check], "openvino": [export.ir_verification],
-                   "engine": [export.engine_verification]}[export.format]
+        reports = [export.artifact_verification, *([export.dynamic_check] if export.format == "onnx" else [])]
         for report in (r for r in reports if r is not None):
             checks.append({"stage": stage, "status": "PASSED" if report.passed else "FAILED",
                            "figures": report.to_dict()})
@@ -38,8 +38,8 @@ def _checks(result) -> list[dict]:
 
 
 def manifest(result) -> dict:
-    """Every artifact (file, format, precision, sha256, size), every check with its figures and verdict, the
-    settings, versions, machine and the time of each stage."""
+    """Every artifact (file, format, precision, sha256, size), every check with its figures and verdict, one
+    overview row per artifact (``formats``), the settings, versions, machine and the time of each stage."""
     out = Path(result.out_dir)
     artifacts = []
     for export in result.exports:
@@ -62,6 +62,7 @@ def manifest(result) -> dict:
         "seed": result.seed,
         "artifacts": artifacts,
         "checks": _checks(result),
+        "formats": overview_rows(result),
         "golden": _golden(result),
         "bench": [b.to_dict() for b in result.bench],
         "stages_s": {k: round(v, 3) for k, v in result.timings.items()},
@@ -89,7 +90,8 @@ def write_manifest(result, force: bool = False) -> tuple[Path, dict]:
 
 
 def summary_markdown(content: dict) -> str:
-    """The manifest as Markdown: verdict, artifacts, checks, benchmark (for ``$GITHUB_STEP_SUMMARY``)."""
+    """The manifest as Markdown: verdict, the overview of every format, checks, artifacts, benchmark (for
+    ``$GITHUB_STEP_SUMMARY``)."""
     lines = [f"## xvol pipeline: {content['status']}", ""]
     if content["failure"]:
         lines += [f"**Failed:** {content['failure']}", ""]
@@ -98,6 +100,7 @@ def summary_markdown(content: dict) -> str:
                                                          if content["seed"] is None else f"seed {content['seed']}."),
               "",
               f"Verdicts made on {_isa_line(content['machine'])}: they hold for that instruction set.", "",
+              *overview_markdown(content), "",
               "| check | status | rel L2 | vs baseline | top-1 agreement | accuracy |",
               "| --- | --- | --- | --- | --- | --- |"]
     for check in content["checks"]:
@@ -122,6 +125,29 @@ def summary_markdown(content: dict) -> str:
         lines += [f"| `{c['artifact']}` | {c['backend']} | {c['batch']} | {c.get('precision') or ''} | "
                   f"{c['latency_ms']['median']:.2f} | {_num(c['ratio_to_first'], 'x')} |" for c in report["cases"]]
     return "\n".join(lines) + "\n"
+
+
+def overview_markdown(content: dict) -> list[str]:
+    """The manifest's ``formats`` as a Markdown table (latency on each artifact's own runtime, per batch)."""
+    rows = content.get("formats") or []
+    batches = sorted({int(b) for row in rows for b in row["latency_ms"]})
+    header = ["format", "precision", "status", "size (MB)", "accuracy", "rel L2 vs float64", "runtime",
+              *(f"ms, batch {b}" for b in batches)]
+    lines = [_row(header), _row(["---"] * len(header))]
+    for row in rows:
+        if row["status"] == "SKIPPED":
+            reason = row["reason"].split(" (")[0]  # in full in the checks table
+            lines.append(_row([row["format"], "", "SKIPPED", "", "", "", reason, *([""] * len(batches))]))
+            continue
+        latency = row["latency_ms"]
+        lines.append(_row([row["format"], row["precision"], row["status"], f"{row['size'] / 1e6:.3f}",
+                           _pct(row["accuracy"]), _num(row["rel_l2"]), row["runtime"],
+                           *(f"{latency[str(b)]:.3f}" if str(b) in latency else "" for b in batches)]))
+    return lines
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _precision(artifact: dict) -> str:
