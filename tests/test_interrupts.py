@@ -304,16 +304,21 @@ def test_preserve_interrupts_raises_the_handlers_exception_that_a_writer_swallow
     turns it into another exception comes out as the KeyboardInterrupt; handlers are given back."""
     from xvol_export.cleanup import preserve_interrupts
 
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Python's own handler, whatever this process inherited: a shell's background job starts with SIGINT ignored
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def swallowing_writer():
-        try:
-            signal.raise_signal(signal.SIGINT)
-            time.sleep(0)  # the handler runs at the next bytecode
-        except KeyboardInterrupt:
-            raise RuntimeError("unexpected pos 46 vs 0") from None
+        def swallowing_writer():
+            try:
+                signal.raise_signal(signal.SIGINT)
+                time.sleep(0)  # the handler runs at the next bytecode
+            except KeyboardInterrupt:
+                raise RuntimeError("unexpected pos 46 vs 0") from None
 
-    with pytest.raises(KeyboardInterrupt):
-        with preserve_interrupts():
-            swallowing_writer()
-    assert {s: signal.getsignal(s) for s in handlers} == handlers
+        with pytest.raises(KeyboardInterrupt):
+            with preserve_interrupts():
+                swallowing_writer()
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
+    finally:
+        signal.signal(signal.SIGINT, inherited)
