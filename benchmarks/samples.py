@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,8 @@ def markdown(results: list[dict], meta: dict) -> str:
     info = meta["machine"]
     cap = f"; oneDNN capped at {info['onednn_cap']}" if info.get("onednn_cap") else ""
     lines = [f"# Trained samples through `xvol pipeline` on {info['cpu']}", "",
-             f"ISA {', '.join(info.get('isa') or [])}{cap}; {info.get('logical_cores')} cores. The README's "
+             f"ISA {', '.join(info.get('isa') or [])}{cap}; {info.get('logical_cores')} cores; load average "
+             f"{meta['load_average'][0]} before the run, {meta['load_average'][1]} after. The README's "
              f"pipeline command on each sample, {meta['iterations']} timed calls per artifact (round-robin); "
              "accuracy on the 500 held-out digits, rel L2 against the float64 training form, median latency at "
              "batch 1 on each artifact's own runtime.", ""]
@@ -81,11 +83,13 @@ def main() -> None:
     if args.samples != "all":
         samples = [s for s in samples if s.stem.removeprefix("mnist_") in args.samples.split(",")]
     results = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for sample in samples:
             results.append(run_sample(sample, Path(tmp), args.iterations))
             print(f"{sample.name}: {results[-1]['status']} in {results[-1]['seconds']:.0f} s", file=sys.stderr)
-    meta = {"machine": machine(), "iterations": args.iterations}
+    meta = {"machine": machine(), "iterations": args.iterations,
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     text = markdown(results, meta)
     print(text)
     write_json(args.name, {**meta, "results": results})

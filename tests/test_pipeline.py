@@ -100,9 +100,10 @@ def _check_overview(manifest: dict, out: Path, summary: str) -> None:
 
 
 def test_a_second_run_makes_byte_identical_artifacts(runs, capsys):
-    folder, [(first, _), (second, args)] = runs
-    if not (first / "manifest.json").exists():
-        pytest.skip("the first run did not happen")
+    folder, [(first, first_args), (second, args)] = runs
+    pytest.importorskip("openvino", reason="needs OpenVINO (pip install 'xvol[openvino]')")
+    if not (first / "manifest.json").exists():  # the first test ran in another worker
+        assert run_cli(capsys, *first_args).code == 0
     r = run_cli(capsys, *args)
     assert r.code == 0, r.text
     before, after = (json.loads((d / "manifest.json").read_text())["artifacts"] for d in (first, second))

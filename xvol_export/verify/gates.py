@@ -72,7 +72,7 @@ DEFAULT_GATES: dict[str, Gate] = {
         "fp32", baseline="fp32", factor=4.0, max_error_factor=8.0, floor=UNIT_ROUNDOFF["fp32"],
         reason="an exact fold or fp32 graph only rounds otherwise: within 4x (the max error 8x) the largest of the "
                "fp32 baselines, whatever the scale of the activations (benchmarks/gates.py: honest folds, ONNX "
-               "Runtime and OpenVINO graphs at most 0.55 of the limit over 2,520 verdicts; a kernel scaled by "
+               "Runtime and OpenVINO graphs at most 0.55 of the limit over 3,360 verdicts; a kernel scaled by "
                "1 + 1e-4 in a graph 0.76x to 419x it, caught wherever its effect exceeds 4.5x the graph's own "
                "error)",
         fallback=_fixed("fp32", "fixed bounds, 100x fp32 rounding", max_rel_l2=1e-5,
