@@ -53,8 +53,9 @@ def _latency_by_artifact(reports) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def _belongs(path: Path, fmt: str) -> bool:
-    """The artifact's own files (an IR's .bin, an engine's sidecar), not the graph an engine was built from."""
-    return fmt == "onnx" or path.suffix != ".onnx"
+    """The artifact's own files (an IR's .bin, an engine's sidecar), not the graph an engine was built from; a
+    failed run's files may be gone."""
+    return path.is_file() and (fmt == "onnx" or path.suffix != ".onnx")
 
 
 def _relative(path: Path, out: Path) -> str:
