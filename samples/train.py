@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
-from train_digits import evaluate  # this folder is on the path of a script run from it
+from train_digits import evaluate, fit  # this folder is on the path of a script run from it
 
 import xvol_export
 from xvol_export.checkpoint import save_checkpoint
@@ -197,41 +197,11 @@ def main(argv: list[str] | None = None) -> int:
 
     model = xvol_export.create_model(arch, **config)
     parameters = sum(p.numel() for p in model.parameters())
-    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    total_steps = epochs * steps_per_epoch
-    warmup = steps_per_epoch  # one epoch of linear warm-up, then cosine to zero
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (step + 1) / warmup if step < warmup
-        else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))),
-    )
-
     print(f"{args.family}: {arch} {config}, {parameters:,} parameters, {epochs} epochs, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
     start = time.perf_counter()
-    train_loss = float("nan")
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        seen, loss_sum, correct = 0, 0.0, 0
-        for i in range(0, len(order), args.batch_size):
-            idx = order[i:i + args.batch_size]
-            xb, yb = (random_affine(x_train_01[idx], generator) - mean) / std, y_train[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == yb).sum().item()
-        train_loss = loss_sum / seen
-        test_loss, test_acc = evaluate(model, x_test, y_test)
-        print(f"epoch {epoch:3d}/{epochs}  lr {scheduler.get_last_lr()[0]:.4f}  "
-              f"train loss {train_loss:.4f} acc {correct / seen:.4f}  "
-              f"held-out loss {test_loss:.4f} acc {test_acc:.4f}  ({time.perf_counter() - start:.1f} s)", flush=True)
+    train_loss = fit(model, lambda idx: (random_affine(x_train_01[idx], generator) - mean) / std, y_train, x_test,
+                     y_test, epochs=epochs, batch_size=args.batch_size, lr=args.lr, generator=generator)
     train_seconds = time.perf_counter() - start
 
     model.eval()

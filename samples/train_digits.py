@@ -23,6 +23,7 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -85,6 +86,48 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return loss / len(x), correct / len(x)
 
 
+def fit(model: torch.nn.Module, batch_of: Callable[[torch.Tensor], torch.Tensor], y_train: torch.Tensor,
+        x_test: torch.Tensor, y_test: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+        generator: torch.Generator) -> float:
+    """Train ``model`` (SGD with Nesterov momentum, one epoch of linear warm-up, then cosine to zero) on the
+    training images ``batch_of(indices)`` (augmented, normalized) and ``y_train``, shuffled by ``generator``;
+    prints each epoch with the held-out loss and accuracy. Returns the last epoch's training loss."""
+    steps_per_epoch = math.ceil(len(y_train) / batch_size)
+    total_steps = epochs * steps_per_epoch
+    warmup = steps_per_epoch
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (step + 1) / warmup if step < warmup
+        else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))),
+    )
+    start = time.perf_counter()
+    train_loss = float("nan")
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(y_train), generator=generator)
+        seen, loss_sum, correct = 0, 0.0, 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            xb, yb = batch_of(idx), y_train[idx]
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(idx)
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == yb).sum().item()
+        train_loss = loss_sum / seen
+        test_loss, test_acc = evaluate(model, x_test, y_test)
+        print(f"epoch {epoch:3d}/{epochs}  lr {scheduler.get_last_lr()[0]:.4f}  "
+              f"train loss {train_loss:.4f} acc {correct / seen:.4f}  "
+              f"held-out loss {test_loss:.4f} acc {test_acc:.4f}  ({time.perf_counter() - start:.1f} s)",
+              flush=True)
+    return train_loss
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=HERE, help="output folder (default: this script's folder)")
@@ -115,38 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"digits: {len(x_train)} train / {len(x_test)} held out; mean {mean:.6f}, std {std:.6f}")
 
     model = xvol_export.create_model(ARCH, **MODEL_CONFIG)
-    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
-    warmup = steps_per_epoch  # one epoch of linear warm-up, then cosine to zero
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (step + 1) / warmup if step < warmup
-        else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))),
-    )
-
     start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        seen, loss_sum, correct = 0, 0.0, 0
-        for i in range(0, len(order), args.batch_size):
-            idx = order[i:i + args.batch_size]
-            xb, yb = random_shift(x_train[idx], fill, generator), y_train[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == yb).sum().item()
-        test_loss, test_acc = evaluate(model, x_test, y_test)
-        print(f"epoch {epoch:3d}/{args.epochs}  lr {scheduler.get_last_lr()[0]:.4f}  "
-              f"train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}  "
-              f"held-out loss {test_loss:.4f} acc {test_acc:.4f}  ({time.perf_counter() - start:.1f} s)",
-              flush=True)
+    fit(model, lambda idx: random_shift(x_train[idx], fill, generator), y_train, x_test, y_test, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, generator=generator)
     train_seconds = time.perf_counter() - start
 
     model.eval()
