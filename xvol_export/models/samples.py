@@ -75,40 +75,34 @@ def _sample(model: nn.Module, in_chans: int) -> nn.Module:
     return model
 
 
+def _plain(block, widths: Sequence[int], depths: Sequence[int], in_chans: int, num_classes: int,
+           act: bool) -> PlainRepNet:
+    widths, depths = _checked(widths, depths, in_chans, num_classes)
+    return _sample(PlainRepNet(block, widths, depths, in_chans, num_classes, act=act), in_chans)
+
+
 @register_model
 def mnist_repvgg(widths: Sequence[int] = (16, 32, 64, 64), depths: Sequence[int] = (2, 2, 1), in_chans: int = 1,
                  num_classes: int = 10) -> PlainRepNet:
     """RepVGG blocks (3x3 + 1x1 + identity BN, each with its ReLU) in a plain 4-stage network for 32x32 inputs."""
-    widths, depths = _checked(widths, depths, in_chans, num_classes)
-
-    def block(cin: int, cout: int, stride: int) -> nn.Module:
-        return RepVGGBlock(cin, cout, kernel_size=3, stride=stride, padding=1)
-
-    return _sample(PlainRepNet(block, widths, depths, in_chans, num_classes), in_chans)
+    return _plain(lambda cin, cout, stride: RepVGGBlock(cin, cout, kernel_size=3, stride=stride, padding=1),
+                  widths, depths, in_chans, num_classes, act=False)
 
 
 @register_model
 def mnist_acb(widths: Sequence[int] = (16, 32, 64, 64), depths: Sequence[int] = (2, 2, 1), in_chans: int = 1,
               num_classes: int = 10) -> PlainRepNet:
     """ACNet's asymmetric conv blocks (3x3 + 3x1 + 1x3, each with BN), each followed by a ReLU."""
-    widths, depths = _checked(widths, depths, in_chans, num_classes)
-
-    def block(cin: int, cout: int, stride: int) -> nn.Module:
-        return ACBlock(cin, cout, kernel_size=3, stride=stride, padding=1)
-
-    return _sample(PlainRepNet(block, widths, depths, in_chans, num_classes, act=True), in_chans)
+    return _plain(lambda cin, cout, stride: ACBlock(cin, cout, kernel_size=3, stride=stride, padding=1),
+                  widths, depths, in_chans, num_classes, act=True)
 
 
 @register_model
 def mnist_dbb(widths: Sequence[int] = (16, 32, 64, 64), depths: Sequence[int] = (2, 2, 1), in_chans: int = 1,
               num_classes: int = 10) -> PlainRepNet:
     """Diverse Branch Blocks (3x3, 1x1, 1x1-avg, 1x1-3x3 branches), each followed by a ReLU."""
-    widths, depths = _checked(widths, depths, in_chans, num_classes)
-
-    def block(cin: int, cout: int, stride: int) -> nn.Module:
-        return DiverseBranchBlock(cin, cout, kernel_size=3, stride=stride)
-
-    return _sample(PlainRepNet(block, widths, depths, in_chans, num_classes, act=True), in_chans)
+    return _plain(lambda cin, cout, stride: DiverseBranchBlock(cin, cout, kernel_size=3, stride=stride),
+                  widths, depths, in_chans, num_classes, act=True)
 
 
 class MobileOneNet(nn.Module):
