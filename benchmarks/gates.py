@@ -106,23 +106,15 @@ def _seeded(factory: Callable[[], nn.Module], shape: tuple[int, ...]) -> Callabl
     return build
 
 
-def _digits(kind: str) -> Callable[[int], tuple[nn.Module, InputData]]:
+def _trained(checkpoint: str, holdout: str, random_shape: tuple[int, ...] | None = None):
+    """A committed trained sample on 32 of its held-out images drawn with the seed (or on random inputs)."""
     def build(seed):
-        model, _ = load_model(SAMPLES / "digits_xvol_resnet_tiny.pth")
-        if kind == "random 4x1x8x8":
-            return model, _random_inputs((4, 1, 8, 8), seed)
-        held = load_npz(SAMPLES / "digits_holdout.npz")
+        model, _ = load_model(SAMPLES / checkpoint)
+        if random_shape is not None:
+            return model, _random_inputs(random_shape, seed)
+        held = load_npz(SAMPLES / holdout)
         pick = torch.from_numpy(np.random.default_rng(seed).choice(len(held.inputs), 32, replace=False))
-        return model, InputData(held.inputs[pick], held.labels[pick], "32 held-out digits")
-    return build
-
-
-def _trained_sample(path: Path) -> Callable[[int], tuple[nn.Module, InputData]]:
-    def build(seed):
-        model, _ = load_model(path)
-        held = load_npz(SAMPLES / "mnist_holdout.npz")
-        pick = torch.from_numpy(np.random.default_rng(seed).choice(len(held.inputs), 32, replace=False))
-        return model, InputData(held.inputs[pick], held.labels[pick], "32 held-out MNIST digits")
+        return model, InputData(held.inputs[pick], held.labels[pick], f"32 images of {holdout}")
     return build
 
 
@@ -144,9 +136,10 @@ def model_cases() -> dict[str, Callable[[int], tuple[nn.Module, InputData]]]:
         "MixedNet (two outputs)": _seeded(MixedNet, (2, 3, 16, 16)),
         "two-head user model": _seeded(two_head_net, (2, 3, 16, 16)),
         "pre-activation user model": _seeded(preact_net, (2, 3, 16, 16)),
-        "digits sample, held out": _digits("held out"),
-        "digits sample, random 4x1x8x8": _digits("random 4x1x8x8"),
-        **{f"trained {path.stem}": _trained_sample(path) for path in sorted(SAMPLES.glob("mnist_*.pth"))},
+        "digits sample, held out": _trained("digits_xvol_resnet_tiny.pth", "digits_holdout.npz"),
+        "digits sample, random 4x1x8x8": _trained("digits_xvol_resnet_tiny.pth", "", random_shape=(4, 1, 8, 8)),
+        **{f"trained {path.stem}": _trained(path.name, "mnist_holdout.npz")
+           for path in sorted(SAMPLES.glob("mnist_*.pth"))},
         "XVol-ResNet-50 64x64": _photo_model("xvol_resnet50", num_classes=10),
         "RepVGG-A0 64x64": _photo_model("repvgg_a0", num_classes=10),
     }
@@ -395,16 +388,24 @@ def run(args) -> dict:
     return {"rows": rows, "seconds": time.perf_counter() - started}
 
 
+def _tally(rows: list[dict], fields: tuple[str, ...]) -> list[dict]:
+    """Rows grouped by ``fields``: runs, failed, failure rate and the median, smallest and largest gate ratio."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[f] for f in fields), []).append(r)
+    out = []
+    for key, group in groups.items():
+        ratios = [r["ratio"] for r in group]
+        failed = sum(not r["passed"] for r in group)
+        out.append({**dict(zip(fields, key, strict=True)), "runs": len(group), "failed": failed,
+                    "failure_rate": failed / len(group), "median_ratio": statistics.median(ratios),
+                    "min_ratio": min(ratios), "max_ratio": max(ratios)})
+    return out
+
+
 def summarize(rows: list[dict]) -> dict:
     honest = [r for r in rows if r["case"] == "honest"]
     faulty = [r for r in rows if r["case"] != "honest"]
-    table = {}
-    for r in rows:
-        key = (r["case"], r["candidate"])
-        entry = table.setdefault(key, {"runs": 0, "failed": 0, "ratios": []})
-        entry["runs"] += 1
-        entry["failed"] += not r["passed"]
-        entry["ratios"].append(r["ratio"])
     worst_honest = max(honest, key=lambda r: r["ratio"], default=None)
     strong = [r for r in faulty if not r["case"].endswith("1e-05)")]
     weakest_fault = min(strong, key=lambda r: r["ratio"], default=None)
@@ -414,20 +415,9 @@ def summarize(rows: list[dict]) -> dict:
             honest_error.setdefault(r["model"], []).append(r["rel_l2"])
     missed = [{**r, "honest_onnx_rel_l2": statistics.median(honest_error.get(r["model"], [float("nan")]))}
               for r in strong if r["passed"]]
-    per_model = {}
-    for r in honest:
-        entry = per_model.setdefault(r["model"], {"runs": 0, "failed": 0, "ratios": []})
-        entry["runs"] += 1
-        entry["failed"] += not r["passed"]
-        entry["ratios"].append(r["ratio"])
     return {
-        "honest_by_model": [{"model": model, "runs": e["runs"], "failed": e["failed"],
-                             "median_ratio": statistics.median(e["ratios"]), "max_ratio": max(e["ratios"])}
-                            for model, e in per_model.items()],
-        "table": [{"case": case, "candidate": cand, "runs": e["runs"], "failed": e["failed"],
-                   "failure_rate": e["failed"] / e["runs"], "median_ratio": statistics.median(e["ratios"]),
-                   "min_ratio": min(e["ratios"]), "max_ratio": max(e["ratios"])}
-                  for (case, cand), e in table.items()],
+        "honest_by_model": _tally(honest, ("model",)),
+        "table": _tally(rows, ("case", "candidate")),
         "honest_failures": [r for r in honest if not r["passed"]],
         "largest_honest_ratio": worst_honest,
         "smallest_fault_ratio_from_1e-4": weakest_fault,
