@@ -145,6 +145,19 @@ def test_benchmarking_other_batches_of_fixed_shape_graphs_is_refused_before_any_
     assert not (tmp_path / "o").exists()
 
 
+def test_a_dynamic_graph_is_timed_at_every_batch_asked_and_the_overview_has_a_column_each(tmp_path, capsys):
+    config = tmp_path / "p.toml"
+    config.write_text("bench_batches = [1, 3]\nbench_iterations = 3\n")
+    r = run_cli(capsys, "pipeline", SAMPLE, "--out", tmp_path / "o", "--bench", "--dynamic", "--config", config,
+                "--summary", tmp_path / "s.md")
+    assert r.code == 0, r.text
+    rows = json.loads((tmp_path / "o" / "manifest.json").read_text())["formats"]
+    assert [(row["format"], row["status"]) for row in rows] == [("checkpoint", "REFERENCE"), ("onnx", "PASSED")]
+    assert set(rows[1]["latency_ms"]) == {"1", "3"} and min(rows[1]["latency_ms"].values()) > 0
+    assert "| runtime | ms, batch 1 | ms, batch 3 |" in (tmp_path / "s.md").read_text()
+    assert "ms, batch 3" in r.out
+
+
 def test_an_existing_manifest_is_kept_without_force(tmp_path, capsys):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "manifest.json").write_text("{}")

@@ -9,6 +9,7 @@ needed: the splits are committed as ``samples/mnist_calib.npz`` and ``samples/mn
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -70,14 +71,8 @@ def folded(splits, tmp_path_factory):
     """Each sample folded once by the fold job (verified on the held-out subset), its deploy checkpoint written."""
     holdout, _ = splits
     folder = tmp_path_factory.mktemp("folded")
-    cache = {}
-
-    def get(sample: Path):
-        if sample not in cache:
-            cache[sample] = fold_checkpoint(sample, folder / f"{sample.stem}.deploy.pth", FoldSettings(data=holdout))
-        return cache[sample]
-
-    return get
+    return functools.cache(lambda sample: fold_checkpoint(sample, folder / f"{sample.stem}.deploy.pth",
+                                                          FoldSettings(data=holdout)))
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=family)
@@ -94,14 +89,7 @@ def prepared(splits):
     """Each sample loaded, folded and exported to ONNX once, with its float64 reference on the held-out subset
     (what ``xvol export`` does once per run; the pipeline shares it between formats and precisions the same way)."""
     holdout, _ = splits
-    cache = {}
-
-    def get(sample: Path):
-        if sample not in cache:
-            cache[sample] = prepare_export(sample, ExportSettings(data=holdout))
-        return cache[sample]
-
-    return get
+    return functools.cache(lambda sample: prepare_export(sample, ExportSettings(data=holdout)))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from xvol_export.env import cpu_isa
+from xvol_export.pipeline.overview import overview_table
 from xvol_export.verify import VerifyReport
 
 if TYPE_CHECKING:
@@ -358,20 +359,13 @@ def render_pipeline(console: Console, content: dict, manifest_path) -> None:
 
 def _render_overview(console: Console, rows: list[dict]) -> None:
     """One row per artifact: verdict, size, accuracy, error against float64, latency on its own runtime."""
-    batches = sorted({int(b) for row in rows for b in row["latency_ms"]})
+    header, cells = overview_table(rows)
     table = Table(title="formats (latency: median on each artifact's own runtime)")
-    for column in ("format", "precision", "status", "size MB", "accuracy", "rel L2 vs f64", "runtime",
-                   *(f"ms b{b}" for b in batches)):
+    for column in header:
         table.add_column(column, justify="left" if column in ("format", "precision", "status", "runtime") else "right")
-    for row in rows:
-        if row["status"] == "SKIPPED":  # the reason in full is in the checks table
-            table.add_row(escape(row["format"]), "", "SKIPPED", "", "", "", escape(row["reason"].split(" (")[0]),
-                          *([""] * len(batches)))
-            continue
-        status = {"PASSED": "[green]PASSED[/]", "FAILED": "[red]FAILED[/]"}.get(row["status"], row["status"])
-        table.add_row(escape(row["format"]), row["precision"], status, f"{row['size'] / 1e6:.3f}",
-                      _pct(row["accuracy"]), _err(row["rel_l2"]), row["runtime"],
-                      *(f"{row['latency_ms'][str(b)]:.3f}" if str(b) in row["latency_ms"] else "" for b in batches))
+    for row in cells:
+        row[2] = {"PASSED": "[green]PASSED[/]", "FAILED": "[red]FAILED[/]"}.get(row[2], row[2])
+        table.add_row(*(escape(c) if i != 2 else c for i, c in enumerate(row)))
     _print_whole(console, table)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from xvol_export.env import machine, package_versions
 from xvol_export.io import build_timestamp, sha256_file
 from xvol_export.jsonio import write_json
-from xvol_export.pipeline.overview import overview_rows
+from xvol_export.pipeline.overview import overview_rows, overview_table
 from xvol_export.version import __version__
 
 MANIFEST = "manifest.json"
@@ -129,21 +129,8 @@ def summary_markdown(content: dict) -> str:
 
 def overview_markdown(content: dict) -> list[str]:
     """The manifest's ``formats`` as a Markdown table (latency on each artifact's own runtime, per batch)."""
-    rows = content.get("formats") or []
-    batches = sorted({int(b) for row in rows for b in row["latency_ms"]})
-    header = ["format", "precision", "status", "size (MB)", "accuracy", "rel L2 vs float64", "runtime",
-              *(f"ms, batch {b}" for b in batches)]
-    lines = [_row(header), _row(["---"] * len(header))]
-    for row in rows:
-        if row["status"] == "SKIPPED":
-            reason = row["reason"].split(" (")[0]  # in full in the checks table
-            lines.append(_row([row["format"], "", "SKIPPED", "", "", "", reason, *([""] * len(batches))]))
-            continue
-        latency = row["latency_ms"]
-        lines.append(_row([row["format"], row["precision"], row["status"], f"{row['size'] / 1e6:.3f}",
-                           _pct(row["accuracy"]), _num(row["rel_l2"]), row["runtime"],
-                           *(f"{latency[str(b)]:.3f}" if str(b) in latency else "" for b in batches)]))
-    return lines
+    header, cells = overview_table(content.get("formats") or [])
+    return [_row(header), _row(["---"] * len(header)), *(_row(row) for row in cells)]
 
 
 def _row(cells: list[str]) -> str:

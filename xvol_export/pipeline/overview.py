@@ -4,6 +4,7 @@ benchmarked batch), the training form first as the reference row and each skippe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from xvol_export.export.int8.options import TARGET_OF_FORMAT
@@ -29,7 +30,7 @@ def overview_rows(result) -> list[dict]:
         rows.append({
             "format": export.format,
             "precision": export.precision,
-            "file": _relative(main, out),
+            "file": os.path.relpath(main, out),
             "status": "PASSED" if export.passed else "FAILED",
             "size": sum(Path(f).stat().st_size for f in export.files if _belongs(Path(f), export.format)),
             "accuracy": accuracy,
@@ -58,8 +59,21 @@ def _belongs(path: Path, fmt: str) -> bool:
     return path.is_file() and (fmt == "onnx" or path.suffix != ".onnx")
 
 
-def _relative(path: Path, out: Path) -> str:
-    try:
-        return str(path.relative_to(out))
-    except ValueError:
-        return str(path)
+def overview_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The header and the cells of ``rows`` as text, one latency column per benchmarked batch: what the Markdown
+    summary and the command line print. A skipped format's reason is cut to its first clause (the checks table
+    has it whole)."""
+    batches = sorted({int(b) for row in rows for b in row["latency_ms"]})
+    header = ["format", "precision", "status", "size (MB)", "accuracy", "rel L2 vs float64", "runtime",
+              *(f"ms, batch {b}" for b in batches)]
+    cells = []
+    for row in rows:
+        if row["status"] == "SKIPPED":
+            cells.append([row["format"], "", "SKIPPED", "", "", "", row["reason"].split(" (")[0], *[""] * len(batches)])
+            continue
+        latency = row["latency_ms"]
+        cells.append([row["format"], row["precision"], row["status"], f"{row['size'] / 1e6:.3f}",
+                      "" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f} %",
+                      "" if row["rel_l2"] is None else f"{row['rel_l2']:.3g}", row["runtime"],
+                      *(f"{latency[str(b)]:.3f}" if str(b) in latency else "" for b in batches)])
+    return header, cells
